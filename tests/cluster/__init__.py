@@ -1,0 +1,1 @@
+"""Reusable cluster fixtures: real etcd (and, later, placement and node processes)."""
