@@ -1,0 +1,356 @@
+"""Connections to host nodes: one gRPC channel and one long-lived ``Node.Stream`` per node.
+
+:class:`NodeConnection` is an :class:`~duro._namespace.Invoker` for a single node::
+
+    invoke(call) ──▶ seq, future ──▶ outbox ──▶ writer: one CallBatch per wake-up ──▶ node
+    future.set_result ◀── reader: match by seq ◀── ResultBatch (any order) ◀──────────┘
+
+* **Batching.** ``invoke`` appends the call to the stream's outbox and wakes the writer; the
+  writer runs on a later loop turn and sends the whole outbox as one CallBatch, so every call made
+  in one loop turn travels in one message. While a write is in progress calls keep accumulating,
+  so batches grow with load without a timer (a lone caller pays no batching delay).
+* **Order.** One writer, one stream, seqs in call order: the node receives calls in the order
+  ``invoke`` was called, and admits them in that order (see ``duro.node.server``).
+* **Failure.** When the stream breaks (node gone, network, the node ending the stream on shutdown)
+  every call waiting on it fails with a retryable :class:`~duro.errors.UnavailableError` that says
+  whether the call may have executed; the next ``invoke`` opens a new stream on the same channel
+  (gRPC reconnects the channel itself, with a short backoff).
+* **Errors** the node answered with come back as the same :class:`~duro.errors.DuroError`
+  (flags included), rebuilt by :mod:`duro._wire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from grpc import aio
+
+from duro._namespace import Call
+from duro._pb import node_pb2, node_pb2_grpc
+from duro._wire import call_to_pb, error_from_pb, error_from_status
+from duro.errors import CallTimeoutError, DuroError, InvalidValueError, UnavailableError
+
+__all__ = ["NodeConnection", "ConnectionPool", "NodeHealth", "channel_options"]
+
+log = logging.getLogger("duro.client.connection")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_CALL_OVERHEAD = 128  # bytes of a Call beside its payload, for splitting batches
+_MAX_PAYLOAD_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Channel arguments for connections to nodes."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # A restarted node should be reached again within a fraction of a second, not after
+        # gRPC's default backoff of up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    node_id: str
+    status: str  # "serving", "fenced", "draining"
+    active_objects: int
+
+
+class _CallStream:
+    """One ``Node.Stream`` RPC: the calls waiting on it, its outbox, a reader and a writer."""
+
+    __slots__ = (
+        "address",
+        "_rpc",
+        "pending",
+        "_outbox",
+        "_outbox_bytes",
+        "_abandoned",
+        "_wake",
+        "broken",
+        "_writer",
+        "_reader",
+    )
+
+    def __init__(self, address: str, stub: node_pb2_grpc.NodeStub) -> None:
+        self.address = address
+        self._rpc: Any = stub.Stream()
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self._outbox: list[node_pb2.Call] = []
+        self._outbox_bytes = 0
+        self._abandoned = 0  # calls given up by their caller while possibly still in the outbox
+        self._wake = asyncio.Event()
+        self.broken: DuroError | None = None
+        self._writer = asyncio.ensure_future(self._write())
+        self._reader = asyncio.ensure_future(self._read())
+
+    def submit(self, pb: node_pb2.Call) -> asyncio.Future[bytes]:
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[pb.seq] = fut
+        self._outbox.append(pb)
+        self._outbox_bytes += len(pb.payload) + _CALL_OVERHEAD
+        self._wake.set()
+        return fut
+
+    def abandon(self, seq: int) -> None:
+        """The caller stopped waiting (cancelled, timed out): forget the call, send it if unsent."""
+        if self.pending.pop(seq, None) is not None:
+            self._abandoned += 1
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                if not self._outbox:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                calls, size = self._outbox, self._outbox_bytes
+                self._outbox, self._outbox_bytes = [], 0
+                if self._abandoned:
+                    self._abandoned = 0
+                    pending = self.pending
+                    calls = [c for c in calls if c.seq in pending]
+                if size <= MAX_MESSAGE_BYTES // 2:
+                    await self._rpc.write(node_pb2.CallBatch(calls=calls))
+                else:
+                    for chunk in _chunks(calls, MAX_MESSAGE_BYTES // 2):
+                        await self._rpc.write(node_pb2.CallBatch(calls=chunk))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._break(exc)
+
+    async def _read(self) -> None:
+        read = self._rpc.read
+        pending = self.pending
+        try:
+            while True:
+                batch = await read()
+                if batch is aio.EOF:
+                    self._break(None)
+                    return
+                for r in batch.results:
+                    fut = pending.pop(r.seq, None)
+                    if fut is None or fut.done():
+                        continue  # abandoned by its caller
+                    if r.HasField("error"):
+                        fut.set_exception(error_from_pb(r.error))
+                    else:
+                        fut.set_result(r.value)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._break(exc)
+
+    def _break(self, exc: BaseException | None, *, reason: str = "") -> None:
+        """Mark the stream dead and fail every call still waiting on it (retryable)."""
+        if self.broken is not None:
+            return
+        if reason:
+            cause: DuroError = UnavailableError(reason)
+        elif exc is None:
+            cause = UnavailableError(f"node {self.address} ended the stream")
+        elif isinstance(exc, aio.AioRpcError):
+            cause = error_from_status(exc.code(), exc.details() or "", address=self.address)
+        else:
+            cause = UnavailableError(f"stream to {self.address} failed: {exc!r}")
+        self.broken = cause
+        unsent = {c.seq for c in self._outbox}
+        self._outbox = []
+        pending, self.pending = self.pending, {}
+        for seq, fut in pending.items():
+            if fut.done():
+                continue
+            if seq in unsent:
+                what = "the call was not sent"
+            else:
+                what = "the call may or may not have executed"
+            err = UnavailableError(f"{cause}; {what}")
+            err.__cause__ = cause
+            fut.set_exception(err)
+        for task in (self._writer, self._reader):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._rpc.cancel()
+        if exc is not None and not isinstance(exc, aio.AioRpcError):
+            log.warning("stream to %s failed", self.address, exc_info=exc)
+
+    async def close(self, reason: str) -> None:
+        self._break(None, reason=reason)
+        await asyncio.wait([self._writer, self._reader])
+
+
+def _chunks(calls: list[node_pb2.Call], limit: int) -> list[list[node_pb2.Call]]:
+    chunks: list[list[node_pb2.Call]] = [[]]
+    size = 0
+    for c in calls:
+        n = len(c.payload) + _CALL_OVERHEAD
+        if chunks[-1] and size + n > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(c)
+        size += n
+    return chunks
+
+
+class NodeConnection:
+    """Calls to one node over one channel and one long-lived stream (opened on first use).
+
+    Implements :class:`~duro._namespace.Invoker`. Not thread-safe: use it from one event loop.
+    """
+
+    def __init__(
+        self, address: str, *, options: Sequence[tuple[str, int | str]] = ()
+    ) -> None:
+        self.address = address
+        self._options = [*channel_options(), *options]
+        self._channel: aio.Channel | None = None
+        self._stub: node_pb2_grpc.NodeStub | None = None
+        self._stream: _CallStream | None = None
+        self._seq = 0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Calls sent or queued on the current stream and not answered yet."""
+        return len(self._stream.pending) if self._stream is not None else 0
+
+    def _open(self) -> _CallStream:
+        if self._closed:
+            raise UnavailableError(f"connection to {self.address} is closed")
+        if self._stub is None:
+            self._channel = aio.insecure_channel(self.address, options=self._options)
+            self._stub = node_pb2_grpc.NodeStub(self._channel)
+        self._stream = _CallStream(self.address, self._stub)
+        return self._stream
+
+    async def invoke(self, call: Call, *, timeout: float | None = None) -> bytes:
+        """Send ``call`` to the node; return its encoded result or raise its DuroError.
+
+        ``timeout`` (seconds) raises :class:`~duro.errors.CallTimeoutError`; the call may still
+        run on the node.
+        """
+        stream = self._stream
+        if stream is None or stream.broken is not None:
+            stream = self._open()
+        if len(call.payload) > _MAX_PAYLOAD_BYTES:
+            raise InvalidValueError(
+                f"call payload is {len(call.payload)} bytes; the limit is {_MAX_PAYLOAD_BYTES}"
+            )
+        self._seq = seq = self._seq + 1
+        fut = stream.submit(call_to_pb(call, seq))
+        timer = None
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(
+                timeout, _expire, fut, timeout, self.address
+            )
+        try:
+            return await fut
+        except CallTimeoutError:
+            stream.abandon(seq)
+            raise
+        except asyncio.CancelledError:
+            stream.abandon(seq)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def health(self, *, timeout: float = 5.0) -> NodeHealth:
+        """Ask the node for its status (unary ``Node.Health``)."""
+        if self._stub is None:
+            self._open()
+        assert self._stub is not None
+        try:
+            resp = await self._stub.Health(node_pb2.HealthRequest(), timeout=timeout)
+        except aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details() or "", address=self.address) from None
+        return NodeHealth(resp.node_id, resp.status, resp.active_objects)
+
+    async def close(self) -> None:
+        """Fail waiting calls (retryable), end the stream and close the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._stream is not None:
+            await self._stream.close(f"connection to {self.address} was closed")
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> NodeConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<NodeConnection {self.address} {state} pending={self.pending}>"
+
+
+def _expire(fut: asyncio.Future[bytes], timeout: float, address: str) -> None:
+    if not fut.done():
+        fut.set_exception(
+            CallTimeoutError(
+                f"no answer from node {address} within {timeout:g}s; "
+                "the call may or may not have executed"
+            )
+        )
+
+
+class ConnectionPool:
+    """One :class:`NodeConnection` per node address, made on first use."""
+
+    def __init__(self, *, options: Sequence[tuple[str, int | str]] = ()) -> None:
+        self._options = options
+        self._conns: dict[str, NodeConnection] = {}
+        self._closed = False
+
+    def get(self, address: str) -> NodeConnection:
+        conn = self._conns.get(address)
+        if conn is None or conn.closed:
+            if self._closed:
+                raise UnavailableError("connection pool is closed")
+            conn = self._conns[address] = NodeConnection(address, options=self._options)
+        return conn
+
+    async def invoke(self, address: str, call: Call, *, timeout: float | None = None) -> bytes:
+        return await self.get(address).invoke(call, timeout=timeout)
+
+    async def discard(self, address: str) -> None:
+        """Close and forget the connection to ``address`` (e.g. the node left the cluster)."""
+        conn = self._conns.pop(address, None)
+        if conn is not None:
+            await conn.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        conns, self._conns = list(self._conns.values()), {}
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._conns
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    async def __aenter__(self) -> ConnectionPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+

@@ -1,0 +1,450 @@
+"""The host node's gRPC adapter: ``duro.v1.Node`` over an ``ObjectHost``.
+
+The hot path is ``Node.Stream``, one long-lived bidirectional stream per caller connection that
+carries many calls per message in each direction::
+
+    CallBatch ──▶ reader ──▶ one task per call, created in arrival order ──▶ host.invoke(call)
+                                                                                  │ done callback
+    ResultBatch ◀── writer ◀── outbox (every result finished in the same loop turn) ◀┘
+
+* **Order.** Calls are turned into tasks in the order they arrive, and asyncio starts tasks in
+  creation order, so calls to one object reach the host's admission (its input gate) in the order
+  the caller sent them. Results go back in completion order, matched by ``seq``.
+* **Batching.** A finished call appends its result to the stream's outbox and wakes the writer; the
+  writer wakes on a later loop turn and sends everything in the outbox as one ResultBatch. While a
+  write is in progress results keep accumulating, so batches grow with load by themselves and no
+  timer is involved (one sequential caller pays no batching delay).
+* **Backpressure.** A stream holds at most ``max_in_flight`` calls, from admission until their
+  result is handed to gRPC. At the bound the reader stops reading, so HTTP/2 flow control pushes
+  back on the caller instead of the node queueing without limit.
+* **Bad input** (wrong id length, unknown kind, private method name, undecodable payload) is
+  answered with an ``invalid_argument`` Result for that call only; the stream carries on.
+* **Shutdown** (:meth:`NodeGrpcServer.stop`): stop accepting new RPCs and answer calls that still
+  arrive with a retryable ``unavailable`` ("not executed"), let admitted calls finish and their
+  results go out, end each stream once it is idle; after ``grace`` cancel what is left.
+  A host call whose stream vanished (caller gone) runs to completion (cancelling it halfway would
+  only make its outcome murkier); its result is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, Protocol, Sequence
+
+from grpc import aio
+
+from duro._namespace import Call
+from duro._pb import node_pb2, node_pb2_grpc
+from duro._wire import call_from_pb, result_error, result_ok
+from duro.errors import DuroError, InvalidValueError, UnavailableError
+
+__all__ = [
+    "Host",
+    "HealthStatus",
+    "NodeServicer",
+    "NodeGrpcServer",
+    "ServerStatus",
+    "MAX_MESSAGE_BYTES",
+    "server_options",
+]
+
+log = logging.getLogger("duro.node.server")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Room left in a message for framing and the fields around payloads when splitting batches.
+_RESULT_OVERHEAD = 64
+_MAX_VALUE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
+DEFAULT_MAX_IN_FLIGHT = 2048
+
+
+class Host(Protocol):
+    """What the server needs of the runtime (``duro.node.runtime.host.ObjectHost``)."""
+
+    async def invoke(self, call: Call) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    node_id: str = ""
+    status: str = "serving"  # "serving", "fenced", "draining"
+    active_objects: int = 0
+
+
+HealthCallback = Callable[[], "HealthStatus | Awaitable[HealthStatus]"]
+
+
+def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Channel arguments for the node's server."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Ping idle callers so dead peers (no FIN, e.g. a partition) are noticed.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept the callers' keepalive pings (see duro.client.connection) without GOAWAY.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        # Two nodes must never share a port silently (gRPC turns SO_REUSEPORT on by default).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+_SHUTTING_DOWN = "node is shutting down; the call was not executed"
+_CANCELLED = "node stopped before the call finished; it may or may not have executed"
+
+
+class NodeServicer(node_pb2_grpc.NodeServicer):
+    """``duro.v1.Node`` over a host. Use it through :class:`NodeGrpcServer`."""
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        health: HealthCallback | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.host = host
+        self.max_in_flight = max_in_flight
+        self._health = health
+        self._draining = False
+        self._tasks: set[asyncio.Task[bytes]] = set()  # every running host call, all streams
+        self._sessions: set[_StreamSession] = set()
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def Stream(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[node_pb2.CallBatch], context: aio.ServicerContext
+    ) -> None:
+        session = _StreamSession(self, context)
+        self._sessions.add(session)
+        try:
+            await session.run(request_iterator)
+        finally:
+            self._sessions.discard(session)
+
+    async def Invoke(  # noqa: N802
+        self, request: node_pb2.Call, context: aio.ServicerContext
+    ) -> node_pb2.Result:
+        if self._draining:
+            return result_error(request.seq, UnavailableError(_SHUTTING_DOWN))
+        try:
+            call = call_from_pb(request)
+        except DuroError as exc:
+            return result_error(request.seq, exc)
+        task = self._spawn(call)
+        try:
+            # Shielded: a caller that goes away does not cut the call short (see module doc).
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        except BaseException:
+            pass
+        return _result_of(request.seq, task)
+
+    async def Health(  # noqa: N802
+        self, request: node_pb2.HealthRequest, context: aio.ServicerContext
+    ) -> node_pb2.HealthResponse:
+        status = await self.health()
+        return node_pb2.HealthResponse(
+            node_id=status.node_id, status=status.status, active_objects=status.active_objects
+        )
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def health(self) -> HealthStatus:
+        if self._health is None:
+            return HealthStatus(status="draining" if self._draining else "serving")
+        status = self._health()
+        if inspect.isawaitable(status):
+            status = await status
+        return status  # type: ignore[return-value]
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def in_flight(self) -> int:
+        """Host calls running now (all streams and unary calls)."""
+        return len(self._tasks)
+
+    def drain(self) -> None:
+        """Refuse new calls (retryable, not executed); end each stream once it is idle."""
+        self._draining = True
+        for session in list(self._sessions):
+            session.wake()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no host call runs; return whether that happened within ``timeout``."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            return not pending
+        return True
+
+    async def cancel_all(self) -> None:
+        """Cancel every host call still running and wait for them to unwind."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
+    def _spawn(self, call: Call) -> asyncio.Task[bytes]:
+        task = asyncio.ensure_future(self.host.invoke(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
+    """The Result for a finished host call."""
+    if task.cancelled():
+        return result_error(seq, UnavailableError(_CANCELLED))
+    exc = task.exception()
+    if exc is None:
+        value = task.result()
+        if type(value) is not bytes:
+            if isinstance(value, (bytearray, memoryview)):
+                value = bytes(value)
+            else:
+                log.error("host returned %s instead of bytes", type(value).__name__)
+                return result_error(
+                    seq, DuroError(f"node returned {type(value).__name__}, not encoded bytes")
+                )
+        if len(value) > _MAX_VALUE_BYTES:
+            return result_error(
+                seq,
+                InvalidValueError(
+                    f"result is {len(value)} bytes encoded; the limit is {_MAX_VALUE_BYTES} bytes"
+                ),
+            )
+        return result_ok(seq, value)
+    if not isinstance(exc, DuroError):
+        # The host wraps the object's exceptions itself; anything else here is a runtime bug.
+        log.error("host.invoke raised a non-duro error", exc_info=exc)
+    return result_error(seq, exc)
+
+
+class _StreamSession:
+    """One ``Node.Stream`` RPC: a reader, a writer, and the calls in flight between them."""
+
+    __slots__ = (
+        "_servicer",
+        "_context",
+        "_outbox",
+        "_outbox_bytes",
+        "_in_flight",
+        "_wake",
+        "_room",
+        "_reading_done",
+    )
+
+    def __init__(self, servicer: NodeServicer, context: aio.ServicerContext) -> None:
+        self._servicer = servicer
+        self._context = context
+        self._outbox: list[node_pb2.Result] = []
+        self._outbox_bytes = 0
+        self._in_flight = 0  # admitted calls whose result has not been handed to gRPC yet
+        self._wake = asyncio.Event()
+        self._room: asyncio.Future[None] | None = None
+        self._reading_done = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, request_iterator: AsyncIterator[node_pb2.CallBatch]) -> None:
+        reader = asyncio.ensure_future(self._read(request_iterator))
+        try:
+            # The stream ends when the writer does: the caller half-closed (or the node drains)
+            # and every admitted call has been answered.
+            await self._write()
+        except Exception as exc:  # the caller went away mid-write; nothing left to answer to
+            log.debug("stream write ended: %r", exc)
+        finally:
+            reader.cancel()
+            if not reader.done():
+                await asyncio.wait([reader])
+            if self._room is not None and not self._room.done():
+                self._room.cancel()
+
+    async def _read(self, request_iterator: AsyncIterator[node_pb2.CallBatch]) -> None:
+        try:
+            async for batch in request_iterator:
+                for pb in batch.calls:
+                    if self._in_flight >= self._servicer.max_in_flight:
+                        self._room = asyncio.get_running_loop().create_future()
+                        await self._room
+                        self._room = None
+                    self._admit(pb)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the RPC broke; the writer notices on its own
+            log.debug("stream read ended: %r", exc)
+        finally:
+            self._reading_done = True
+            self._wake.set()
+
+    def _admit(self, pb: node_pb2.Call) -> None:
+        self._in_flight += 1
+        servicer = self._servicer
+        if servicer._draining:
+            self._push(result_error(pb.seq, UnavailableError(_SHUTTING_DOWN)))
+            return
+        try:
+            call = call_from_pb(pb)
+        except DuroError as exc:
+            self._push(result_error(pb.seq, exc))
+            return
+        task = servicer._spawn(call)
+        task.add_done_callback(functools.partial(self._done, pb.seq))
+
+    def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:
+        self._push(_result_of(seq, task))
+
+    def _push(self, result: node_pb2.Result) -> None:
+        self._outbox.append(result)
+        self._outbox_bytes += len(result.value) + _RESULT_OVERHEAD
+        self._wake.set()
+
+    async def _write(self) -> None:
+        context = self._context
+        max_in_flight = self._servicer.max_in_flight
+        while True:
+            if not self._outbox:
+                if self._in_flight == 0 and (self._reading_done or self._servicer._draining):
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            results, size = self._outbox, self._outbox_bytes
+            self._outbox, self._outbox_bytes = [], 0
+            if size <= MAX_MESSAGE_BYTES // 2:
+                await context.write(node_pb2.ResultBatch(results=results))
+            else:
+                for chunk in _chunks(results, MAX_MESSAGE_BYTES // 2):
+                    await context.write(node_pb2.ResultBatch(results=chunk))
+            self._in_flight -= len(results)
+            room = self._room
+            if room is not None and not room.done() and self._in_flight < max_in_flight:
+                room.set_result(None)
+
+
+def _chunks(results: list[node_pb2.Result], limit: int) -> list[list[node_pb2.Result]]:
+    chunks: list[list[node_pb2.Result]] = [[]]
+    size = 0
+    for r in results:
+        n = len(r.value) + _RESULT_OVERHEAD
+        if chunks[-1] and size + n > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(r)
+        size += n
+    return chunks
+
+
+class ServerStatus(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class NodeGrpcServer:
+    """A grpc.aio server serving :class:`NodeServicer` on ``address`` (``host:port``; port 0
+    picks a free one, see :attr:`port`). ``start()``, idempotent ``stop(grace)``, ``async with``.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        address: str = "127.0.0.1:0",
+        *,
+        health: HealthCallback | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        options: Sequence[tuple[str, int | str]] = (),
+    ) -> None:
+        self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight)
+        self._bind = address
+        self._options = [*server_options(), *options]
+        self._server: aio.Server | None = None
+        self._port = 0
+        self.status = ServerStatus.CREATED
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as callers should dial it (the bound port, not 0)."""
+        host = self._bind.rsplit(":", 1)[0]
+        if host in ("", "0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"{host}:{self._port}"
+
+    async def start(self) -> None:
+        if self.status is not ServerStatus.CREATED:
+            raise RuntimeError(f"server is {self.status.value}; start() runs once")
+        self._stopped = asyncio.Event()
+        server = aio.server(options=self._options)
+        node_pb2_grpc.add_NodeServicer_to_server(self.servicer, server)
+        try:
+            port = server.add_insecure_port(self._bind)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind the node's gRPC server to {self._bind}: {exc}") from None
+        if not port:
+            raise OSError(f"cannot bind the node's gRPC server to {self._bind}")
+        self._port = port
+        await server.start()
+        self._server = server
+        self.status = ServerStatus.RUNNING
+        log.info("node gRPC server listening on %s", self.address)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop accepting, let admitted calls finish within ``grace`` seconds, then cancel.
+
+        Idempotent; a second caller waits for the first stop to complete.
+        """
+        if self.status is ServerStatus.CREATED:
+            self.status = ServerStatus.STOPPED
+            return
+        assert self._stopped is not None
+        if self.status is not ServerStatus.RUNNING:
+            await self._stopped.wait()
+            return
+        self.status = ServerStatus.STOPPING
+        try:
+            self.servicer.drain()
+            assert self._server is not None
+            wait = grace if grace else 0
+            # Both in parallel: gRPC waits for the RPCs (streams end once idle) and cancels them at
+            # the deadline; we wait for host calls whose stream is already gone.
+            await asyncio.gather(self._server.stop(grace), self.servicer.wait_idle(wait))
+            await self.servicer.cancel_all()
+        finally:
+            self.status = ServerStatus.STOPPED
+            self._stopped.set()
+            log.info("node gRPC server on %s stopped", self.address)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> NodeGrpcServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
