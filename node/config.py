@@ -1,0 +1,60 @@
+"""The host node's configuration: one frozen dataclass, loaded file < env (``DURO_NODE_*``) < flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["NodeConfig", "RuntimeConfig"]
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What the object runtime needs (also used alone by ``duro.testing.Testbed``)."""
+
+    sync_wal: bool = field(
+        default=True,
+        metadata={"help": "fsync the WAL on every group commit; false = unsynced WAL: durable "
+                          "against a process crash, NOT against power loss"},
+    )
+    idle_timeout: float = field(
+        default=30.0, metadata={"help": "seconds an idle object stays in memory"}
+    )
+    max_active_objects: int = field(
+        default=100_000, metadata={"help": "objects in memory at most (LRU eviction beyond)"}
+    )
+    memory_budget_mb: int = field(
+        default=0, metadata={"help": "evict idle objects while RSS exceeds this (0 = off)"}
+    )
+    max_queued_events: int = field(
+        default=1000, metadata={"help": "events waiting for one object before it is overloaded"}
+    )
+    max_value_bytes: int = field(
+        default=128 * 1024, metadata={"help": "largest storage value, encoded"}
+    )
+    block_concurrency_timeout: float = field(
+        default=30.0, metadata={"help": "seconds block_concurrency_while may run before a reset"}
+    )
+    sweep_interval: float = field(
+        default=1.0, metadata={"help": "seconds between eviction sweeps"}
+    )
+    region: str = field(default="local", metadata={"help": "region this node runs in"})
+
+
+@dataclass(frozen=True)
+class NodeConfig(RuntimeConfig):
+    """A host node process."""
+
+    node_id: str = field(default="", metadata={"help": "stable node id (default: kept in data dir)"})
+    data_dir: Path = field(default=Path("./data/node"), metadata={"help": "RocksDB and identity"})
+    app: str = field(default="examples", metadata={"help": "app directory, duro.toml or module"})
+    listen: str = field(default="127.0.0.1:0", metadata={"help": "gRPC listen host:port"})
+    advertise: str = field(default="", metadata={"help": "address others reach us at (default: listen)"})
+    zone: str = field(default="", metadata={"help": "zone within the region"})
+    capacity: int = field(default=100_000, metadata={"help": "objects this node should carry"})
+    etcd: str = field(default="", metadata={"help": "etcd endpoint host:port ('' = standalone)"})
+    cluster: str = field(default="duro", metadata={"help": "cluster name (etcd key prefix)"})
+    lease_ttl: float = field(default=5.0, metadata={"help": "membership lease TTL in seconds"})
+    metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_json: bool = field(default=False, metadata={"help": "JSON log lines"})

@@ -1,0 +1,106 @@
+"""The node's alarm scheduler.
+
+Alarms are stored with their object (``0x02|id``) and indexed by time (``0x03|when|id``), so after a
+restart the scheduler reads only the index entries due within the next window, never every object.
+Wake-ups are at-least-once: a due alarm is delivered as an ALARM event; the activation re-reads the
+stored alarm and runs ``alarm()`` only if it is still due, and deletes it (or schedules a retry)
+through the ordinary, durable write path. A crash anywhere before that commit leaves the alarm in
+place, and it fires again after restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from typing import Awaitable, Callable
+
+from duro.node.storage import layout
+from duro.node.storage.engine import StorageEngine
+from duro.node.storage.object_storage import now_ms
+
+__all__ = ["AlarmScheduler"]
+
+log = logging.getLogger("duro.node.runtime")
+
+FireFn = Callable[[str, bytes], Awaitable[object]]
+
+
+class AlarmScheduler:
+    """Fires due alarms; ``schedule`` is called after an alarm change is durable."""
+
+    def __init__(
+        self, engine: StorageEngine, fire: FireFn, *, window_s: float = 60.0, concurrency: int = 64
+    ) -> None:
+        self._engine = engine
+        self._fire = fire
+        self._window_ms = int(window_s * 1000)
+        self._heap: list[tuple[int, bytes, str]] = []
+        self._queued: set[tuple[bytes, int]] = set()  # (object id, time) in the heap
+        self._scanned_until = 0
+        self._wake = asyncio.Event()
+        self._sem = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task | None = None
+        self._inflight: set[asyncio.Task] = set()
+        self.fired = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="duro-alarms")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for t in list(self._inflight):
+            t.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def schedule(self, object_id: bytes, binding: str, when_ms: int) -> None:
+        if when_ms >= self._scanned_until:
+            return  # the index scan will find it when its window comes
+        if (object_id, when_ms) in self._queued:
+            return
+        self._queued.add((object_id, when_ms))
+        heapq.heappush(self._heap, (when_ms, object_id, binding))
+        self._wake.set()
+
+    def _scan(self, until_ms: int) -> None:
+        lo = layout.ALARM_INDEX + self._scanned_until.to_bytes(8, "big")
+        hi = layout.ALARM_INDEX + until_ms.to_bytes(8, "big")
+        self._scanned_until = until_ms
+        for key, value in self._engine.scan(lo, hi):
+            when, oid = layout.parse_alarm_index_key(key)
+            self.schedule(oid, value.decode(), when)
+
+    async def _run(self) -> None:
+        self._scanned_until = 0
+        while True:
+            now = now_ms()
+            if now + self._window_ms // 2 >= self._scanned_until:
+                self._scan(now + self._window_ms)
+            while self._heap and self._heap[0][0] <= now:
+                when, oid, binding = heapq.heappop(self._heap)
+                self._queued.discard((oid, when))
+                t = asyncio.get_running_loop().create_task(self._fire_one(binding, oid))
+                self._inflight.add(t)
+                t.add_done_callback(self._inflight.discard)
+            next_at = self._scanned_until - self._window_ms // 2
+            if self._heap:
+                next_at = min(next_at, self._heap[0][0])
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, (next_at - now_ms()) / 1000))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _fire_one(self, binding: str, oid: bytes) -> None:
+        async with self._sem:
+            try:
+                await self._fire(binding, oid)
+                self.fired += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the object's exception: its retry is already scheduled
+                log.debug("alarm of %s failed: %r", oid.hex(), exc)

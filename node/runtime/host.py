@@ -1,0 +1,248 @@
+"""``ObjectHost``: every object a node runs, and the one entry point for calls to them.
+
+``invoke(call)`` finds the object's activation (constructing it on first use), delivers the event
+through the activation's gates and returns the encoded result. The host also owns the node-wide
+pieces the activations share: the RocksDB engine, the group committer, the alarm scheduler, the LRU
+of activations with its idle and memory-budget eviction, and the ``env`` given to objects.
+
+Ownership (the cluster's fencing) is a pluggable :class:`Ownership`: ``None`` for a standalone node
+or the Testbed, where the node owns every object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Mapping, Protocol
+
+from duro import _codec
+from duro._namespace import Call, CallKind, Env, Invoker, Namespace
+from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
+from duro.node.config import RuntimeConfig
+from duro.node.runtime.activation import Activation, State, current_activation
+from duro.node.runtime.alarms import AlarmScheduler
+from duro.node.storage.engine import GroupCommitter, StorageEngine
+
+__all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec"]
+
+log = logging.getLogger("duro.node.runtime")
+
+
+class Ownership(Protocol):
+    """The cluster's view of which objects this node may serve (see ``duro.node.ownership``)."""
+
+    async def acquire(self, call: Call) -> int:
+        """Return the epoch this node serves the object with, or raise (redirect, unavailable)."""
+
+    def still_owner(self, object_id: bytes, epoch: int) -> bool:
+        """Checked at every commit: may this activation still write?"""
+
+
+class BindingSpec(Protocol):
+    name: str
+    class_name: str
+    cls: type
+
+
+class HostStats:
+    __slots__ = ("activations", "evictions", "events", "overloaded", "resets", "storage_failures")
+
+    def __init__(self) -> None:
+        self.activations = 0
+        self.evictions = 0
+        self.events = 0
+        self.overloaded = 0
+        self.resets = 0
+        self.storage_failures = 0
+
+
+class _GatedInvoker:
+    """The invoker objects call other objects through: adds the output and input gates."""
+
+    __slots__ = ("_inner", "_region")
+
+    def __init__(self, inner: Invoker, region: str) -> None:
+        self._inner = inner
+        self._region = region
+
+    async def invoke(self, call: Call) -> bytes:
+        act = current_activation.get()
+        if act is not None:
+            gate = act.storage.output_gate()  # an outgoing call is an outgoing message
+            if gate is not None:
+                await gate
+        if not call.caller_region:
+            call.caller_region = self._region
+        try:
+            return await self._inner.invoke(call)
+        finally:
+            if act is not None and act.gate_closed:
+                await act.wait_gate_open()  # the reply is an input event
+
+
+class ObjectHost:
+    """Runs the objects of one app on one node."""
+
+    def __init__(
+        self,
+        engine: StorageEngine,
+        bindings: Mapping[str, BindingSpec],
+        config: RuntimeConfig = RuntimeConfig(),
+        *,
+        vars: Mapping[str, Any] | None = None,
+        ownership: Ownership | None = None,
+        outgoing: Invoker | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.bindings = dict(bindings)
+        self.ownership = ownership
+        self.committer = GroupCommitter(engine)
+        self.alarms = AlarmScheduler(engine, self._fire_alarm)
+        self.stats = HostStats()
+        self._acts: OrderedDict[bytes, Activation] = OrderedDict()
+        self._closing = False
+        self._sweeper: asyncio.Task | None = None
+        gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)
+        self.env = Env(
+            {name: Namespace(name, b.class_name, gated) for name, b in self.bindings.items()},
+            dict(vars or {}),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.alarms.start()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop admitting, let running events finish (within ``grace``), flush, evict all."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        await self.alarms.stop()
+        deadline = time.monotonic() + grace
+        while any(not a.is_idle() for a in self._acts.values()) and time.monotonic() < deadline:
+            self.committer.flush()
+            await asyncio.sleep(0.01)
+        self.committer.flush()
+        for act in list(self._acts.values()):
+            act.close()
+        self._acts.clear()
+
+    @property
+    def active_count(self) -> int:
+        return len(self._acts)
+
+    def activation(self, object_id: bytes) -> Activation | None:
+        return self._acts.get(object_id)
+
+    # -- calls ------------------------------------------------------------------------------
+    async def invoke(self, call: Call) -> bytes:
+        if self._closing:
+            raise UnavailableError("node is shutting down")
+        oid = call.object_id
+        if not isinstance(oid, bytes) or len(oid) != 32:
+            raise InvalidIdError("object id must be 32 bytes")
+        binding = self.bindings.get(call.binding)
+        if binding is None:
+            raise InvalidArgumentError(f"unknown binding {call.binding!r}")
+        epoch = 0
+        if self.ownership is not None:
+            epoch = await self.ownership.acquire(call)
+        act = self._acts.get(oid)
+        if act is None or act.state is not State.ACTIVE or (epoch and act.epoch != epoch):
+            if act is not None and act.state is State.ACTIVE:
+                act.reset(UnavailableError("object moved to a new epoch; call again"))
+            act = self._activate(call.binding, binding.cls, oid, epoch)
+        else:
+            self._acts.move_to_end(oid)
+        self.stats.events += 1
+        return await act.deliver(call)
+
+    def _activate(self, binding: str, cls: type, oid: bytes, epoch: int) -> Activation:
+        if len(self._acts) >= self.config.max_active_objects:
+            self._evict_lru(len(self._acts) - self.config.max_active_objects + 1)
+        act = Activation(self, oid, binding, epoch)
+        act.construct(cls, self.env)
+        self._acts[oid] = act
+        self.stats.activations += 1
+        return act
+
+    def _forget(self, act: Activation) -> None:
+        """Called by an activation that was reset."""
+        if self._acts.get(act.oid) is act:
+            del self._acts[act.oid]
+        self.stats.resets += 1
+
+    async def _fire_alarm(self, binding: str, oid: bytes) -> object:
+        if binding not in self.bindings:
+            log.warning("alarm for %s names unknown binding %r; skipped", oid.hex(), binding)
+            return None
+        return _codec.decode(
+            await self.invoke(Call(binding=binding, object_id=oid, kind=CallKind.ALARM))
+        )
+
+    # -- eviction ---------------------------------------------------------------------------
+    def evict(self, object_id: bytes) -> bool:
+        """Drop an idle object from memory now. Returns False if it is busy or not active."""
+        act = self._acts.get(object_id)
+        if act is None or not act.is_idle():
+            return False
+        self._evict(act)
+        return True
+
+    def _evict(self, act: Activation) -> None:
+        del self._acts[act.oid]
+        act.close()
+        self.stats.evictions += 1
+
+    def _evict_lru(self, n: int) -> int:
+        """Evict up to ``n`` least recently used idle objects."""
+        done = 0
+        for act in list(self._acts.values()):
+            if done >= n:
+                break
+            if act.is_idle():
+                self._evict(act)
+                done += 1
+        return done
+
+    def sweep(self) -> int:
+        """Evict objects idle longer than ``idle_timeout`` and enforce the memory budget."""
+        now = time.monotonic()
+        cutoff = now - self.config.idle_timeout
+        evicted = 0
+        for act in list(self._acts.values()):
+            if act.last_used > cutoff:
+                break  # LRU order: everything after this was used more recently
+            if act.is_idle():
+                self._evict(act)
+                evicted += 1
+        budget = self.config.memory_budget_mb * 1024 * 1024
+        if budget and _rss_bytes() > budget and self._acts:
+            evicted += self._evict_lru(max(1, len(self._acts) // 10))
+        return evicted
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                self.sweep()
+            except Exception:  # never let the sweeper die
+                log.exception("eviction sweep failed")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

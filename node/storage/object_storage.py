@@ -1,0 +1,579 @@
+"""``ctx.storage``: one object's transactional key-value storage.
+
+Every operation takes effect synchronously, when it is called, against the object's write-back
+overlay (the pending :class:`Layer`) over RocksDB, and returns an awaitable that is already complete.
+So:
+
+* no other event of the object can run during a storage operation (the input gate holds trivially:
+  the operation never yields to the event loop);
+* writes made without an ``await`` of other I/O in between land in the same pending layer, and the
+  node's group committer writes one layer atomically (write coalescing);
+* ``put`` without ``await`` is still applied (unlike a bare coroutine, nothing is lost);
+* a bad key or value raises at the call, before anything of that call is written.
+
+Durability is the output gate's business: the pending layer is committed at the end of the loop turn
+(:class:`~duro.node.storage.engine.GroupCommitter`), and the runtime holds every response, socket
+send and outgoing call made after a write until :meth:`ObjectStorage.output_gate` says the write is
+durable. ``await storage.sync()`` waits for it explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, Protocol
+
+import rocksdict
+
+from duro import _codec
+from duro.errors import DuroError, InvalidArgumentError, ObjectResetError
+from duro.node.storage import layout
+
+if TYPE_CHECKING:
+    from duro.node.storage.engine import GroupCommitter, StorageEngine
+
+__all__ = ["ObjectStorage", "Transaction", "Layer", "Ready", "MAX_KEYS_PER_CALL", "StorageOwner"]
+
+MAX_KEYS_PER_CALL = 128
+_MAX_ALARM_SECONDS = 1e11  # beyond year 5000: almost certainly milliseconds passed as seconds
+
+
+class Ready:
+    """An awaitable that is already complete (storage operations finish when called)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __await__(self):
+        return self.value
+        yield  # pragma: no cover - makes this a generator
+
+
+_DONE = Ready()
+
+
+class Layer:
+    """Writes not yet committed: full RocksDB key -> encoded value, or None for a delete."""
+
+    __slots__ = ("writes", "cleared", "seq", "alarm")
+
+    def __init__(self) -> None:
+        self.writes: dict[bytes, bytes | None] = {}
+        self.cleared: bytes | None = None  # data prefix wiped by delete_all before these writes
+        self.seq = 0
+        self.alarm: Any = _UNCHANGED  # new alarm time (ms) or None once set/deleted in this layer
+
+    def apply_to(self, batch: rocksdict.WriteBatch) -> None:
+        if self.cleared is not None:
+            batch.delete_range(self.cleared, layout.prefix_end(self.cleared))
+        for k, v in self.writes.items():
+            if v is None:
+                batch.delete(k)
+            else:
+                batch.put(k, v)
+
+    def merge(self, top: Layer) -> None:
+        """Apply ``top`` (a committed transaction) on this layer."""
+        if top.cleared is not None:
+            self.cleared = top.cleared
+            for k in [k for k in self.writes if k.startswith(top.cleared)]:
+                del self.writes[k]
+        self.writes.update(top.writes)
+        if top.alarm is not _UNCHANGED:
+            self.alarm = top.alarm
+
+
+class _Unchanged:
+    __repr__ = lambda self: "<unchanged>"  # noqa: E731
+
+
+_UNCHANGED = _Unchanged()
+
+
+class StorageOwner(Protocol):
+    """What the runtime gives an object's storage (the activation)."""
+
+    def _check_fence(self) -> None: ...
+    def _on_storage_failed(self, exc: DuroError) -> None: ...
+    def _on_alarm_committed(self, when_ms: int | None) -> None: ...
+    def _block_events(self) -> object: ...
+    def _unblock_events(self, token: object) -> None: ...
+
+
+class _Ops:
+    """Storage operations over a stack of layers (shared by storage and transactions)."""
+
+    __slots__ = ()
+
+    # -- provided by subclasses -------------------------------------------------------------
+    _oid: bytes
+    _binding: str
+    _engine: StorageEngine
+    _max_value: int
+
+    def _layers(self) -> Iterable[Layer]:  # newest first
+        raise NotImplementedError
+
+    def _write_layer(self) -> Layer:
+        raise NotImplementedError
+
+    def _wrote(self) -> None:
+        raise NotImplementedError
+
+    def _check_usable(self) -> None:
+        raise NotImplementedError
+
+    # -- reads ------------------------------------------------------------------------------
+    def _read(self, full_key: bytes) -> bytes | None:
+        data = full_key[0:1] == layout.DATA
+        for layer in self._layers():
+            if full_key in layer.writes:
+                return layer.writes[full_key]
+            if data and layer.cleared is not None:
+                return None
+        return self._engine.get(full_key)
+
+    def _key(self, key: Any) -> bytes:
+        return layout.data_key(self._oid, layout.encode_user_key(key))
+
+    def _keys(self, keys: Any) -> list[bytes]:
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise InvalidArgumentError("keys must be a list of str")
+        keys = list(keys)
+        if len(keys) > MAX_KEYS_PER_CALL:
+            raise InvalidArgumentError(
+                f"{len(keys)} keys in one call; the limit is {MAX_KEYS_PER_CALL}"
+            )
+        return [self._key(k) for k in keys]
+
+    def get(self, key: str, default: Any = None) -> Ready:
+        """The value stored under ``key``, or ``default``."""
+        self._check_usable()
+        raw = self._read(self._key(key))
+        return Ready(default if raw is None else _codec.decode(raw))
+
+    def get_many(self, keys: Iterable[str]) -> Ready:
+        """A dict of the keys that exist (at most 128 keys), in the order asked."""
+        self._check_usable()
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise InvalidArgumentError("keys must be a list of str")
+        keys = list(keys)
+        out: dict[str, Any] = {}
+        for k, full in zip(keys, self._keys(keys)):
+            raw = self._read(full)
+            if raw is not None:
+                out[k] = _codec.decode(raw)
+        return Ready(out)
+
+    def list(
+        self,
+        *,
+        prefix: str = "",
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Ready:
+        """Keys and values in UTF-8 byte order of the keys, as a dict.
+
+        ``start`` is inclusive, ``start_after`` and ``end`` exclusive; ``prefix`` restricts to keys
+        that start with it; ``reverse`` lists in descending order (``limit`` then keeps the last
+        keys of the range).
+        """
+        self._check_usable()
+        if start is not None and start_after is not None:
+            raise InvalidArgumentError("list() takes start or start_after, not both")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
+        base = layout.data_prefix(self._oid)
+        lo = base + layout.encode_user_key(prefix)
+        hi = layout.prefix_end(lo)
+        if start is not None:
+            lo = max(lo, base + layout.encode_user_key(start))
+        if start_after is not None:
+            lo = max(lo, base + layout.encode_user_key(start_after) + b"\x00")
+        if end is not None:
+            hi = min(hi, base + layout.encode_user_key(end))
+        out: dict[str, Any] = {}
+        if lo >= hi:
+            return Ready(out)
+        for k, v in self._merged(lo, hi, reverse):
+            out[layout.user_key(k)] = _codec.decode(v)
+            if limit is not None and len(out) >= limit:
+                break
+        return Ready(out)
+
+    def _merged(self, lo: bytes, hi: bytes, reverse: bool):
+        over: dict[bytes, bytes | None] = {}
+        db_visible = True
+        for layer in reversed(list(self._layers())):  # oldest first
+            if layer.cleared is not None:
+                over.clear()
+                db_visible = False
+            for k, v in layer.writes.items():
+                if lo <= k < hi:
+                    over[k] = v
+        okeys = sorted(over, reverse=reverse)
+        db_iter = self._engine.scan(lo, hi, reverse=reverse) if db_visible else iter(())
+        i = 0
+        nxt = next(db_iter, None)
+        while True:
+            ok = okeys[i] if i < len(okeys) else None
+            if nxt is None and ok is None:
+                return
+            if ok is None or (nxt is not None and (nxt[0] > ok if reverse else nxt[0] < ok)):
+                yield nxt
+                nxt = next(db_iter, None)
+                continue
+            if nxt is not None and nxt[0] == ok:
+                nxt = next(db_iter, None)
+            i += 1
+            v = over[ok]
+            if v is not None:
+                yield ok, v
+
+    # -- writes -----------------------------------------------------------------------------
+    def put(self, key: str, value: Any) -> Ready:
+        """Store ``value`` (msgpack-encodable, at most the value limit) under ``key``."""
+        self._check_usable()
+        full = self._key(key)
+        data = _codec.encode_value(value, self._max_value)
+        self._write_layer().writes[full] = data
+        self._wrote()
+        return _DONE
+
+    def put_many(self, entries: Mapping[str, Any]) -> Ready:
+        """Store several keys atomically (at most 128)."""
+        self._check_usable()
+        if not isinstance(entries, Mapping):
+            raise InvalidArgumentError("put_many() takes a mapping of str keys to values")
+        fulls = self._keys(list(entries))
+        encoded = [_codec.encode_value(v, self._max_value) for v in entries.values()]
+        layer = self._write_layer()
+        for full, data in zip(fulls, encoded):
+            layer.writes[full] = data
+        if fulls:
+            self._wrote()
+        return _DONE
+
+    def delete(self, key: str) -> Ready:
+        """Delete ``key``; the awaitable gives whether it existed."""
+        self._check_usable()
+        full = self._key(key)
+        existed = self._read(full) is not None
+        self._write_layer().writes[full] = None
+        self._wrote()
+        return Ready(existed)
+
+    def delete_many(self, keys: Iterable[str]) -> Ready:
+        """Delete several keys (at most 128); the awaitable gives how many existed."""
+        self._check_usable()
+        fulls = self._keys(keys)
+        count = sum(1 for f in fulls if self._read(f) is not None)
+        layer = self._write_layer()
+        for f in fulls:
+            layer.writes[f] = None
+        if fulls:
+            self._wrote()
+        return Ready(count)
+
+    def delete_all(self) -> Ready:
+        """Delete every key of the object, and its alarm."""
+        self._check_usable()
+        layer = self._write_layer()
+        prefix = layout.data_prefix(self._oid)
+        for k in [k for k in layer.writes if k.startswith(prefix)]:
+            del layer.writes[k]
+        layer.cleared = prefix
+        self._set_alarm_record(layer, None)
+        self._wrote()
+        return _DONE
+
+    # -- alarm ------------------------------------------------------------------------------
+    def _alarm_record(self) -> list | None:
+        raw = self._read(layout.alarm_key(self._oid))
+        return None if raw is None else _codec.decode(raw)
+
+    def _set_alarm_record(self, layer: Layer, when_ms: int | None, retry: int = 0) -> None:
+        old = self._alarm_record()
+        if old is not None:
+            layer.writes[layout.alarm_index_key(old[0], self._oid)] = None
+        if when_ms is None:
+            layer.writes[layout.alarm_key(self._oid)] = None
+        else:
+            layer.writes[layout.alarm_key(self._oid)] = _codec.encode([when_ms, self._binding, retry])
+            layer.writes[layout.alarm_index_key(when_ms, self._oid)] = self._binding.encode()
+        layer.alarm = when_ms
+
+    def _firing_ms(self) -> int | None:
+        raise NotImplementedError
+
+    def get_alarm(self) -> Ready:
+        """The alarm's time as a Unix timestamp in seconds (float), or None.
+
+        While ``alarm()`` runs, the alarm that fired is no longer reported (as in Durable Objects).
+        """
+        self._check_usable()
+        rec = self._alarm_record()
+        if rec is None or rec[0] == self._firing_ms():
+            return Ready(None)
+        return Ready(rec[0] / 1000.0)
+
+    def set_alarm(self, when: float | _dt.datetime) -> Ready:
+        """Set the object's one alarm: a Unix timestamp in seconds or an aware/naive-UTC datetime."""
+        self._check_usable()
+        self._write_alarm(_alarm_ms(when))
+        return _DONE
+
+    def delete_alarm(self) -> Ready:
+        self._check_usable()
+        self._write_alarm(None)
+        return _DONE
+
+    def _write_alarm(self, when_ms: int | None, retry: int = 0) -> None:
+        self._set_alarm_record(self._write_layer(), when_ms, retry)
+        self._wrote()
+        self._alarm_touched()
+
+    def _alarm_touched(self) -> None:
+        raise NotImplementedError
+
+
+def _alarm_ms(when: Any) -> int:
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return int(when.timestamp() * 1000)
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise InvalidArgumentError(
+            f"set_alarm() takes a Unix timestamp in seconds or a datetime, not {type(when).__name__}"
+        )
+    if when != when or when < 0:
+        raise InvalidArgumentError(f"alarm time must be a non-negative number, got {when!r}")
+    if when > _MAX_ALARM_SECONDS:
+        raise InvalidArgumentError(
+            f"alarm time {when!r} is too far in the future; set_alarm() takes seconds, not milliseconds"
+        )
+    return int(when * 1000)
+
+
+class ObjectStorage(_Ops):
+    """``ctx.storage`` of one activation."""
+
+    __slots__ = (
+        "_oid",
+        "_binding",
+        "_engine",
+        "_committer",
+        "_owner",
+        "_max_value",
+        "_pending",
+        "_write_seq",
+        "_durable_seq",
+        "_waiters",
+        "_error",
+        "_in_txn",
+        "_alarm_version",
+        "_alarm_firing",
+    )
+
+    def __init__(
+        self,
+        object_id: bytes,
+        binding: str,
+        engine: StorageEngine,
+        committer: GroupCommitter,
+        owner: StorageOwner,
+        max_value_bytes: int = _codec.DEFAULT_MAX_VALUE_BYTES,
+    ) -> None:
+        self._oid = object_id
+        self._binding = binding
+        self._engine = engine
+        self._committer = committer
+        self._owner = owner
+        self._max_value = max_value_bytes
+        self._pending: Layer | None = None
+        self._write_seq = 0
+        self._durable_seq = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] | None = None
+        self._error: DuroError | None = None
+        self._in_txn = False
+        self._alarm_version = 0  # bumped by every alarm change the object's code makes
+        self._alarm_firing: int | None = None  # time (ms) of the alarm whose alarm() is running
+
+    def _firing_ms(self) -> int | None:
+        return self._alarm_firing
+
+    def _alarm_touched(self) -> None:
+        self._alarm_version += 1
+
+    def _write_alarm_internal(self, when_ms: int | None, retry: int = 0) -> None:
+        """Runtime-made alarm change (retry, completion): not counted as the object's own."""
+        self._set_alarm_record(self._write_layer(), when_ms, retry)
+        self._wrote()
+
+    def _layers(self) -> Iterable[Layer]:
+        return (self._pending,) if self._pending is not None else ()
+
+    def _write_layer(self) -> Layer:
+        if self._pending is None:
+            self._pending = Layer()
+        return self._pending
+
+    def _wrote(self) -> None:
+        self._write_seq += 1
+        layer = self._pending
+        if layer is not None and layer.seq == 0:
+            self._committer.mark_dirty(self)
+        if layer is not None:
+            layer.seq = self._write_seq
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise ObjectResetError(f"storage of this object failed and it was reset: {self._error}")
+
+    # -- transactions -----------------------------------------------------------------------
+    def transaction(self, fn: Callable[[Transaction], Awaitable[Any]] | None = None) -> Any:
+        """``async with storage.transaction() as txn:`` or ``await storage.transaction(fn)``.
+
+        The transaction's reads see its own writes; its writes are applied atomically when it ends
+        without an exception or ``rollback()``, and discarded otherwise. While it runs no other event
+        is delivered to the object, so it is serializable.
+        """
+        self._check_usable()
+        txn = Transaction(self)
+        if fn is None:
+            return txn
+
+        async def run() -> Any:
+            async with txn:
+                return await fn(txn)
+
+        return run()
+
+    # -- durability -------------------------------------------------------------------------
+    def has_unflushed(self) -> bool:
+        return self._durable_seq < self._write_seq
+
+    def output_gate(self) -> asyncio.Future | None:
+        """None if every write so far is durable, else a future resolved when it is."""
+        if self._error is not None:
+            raise ObjectResetError(f"storage of this object failed and it was reset: {self._error}")
+        if self._durable_seq >= self._write_seq:
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = deque()
+        self._waiters.append((self._write_seq, fut))
+        return fut
+
+    async def sync(self) -> None:
+        """Wait until every write made so far is durable."""
+        fut = self.output_gate()
+        if fut is not None:
+            await fut
+
+    # -- called by the group committer ------------------------------------------------------
+    def _take_pending(self) -> Layer | None:
+        layer, self._pending = self._pending, None
+        return layer
+
+    def _check_fence(self) -> None:
+        self._owner._check_fence()
+
+    def _commit_succeeded(self, layer: Layer) -> None:
+        self._durable_seq = max(self._durable_seq, layer.seq)
+        if layer.alarm is not _UNCHANGED:
+            self._owner._on_alarm_committed(layer.alarm)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._durable_seq:
+            fut = waiters.popleft()[1]
+            if not fut.done():
+                fut.set_result(None)
+
+    def _commit_failed(self, layer: Layer, exc: DuroError) -> None:
+        self._error = exc
+        self._pending = None
+        waiters, self._waiters = self._waiters, None
+        for _, fut in waiters or ():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._owner._on_storage_failed(exc)
+
+
+class Transaction(_Ops):
+    """The ``txn`` of ``storage.transaction()``: the storage API plus ``rollback()``."""
+
+    __slots__ = ("_storage", "_layer", "_done", "_rolled_back", "_token", "_oid", "_binding",
+                 "_engine", "_max_value")
+
+    def __init__(self, storage: ObjectStorage) -> None:
+        self._storage = storage
+        self._layer = Layer()
+        self._done = False
+        self._rolled_back = False
+        self._token: object = None
+        self._oid = storage._oid
+        self._binding = storage._binding
+        self._engine = storage._engine
+        self._max_value = storage._max_value
+
+    def _layers(self) -> Iterable[Layer]:
+        yield self._layer
+        yield from self._storage._layers()
+
+    def _write_layer(self) -> Layer:
+        return self._layer
+
+    def _wrote(self) -> None:
+        pass
+
+    def _firing_ms(self) -> int | None:
+        return self._storage._alarm_firing
+
+    def _alarm_touched(self) -> None:
+        pass  # counted when the transaction commits
+
+    def _check_usable(self) -> None:
+        if self._done:
+            raise InvalidArgumentError("transaction is finished")
+        if self._rolled_back:
+            raise InvalidArgumentError("transaction was rolled back")
+        self._storage._check_usable()
+
+    def rollback(self) -> None:
+        """Discard every write of this transaction; it can no longer be used."""
+        self._rolled_back = True
+
+    async def __aenter__(self) -> Transaction:
+        st = self._storage
+        if st._in_txn:
+            raise InvalidArgumentError("transactions cannot be nested")
+        st._in_txn = True
+        self._token = st._owner._block_events()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        st = self._storage
+        try:
+            if exc_type is None and not self._rolled_back:
+                layer = self._layer
+                if layer.writes or layer.cleared is not None:
+                    st._write_layer().merge(layer)
+                    st._wrote()
+                    if layer.alarm is not _UNCHANGED:
+                        st._alarm_version += 1
+        finally:
+            self._done = True
+            st._in_txn = False
+            st._owner._unblock_events(self._token)
+        return False
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
