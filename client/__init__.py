@@ -1,0 +1,111 @@
+"""``duro.client``: call objects from any Python process.
+
+::
+
+    async with duro.client.connect(etcd="127.0.0.1:2379", region="eu-west") as c:
+        stub = c.namespace("COUNTER").get_by_name("x")
+        await stub.increment()
+
+``etcd=`` routes every call to the object's owner through the directory (placing new objects);
+``node=`` talks to one node directly (a standalone node, or tools). The stub API is the one objects
+use inside the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from duro._namespace import Invoker, Namespace
+
+__all__ = ["Client", "connect"]
+
+
+class Client:
+    """A connection to a cluster (or one node): namespaces by binding name."""
+
+    def __init__(self, invoker: Invoker, bindings: Mapping[str, str], region: str = "") -> None:
+        self.invoker = invoker
+        self.bindings = dict(bindings)  # binding name -> namespace class name
+        self.region = region
+        self._closers: list[Any] = []
+
+    def namespace(self, binding: str) -> Namespace:
+        try:
+            class_name = self.bindings[binding]
+        except KeyError:
+            from duro.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"unknown binding {binding!r}; known: {sorted(self.bindings)}"
+            ) from None
+        return Namespace(binding, class_name, self.invoker, self.region)
+
+    async def close(self) -> None:
+        for closer in reversed(self._closers):
+            await closer()
+        self._closers.clear()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _bindings_of(app: Any) -> dict[str, str]:
+    from duro._app import App, load_app
+
+    loaded = app if isinstance(app, App) else load_app(app)
+    return {name: loaded.namespace_class(b.class_name) for name, b in loaded.bindings.items()}
+
+
+def connect(
+    *,
+    etcd: str | None = None,
+    node: str | None = None,
+    app: Any = None,
+    bindings: Mapping[str, str] | None = None,
+    cluster: str = "duro",
+    region: str = "",
+) -> _Connecting:
+    """Connect to a cluster through etcd, or to one node. Use with ``async with``.
+
+    Binding names map to class names through ``bindings``, else ``app`` (a path or module), else
+    (with ``etcd``) the bindings the cluster's nodes published.
+    """
+    return _Connecting(etcd, node, app, bindings, cluster, region)
+
+
+class _Connecting:
+    def __init__(self, etcd, node, app, bindings, cluster, region) -> None:  # noqa: ANN001
+        self._args = (etcd, node, app, bindings, cluster, region)
+        self._client: Client | None = None
+
+    async def __aenter__(self) -> Client:
+        etcd, node, app, bindings, cluster, region = self._args
+        names = dict(bindings) if bindings else (_bindings_of(app) if app is not None else None)
+        if node:
+            from duro.client.connection import NodeConnection
+
+            conn = NodeConnection(node)
+            client = Client(conn, names or {}, region)
+            client._closers.append(conn.close)
+        elif etcd:
+            from duro.client.router import Router
+
+            router = Router(etcd, cluster=cluster, region=region)
+            await router.start()
+            if names is None:
+                names = await router.published_bindings()
+            client = Client(router, names, region)
+            client._closers.append(router.close)
+        else:
+            from duro.errors import InvalidArgumentError
+
+            raise InvalidArgumentError("connect() needs etcd= or node=")
+        self._client = client
+        return client
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -1,0 +1,213 @@
+"""The ``duro`` command line.
+
+    duro dev [--app PATH]                  local cluster: etcd, placement, 3 nodes, edges
+    duro node [--config F] [--flag ...]    one host node
+    duro placement [...]                   one placement replica
+    duro edge [...]                        one edge (HTTP/WebSocket + gRPC gateway)
+    duro status  --etcd H:P                nodes, regions, leader, object counts
+    duro where   BINDING NAME --etcd H:P   owner node, region, epoch
+    duro call    BINDING NAME METHOD [JSON_ARGS] (--etcd H:P | --node H:P)
+
+Every service takes its settings from an optional TOML file (``--config``), then ``DURO_<ROLE>_*``
+environment variables, then flags (later wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from duro._config import add_dataclass_flags, flags_from_args, load_config
+
+__all__ = ["main"]
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+
+
+def _service_config(cls: type, prefix: str, args: argparse.Namespace) -> Any:
+    return load_config(
+        cls,
+        file=Path(args.config) if args.config else None,
+        env=os.environ,
+        env_prefix=prefix,
+        overrides=flags_from_args(args),
+    )
+
+
+# -- services ---------------------------------------------------------------------------------
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from duro._log import configure_logging
+    from duro.node.config import NodeConfig
+    from duro.node.main import run_node
+
+    config = _service_config(NodeConfig, "DURO_NODE_", args)
+    configure_logging(config.log_level, config.log_json)
+    _run(run_node(config))
+    return 0
+
+
+def _cmd_placement(args: argparse.Namespace) -> int:
+    from duro.placement.__main__ import main as placement_main
+
+    return placement_main(args.rest)
+
+
+def _cmd_edge(args: argparse.Namespace) -> int:
+    try:
+        from duro.edge.main import main as edge_main
+    except ImportError:
+        print("duro edge: the edge tier is not built yet", file=sys.stderr)
+        return 2
+    return edge_main(args.rest)
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from duro.dev import main as dev_main
+
+    return dev_main(args)
+
+
+# -- operator commands ------------------------------------------------------------------------
+
+def _parse_json_args(text: str | None) -> tuple[list[Any], dict[str, Any]]:
+    if not text:
+        return [], {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"duro call: JSON_ARGS is not valid JSON: {exc}") from None
+    if isinstance(value, list):
+        return value, {}
+    if isinstance(value, dict):
+        return [], value
+    return [value], {}
+
+
+async def _call(args: argparse.Namespace) -> Any:
+    from duro.client import connect
+
+    pos, kw = _parse_json_args(args.json_args)
+    async with connect(etcd=args.etcd, node=args.node, app=args.app, cluster=args.cluster,
+                       region=args.region) as c:
+        stub = c.namespace(args.binding).get_by_name(args.name)
+        return await stub.call(args.method, *pos, **kw)
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from duro.errors import DuroError
+
+    try:
+        result = _run(_call(args))
+    except DuroError as exc:
+        flags = [f for f in ("retryable", "overloaded") if getattr(exc, f)]
+        print(f"error: {exc.code}: {exc}" + (f" ({', '.join(flags)})" if flags else ""),
+              file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from duro.client.admin import status
+
+    print(json.dumps(_run(status(args.etcd, args.cluster)), indent=2))
+    return 0
+
+
+def _cmd_where(args: argparse.Namespace) -> int:
+    from duro.client.admin import where
+
+    info = _run(where(args.etcd, args.cluster, args.app, args.binding, args.name))
+    print(json.dumps(info, indent=2))
+    return 0 if info.get("node") else 1
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser, *, node: bool = False) -> None:
+    p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", "127.0.0.1:2379"),
+                   help="etcd endpoint host:port (env DURO_ETCD)")
+    p.add_argument("--cluster", default=os.environ.get("DURO_CLUSTER", "duro"))
+    p.add_argument("--app", default=os.environ.get("DURO_APP", "examples"),
+                   help="the app (for binding → class names)")
+    p.add_argument("--region", default=os.environ.get("DURO_REGION", ""))
+    if node:
+        p.add_argument("--node", default=None,
+                       help="call one node directly at host:port instead of routing via etcd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from duro.node.config import NodeConfig
+
+    parser = argparse.ArgumentParser(prog="duro", description="Durable Objects for Python")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dev", help="run a local multi-region cluster on this machine")
+    p.add_argument("--app", default="examples", help="app directory, duro.toml or module")
+    p.add_argument("--data-dir", default=".duro/dev", help="where the cluster keeps its data")
+    p.add_argument("--regions", default="us-east,eu-west,ap-south")
+    p.add_argument("--http-port", type=int, default=8787, help="first edge's HTTP port")
+    p.add_argument("--base-port", type=int, default=7100, help="first of the internal ports")
+    p.add_argument("--no-edge", action="store_true", help="do not start edges")
+    p.add_argument("--simulate-latency", action="store_true",
+                   help="inject inter-region latency (us-east↔eu-west 40 ms, to ap-south 90 ms)")
+    p.set_defaults(fn=_cmd_dev)
+
+    p = sub.add_parser("node", help="run a host node")
+    p.add_argument("--config", help="TOML file with node settings")
+    add_dataclass_flags(p, NodeConfig, env_prefix="DURO_NODE_")
+    p.set_defaults(fn=_cmd_node)
+
+    for name, fn in (("placement", _cmd_placement), ("edge", _cmd_edge)):
+        p = sub.add_parser(name, help=f"run a {name} service", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("call", help="call a method of an object")
+    p.add_argument("binding")
+    p.add_argument("name")
+    p.add_argument("method")
+    p.add_argument("json_args", nargs="?", help="JSON list (positional), object (keyword) or value")
+    _add_cluster_flags(p, node=True)
+    p.set_defaults(fn=_cmd_call)
+
+    p = sub.add_parser("status", help="nodes, regions, leader, object counts")
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_status)
+
+    p = sub.add_parser("where", help="which node owns an object")
+    p.add_argument("binding")
+    p.add_argument("name")
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_where)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from duro.errors import InvalidArgumentError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except InvalidArgumentError as exc:  # config errors and the like: one clear line
+        print(f"duro {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The host node process: RocksDB, the object runtime, the gRPC server, metrics, membership.
+
+Start order: identity → storage → runtime → gRPC server → (cluster) membership registration.
+Stop order (SIGTERM/SIGINT or ``stop()``): deregister → stop accepting and drain in-flight calls →
+flush and evict every object → close RocksDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import uuid
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from duro._app import App, load_app
+from duro._metrics import start_metrics_server, stop_metrics_server
+from duro.node.config import NodeConfig
+from duro.node.metrics import NodeCollector
+from duro.node.runtime.host import ObjectHost
+from duro.node.server import HealthStatus, NodeGrpcServer
+from duro.node.storage.engine import StorageEngine
+
+__all__ = ["NodeProcess", "run_node", "node_identity"]
+
+log = logging.getLogger("duro.node")
+
+
+class Status(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def node_identity(data_dir: Path, configured: str = "") -> str:
+    """The node's id: configured, else kept in ``data_dir/node_id`` across restarts."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "node_id"
+    if path.exists():
+        stored = path.read_text().strip()
+        if configured and configured != stored:
+            raise ValueError(
+                f"data dir {data_dir} belongs to node {stored!r}, not {configured!r}"
+            )
+        return stored
+    node_id = configured or "node-" + uuid.uuid4().hex[:12]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node_id + "\n")
+    os.replace(tmp, path)
+    return node_id
+
+
+class NodeProcess:
+    """Everything one host node runs; ``start()``, idempotent ``stop()``, ``async with``."""
+
+    def __init__(self, config: NodeConfig, app: App | None = None) -> None:
+        self.config = config
+        self.app = app or load_app(config.app)
+        self.node_id = node_identity(Path(config.data_dir), config.node_id)
+        self.status = Status.CREATED
+        self.engine: StorageEngine | None = None
+        self.host: ObjectHost | None = None
+        self.server: NodeGrpcServer | None = None
+        self.cluster = None  # duro.node.cluster.NodeCluster when config.etcd is set
+        self.metrics_port: int | None = None
+        self.registry = CollectorRegistry()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return self.config.advertise or self.server.address
+
+    def _health(self) -> HealthStatus:
+        status = "serving"
+        if self.status is Status.STOPPING:
+            status = "draining"
+        elif self.cluster is not None and not self.cluster.serving:
+            status = "fenced"
+        active = self.host.active_count if self.host is not None else 0
+        return HealthStatus(node_id=self.node_id, status=status, active_objects=active)
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.engine = StorageEngine(Path(cfg.data_dir) / "rocksdb", sync=cfg.sync_wal)
+        ownership = outgoing = None
+        if cfg.etcd:
+            from duro.node.cluster import NodeCluster  # the cluster layer: etcd, placement
+
+            self.cluster = NodeCluster(cfg, self.node_id, self.app)
+            ownership, outgoing = self.cluster.ownership, self.cluster.router
+        self.host = ObjectHost(
+            self.engine, self.app.bindings, cfg, vars=self.app.vars,
+            ownership=ownership, outgoing=outgoing,
+        )
+        await self.host.start()
+        self.server = NodeGrpcServer(self.host, cfg.listen, health=self._health)
+        await self.server.start()
+        if self.cluster is not None:
+            await self.cluster.start(self.address, self.host)
+        if cfg.metrics_port >= 0:
+            self.registry.register(NodeCollector(self.host, self.node_id))
+            host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
+            self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
+        self.status = Status.RUNNING
+        log.info(
+            "node %s serving app %r on %s (region %s, data %s, wal %s)",
+            self.node_id, self.app.name, self.address, cfg.region, cfg.data_dir,
+            "synced" if cfg.sync_wal else "UNSYNCED (process-crash durable only)",
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.status in (Status.STOPPING, Status.STOPPED):
+            return
+        self.status = Status.STOPPING
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.host is not None:
+            await self.host.close(grace)
+        if self.engine is not None:
+            self.engine.close()
+        if self.metrics_port is not None:
+            stop_metrics_server(self.metrics_port)
+        self.status = Status.STOPPED
+        log.info("node %s stopped", self.node_id)
+
+    async def __aenter__(self) -> NodeProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
+    """Run a node until SIGTERM or SIGINT, then stop it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = NodeProcess(config)
+    await node.start()
+    if ready_line:
+        # One machine-readable line for supervisors and tests.
+        print(f"DURO-NODE-READY node_id={node.node_id} address={node.address} "
+              f"metrics_port={node.metrics_port or 0}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
