@@ -1,0 +1,136 @@
+"""Configuration of one placement replica: a frozen dataclass loaded file < env < flags.
+
+TOML file (``--config``), section ``[placement]`` or top level::
+
+    etcd = ["127.0.0.1:2379"]
+    cluster = "default"
+    listen = "127.0.0.1:7000"
+    replica_id = "placement-1"
+    leader_ttl = 3
+    metrics_port = 9400
+
+Environment: ``DURO_ETCD`` (comma-separated), ``DURO_CLUSTER``, ``DURO_PLACEMENT_LISTEN``,
+``DURO_PLACEMENT_ADVERTISE``, ``DURO_PLACEMENT_ID``, ``DURO_PLACEMENT_LEADER_TTL``,
+``DURO_PLACEMENT_METRICS_PORT``, ``DURO_PLACEMENT_METRICS_HOST``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["PlacementConfig", "build_parser"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementConfig:
+    etcd: tuple[str, ...] = ("127.0.0.1:2379",)
+    cluster: str = "default"
+    listen: str = "127.0.0.1:7000"  # port 0: pick a free port
+    advertise: str = ""  # address written in the leader key; defaults to the bound listen address
+    replica_id: str = ""  # defaults to "<hostname>-<pid>"
+    leader_ttl: int = 3
+    metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: a free port
+    metrics_host: str = "127.0.0.1"
+    max_batch: int = 127  # creates per etcd transaction (etcd's limit for nested txns)
+    max_inflight_txns: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.etcd:
+            raise ValueError("at least one etcd endpoint is required")
+        if self.leader_ttl < 2:
+            raise ValueError("leader_ttl must be at least 2 seconds")
+        if not 1 <= self.max_batch <= 127:
+            raise ValueError("max_batch must be between 1 and 127")
+
+    @property
+    def effective_replica_id(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @classmethod
+    def load(
+        cls,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PlacementConfig:
+        """Defaults < TOML file (``--config``/``DURO_PLACEMENT_CONFIG``) < env < flags."""
+        env = os.environ if env is None else env
+        opts = build_parser().parse_args(list(argv) if argv is not None else [])
+        values: dict[str, Any] = {}
+        path = opts.config or env.get("DURO_PLACEMENT_CONFIG")
+        if path:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+            values.update(_from_mapping(data.get("placement", data)))
+        values.update(_from_env(env))
+        values.update({k: v for k, v in _from_flags(opts).items() if v is not None})
+        return replace(cls(), **values)
+
+
+_NAMES = {f.name for f in fields(PlacementConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "etcd":
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return tuple(str(v).strip() for v in value)
+    if name in ("leader_ttl", "max_batch", "max_inflight_txns"):
+        return int(value)
+    if name == "metrics_port":
+        return None if value in ("", None, "off") else int(value)
+    return str(value)
+
+
+def _from_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(data) - _NAMES
+    if unknown:
+        raise ValueError(f"unknown placement config keys: {sorted(unknown)}")
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+_ENV = {
+    "DURO_ETCD": "etcd",
+    "DURO_CLUSTER": "cluster",
+    "DURO_PLACEMENT_LISTEN": "listen",
+    "DURO_PLACEMENT_ADVERTISE": "advertise",
+    "DURO_PLACEMENT_ID": "replica_id",
+    "DURO_PLACEMENT_LEADER_TTL": "leader_ttl",
+    "DURO_PLACEMENT_METRICS_PORT": "metrics_port",
+    "DURO_PLACEMENT_METRICS_HOST": "metrics_host",
+}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    return {name: _coerce(name, env[var]) for var, name in _ENV.items() if env.get(var)}
+
+
+def _from_flags(opts: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _NAMES:
+        v = getattr(opts, name, None)
+        if v is not None:
+            out[name] = _coerce(name, v)
+    return out
+
+
+def build_parser(prog: str = "python -m duro.placement") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run a duro placement service replica.")
+    p.add_argument("--config", help="TOML config file")
+    p.add_argument("--etcd", help="etcd endpoints, comma-separated host:port")
+    p.add_argument("--cluster", help="cluster name (etcd key prefix /duro/<cluster>/)")
+    p.add_argument("--listen", help="gRPC listen address host:port")
+    p.add_argument("--advertise", help="gRPC address other processes use to reach this replica")
+    p.add_argument("--id", dest="replica_id", help="replica id (default hostname-pid)")
+    p.add_argument("--leader-ttl", dest="leader_ttl", type=int, help="leader lease TTL, seconds")
+    p.add_argument("--metrics-port", dest="metrics_port", help="Prometheus port ('off' or a port)")
+    p.add_argument("--metrics-host", dest="metrics_host")
+    p.add_argument("--max-batch", dest="max_batch", type=int)
+    p.add_argument("--max-inflight-txns", dest="max_inflight_txns", type=int)
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
