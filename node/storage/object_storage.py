@@ -274,7 +274,7 @@ class _Ops:
         """Delete several keys (at most 128); the awaitable gives how many existed."""
         self._check_usable()
         fulls = self._keys(keys)
-        count = sum(1 for f in fulls if self._read(f) is not None)
+        count = sum(1 for f in dict.fromkeys(fulls) if self._read(f) is not None)  # distinct keys
         layer = self._write_layer()
         for f in fulls:
             layer.writes[f] = None
