@@ -116,6 +116,7 @@ class Election:
         was_leader = self.status is ElectionStatus.LEADER
         self.status = ElectionStatus.STOPPED
         self._valid_until = 0.0
+        self.guard = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
