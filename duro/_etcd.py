@@ -260,9 +260,11 @@ class EtcdProcess:
         self._signal(signal.SIGCONT)
         self._signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        killed = False
         while self._proc.poll() is None:
-            if time.monotonic() > deadline:
+            if not killed and time.monotonic() > deadline:
                 self._proc.kill()
+                killed = True
             await asyncio.sleep(0.02)
         self._reap()
 
