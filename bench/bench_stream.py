@@ -97,9 +97,8 @@ async def _bench(address: str, args: argparse.Namespace) -> list[tuple[int, floa
                 rates.append(n / elapsed)
                 p50s.append(_pct(lat, 0.50))
                 p99s.append(_pct(lat, 0.99))
-            rows.append(
-                (callers, statistics.median(rates), statistics.median(p50s), statistics.median(p99s))
-            )
+            med = statistics.median
+            rows.append((callers, med(rates), med(p50s), med(p99s)))
         return rows
     finally:
         await conn.close()
@@ -111,7 +110,9 @@ async def _main_inproc(args: argparse.Namespace) -> list[tuple[int, float, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--callers", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=3.0, help="per run")
     parser.add_argument("--runs", type=int, default=3)

@@ -64,7 +64,8 @@ class RedirectError(UnavailableError):
     """The node does not own the object; ``node_id``/``address`` own it as of ``epoch``.
 
     Retryable: a router follows it (bounded hops) to the named owner. ``address`` may be empty when
-    the node knows it is not the owner but not who is (the caller re-resolves through the directory).
+    the node knows it is not the owner but not who is (the caller re-resolves through the
+    directory).
     """
 
     code = "redirect"
@@ -102,7 +103,7 @@ def call_to_pb(call: Call, seq: int) -> node_pb2.Call:
 
 
 def call_from_pb(pb: node_pb2.Call, *, validate_payload: bool = True) -> Call:
-    """Decode and validate a call from the wire; raise :class:`InvalidArgumentError` if malformed."""
+    """Decode and validate a call from the wire; raise :class:`InvalidArgumentError` if bad."""
     if len(pb.object_id) != OBJECT_ID_BYTES:
         raise InvalidIdError(
             f"object_id must be {OBJECT_ID_BYTES} bytes, got {len(pb.object_id)}"
@@ -172,7 +173,7 @@ def check_payload(kind: CallKind, payload: bytes) -> None:
 
 
 def error_to_pb(exc: BaseException) -> node_pb2.Error:
-    """Describe any exception; a non-duro exception becomes ``object_error`` (see errors.to_wire)."""
+    """Describe any exception; a non-duro one becomes ``object_error`` (see errors.to_wire)."""
     code, message, retryable, overloaded, remote_type = to_wire(exc)
     pb = node_pb2.Error(
         code=code,

@@ -58,7 +58,9 @@ class RecordingServicer(NodeServicer):
         super().__init__(host)
         self.batches: list[list[int]] = []
 
-    async def Stream(self, request_iterator: AsyncIterator[Any], context: Any) -> None:  # noqa: N802
+    async def Stream(  # noqa: N802
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> None:
         async def recorded() -> AsyncIterator[node_pb2.CallBatch]:
             async for batch in request_iterator:
                 self.batches.append([c.seq for c in batch.calls])

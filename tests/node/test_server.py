@@ -182,7 +182,8 @@ async def test_many_concurrent_callers(conn: NodeConnection, host: FakeHost) -> 
 async def test_results_out_of_order_are_matched_by_seq(conn: NodeConnection) -> None:
     delays = [0.2, 0.15, 0.1, 0.05, 0.0]
     tasks = [
-        asyncio.ensure_future(call_value(conn, rpc("sleep", d, i, obj=i))) for i, d in enumerate(delays)
+        asyncio.ensure_future(call_value(conn, rpc("sleep", d, i, obj=i)))
+        for i, d in enumerate(delays)
     ]
     done_order: list[int] = []
     for fut in asyncio.as_completed(tasks):
@@ -355,7 +356,9 @@ async def test_unary_invoke_and_health(host: FakeHost) -> None:
         await conn.close()
 
 
-async def test_default_health_reports_draining(server: NodeGrpcServer, conn: NodeConnection) -> None:
+async def test_default_health_reports_draining(
+    server: NodeGrpcServer, conn: NodeConnection
+) -> None:
     assert (await conn.health()).status == "serving"
     server.servicer.drain()
     assert (await conn.health()).status == "draining"
