@@ -330,6 +330,12 @@ class Alarmed(DurableObject):
         self.ctx.storage.set_alarm(when)
         return await self.ctx.storage.get_alarm()
 
+    async def set_alarm_iso(self, iso):
+        import datetime as dt
+
+        self.ctx.storage.set_alarm(dt.datetime.fromisoformat(iso))
+        return await self.ctx.storage.get_alarm()
+
     async def get_alarm(self):
         return await self.ctx.storage.get_alarm()
 
