@@ -8,9 +8,10 @@ Arguments and results always cross the seam encoded (msgpack), in process too, s
 shares a mutable value with its caller and an unencodable argument fails the same way everywhere.
 
 A stub method call starts at once (it returns a running task, like a JavaScript promise), so calls
-made on one stub are submitted in the order they were made. After an infrastructure error (anything
-but the object's own exception) the stub is broken: later calls raise
-:class:`~duro.errors.BrokenStubError` naming the first error; make a new stub to retry.
+made on one stub are submitted in the order they were made. After a failure of the runtime (an error
+flagged ``retryable`` or ``overloaded``: the instance was reset, the node is unreachable...) the stub
+is broken: later calls raise :class:`~duro.errors.BrokenStubError` naming the first error; make a new
+stub to retry. The object's own exceptions and refused arguments do not break it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 from duro import _codec
 from duro._http import HeadersInit, Request, Response
 from duro._ids import ObjectId, namespace_key
-from duro.errors import BrokenStubError, DuroError, InvalidArgumentError, ObjectError
+from duro.errors import BrokenStubError, DuroError, InvalidArgumentError
 
 __all__ = ["Call", "CallKind", "Invoker", "Namespace", "Stub", "Env"]
 
@@ -99,10 +100,11 @@ class Stub:
     async def _run(self, call: Call) -> bytes:
         try:
             return await self._ns.invoker.invoke(call)
-        except ObjectError:
-            raise
         except DuroError as err:
-            self._broken = err
+            # Only failures of the runtime (retryable or overloaded) break the stub; the
+            # object's own exceptions and refused arguments do not.
+            if err.retryable or err.overloaded:
+                self._broken = err
             raise
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> asyncio.Future:

@@ -135,12 +135,23 @@ def _cmd_where(args: argparse.Namespace) -> int:
     return 0 if info.get("node") else 1
 
 
+def _dev_state() -> dict[str, str]:
+    """What a running ``duro dev`` in this directory wrote: its etcd endpoint and app."""
+    path = Path(".duro/dev/cluster.json")
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser, *, node: bool = False) -> None:
-    p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", "127.0.0.1:2379"),
-                   help="etcd endpoint host:port (env DURO_ETCD)")
-    p.add_argument("--cluster", default=os.environ.get("DURO_CLUSTER", "duro"))
-    p.add_argument("--app", default=os.environ.get("DURO_APP", "examples"),
-                   help="the app (for binding → class names)")
+    dev = _dev_state()
+    p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", dev.get("etcd", "127.0.0.1:2379")),
+                   help="etcd endpoint host:port (env DURO_ETCD; default: the running duro dev, "
+                        "else 127.0.0.1:2379)")
+    p.add_argument("--cluster", default=os.environ.get("DURO_CLUSTER", dev.get("cluster", "duro")))
+    p.add_argument("--app", default=os.environ.get("DURO_APP"),
+                   help="the app, for binding → class names (default: what the nodes published)")
     p.add_argument("--region", default=os.environ.get("DURO_REGION", ""))
     if node:
         p.add_argument("--node", default=None,
@@ -158,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".duro/dev", help="where the cluster keeps its data")
     p.add_argument("--regions", default="us-east,eu-west,ap-south")
     p.add_argument("--http-port", type=int, default=8787, help="first edge's HTTP port")
-    p.add_argument("--base-port", type=int, default=7100, help="first of the internal ports")
+    p.add_argument("--base-port", type=int, default=7100, help="etcd's client port")
     p.add_argument("--no-edge", action="store_true", help="do not start edges")
     p.add_argument("--simulate-latency", action="store_true",
                    help="inject inter-region latency (us-east↔eu-west 40 ms, to ap-south 90 ms)")

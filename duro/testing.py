@@ -25,7 +25,7 @@ from typing import Any
 from duro import _codec
 from duro._app import App, load_app
 from duro._ids import ObjectId
-from duro._namespace import Call, CallKind, Env, Stub
+from duro._namespace import Call, CallKind, Env, Namespace, Stub
 from duro.errors import InvalidArgumentError
 from duro.node.config import RuntimeConfig
 from duro.node.runtime.host import ObjectHost
@@ -33,6 +33,18 @@ from duro.node.storage import layout
 from duro.node.storage.engine import StorageEngine
 
 __all__ = ["Testbed"]
+
+
+class _CurrentHost:
+    """Invoker that forwards to the Testbed's host of the moment (survives restart())."""
+
+    __slots__ = ("_tb",)
+
+    def __init__(self, tb: Testbed) -> None:
+        self._tb = tb
+
+    async def invoke(self, call: Call) -> bytes:
+        return await self._tb._host().invoke(call)
 
 
 class Testbed:
@@ -58,6 +70,7 @@ class Testbed:
         self.config = dataclasses.replace(base, **config_overrides) if config_overrides else base
         self.engine: StorageEngine | None = None
         self.host: ObjectHost | None = None
+        self._env: Env | None = None
 
     async def __aenter__(self) -> Testbed:
         await self.start()
@@ -68,7 +81,10 @@ class Testbed:
 
     async def start(self) -> None:
         self.engine = StorageEngine(self.data_dir / "rocksdb", sync=self.config.sync_wal)
-        self.host = ObjectHost(self.engine, self.app.bindings, self.config, vars=self.app.vars)
+        self.host = ObjectHost(
+            self.engine, self.app.bindings, self.config, vars=self.app.vars,
+            namespace_class=self.app.namespace_class,
+        )
         await self.host.start()
 
     async def close(self) -> None:
@@ -84,8 +100,17 @@ class Testbed:
 
     @property
     def env(self) -> Env:
-        """``env`` as a worker sees it: ``tb.env.COUNTER.get_by_name("x")``."""
-        return self._host().env
+        """``env`` as a worker sees it: ``tb.env.COUNTER.get_by_name("x")``.
+
+        Stubs made from it keep working across :meth:`restart` (they call whichever host runs).
+        """
+        if self._env is None:
+            self._env = Env(
+                {n: Namespace(n, self.app.namespace_class(b.class_name), _CurrentHost(self))
+                 for n, b in self.app.bindings.items()},
+                dict(self.app.vars),
+            )
+        return self._env
 
     def _host(self) -> ObjectHost:
         if self.host is None:

@@ -95,7 +95,7 @@ class NodeProcess:
             ownership, outgoing = self.cluster.ownership, self.cluster.router
         self.host = ObjectHost(
             self.engine, self.app.bindings, cfg, vars=self.app.vars,
-            ownership=ownership, outgoing=outgoing,
+            ownership=ownership, outgoing=outgoing, namespace_class=self.app.namespace_class,
         )
         await self.host.start()
         self.server = NodeGrpcServer(self.host, cfg.listen, health=self._health)

