@@ -147,9 +147,6 @@ class Loader(DurableObject):
         self.ctx.storage.put("items", self.items)
         return len(self.items)
 
-    async def items_(self):
-        return self.items
-
     async def get_items(self):
         return self.items
 
