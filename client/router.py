@@ -80,7 +80,10 @@ class Router:
         self.nodes = NodeView(self.etcd, cluster)
         self.stats = RouterStats()
         self._placement: tuple[str, Any] | None = None  # (address, stub)
-        self._placement_channel: grpc.aio.Channel | None = None
+        # One channel per placement address, closed only in close(): other calls may still have
+        # a Place RPC in flight on a channel when the leader changes (closing it cancels them).
+        self._placement_channels: dict[str, grpc.aio.Channel] = {}
+        self._placement_lock = asyncio.Lock()
         self._started = False
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -95,9 +98,10 @@ class Router:
         await self.cache.stop()
         await self.nodes.stop()
         await self.pool.close()
-        if self._placement_channel is not None:
-            await self._placement_channel.close()
-            self._placement_channel = None
+        self._placement = None
+        channels, self._placement_channels = list(self._placement_channels.values()), {}
+        for ch in channels:
+            await ch.close()
         if self._own_client:
             await self.etcd.close()
 
@@ -192,6 +196,12 @@ class Router:
     async def _placement_stub(self) -> Any:
         if self._placement is not None:
             return self._placement[1]
+        async with self._placement_lock:  # many first calls at once: one leader lookup
+            if self._placement is not None:
+                return self._placement[1]
+            return await self._resolve_placement()
+
+    async def _resolve_placement(self) -> Any:
         try:
             value = await get_value(self.etcd, leader_key(self.cluster))
         except Exception as exc:
@@ -203,10 +213,10 @@ class Router:
         return self._placement[1]
 
     async def _set_placement(self, address: str) -> None:
-        if self._placement_channel is not None:
-            await self._placement_channel.close()
-        self._placement_channel = grpc.aio.insecure_channel(address)
-        self._placement = (address, placement_pb2_grpc.PlacementStub(self._placement_channel))
+        channel = self._placement_channels.get(address)
+        if channel is None:
+            channel = self._placement_channels[address] = grpc.aio.insecure_channel(address)
+        self._placement = (address, placement_pb2_grpc.PlacementStub(channel))
 
 
 def is_retryable(exc: BaseException) -> bool:
