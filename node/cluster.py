@@ -95,9 +95,22 @@ class NodeCluster:
         self.directory = Directory(self.etcd, config.cluster)
         self.ownership = NodeOwnership(self)
         self.membership: Membership | None = None
-        self.serving = False
+        self._serving = False
         self.host: ObjectHost | None = None
         self._load_task: asyncio.Task | None = None
+
+    @property
+    def serving(self) -> bool:
+        """True while this node may serve: registered, not fenced, and its lease still valid by
+        the clock. The clock check does not rely on the fencing callback having run: a fence
+        timer can fire a little early (uvloop rounds timers to milliseconds), and then
+        ``Membership`` stays LIVE past its deadline without calling ``on_fenced``."""
+        m = self.membership
+        return self._serving and m is not None and m.is_live()
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        self._serving = value
 
     async def start(self, address: str, host: ObjectHost) -> None:
         self.host = host
