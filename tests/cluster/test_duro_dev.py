@@ -1,0 +1,114 @@
+"""``duro dev`` as the README runs it: a subprocess, the CLI against it, Ctrl-C, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from duro._etcd import free_port
+from tests.cluster.conftest import ROOT, processes_mentioning, wait_until
+
+pytestmark = [pytest.mark.cluster]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURO_") or k == "DURO_ETCD_BIN"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "duro.cli", *args, cwd=cwd, env=_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.timeout(150)
+async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
+    data = tmp_path / ".duro" / "dev"  # the default layout, under a scratch directory
+    port = free_port()
+    dev = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "duro.cli", "dev", "--data-dir", str(data), "--base-port", str(port),
+        cwd=ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert dev.stdout is not None
+    lines: list[str] = []
+    try:
+        endpoint = ""
+        while not endpoint:
+            raw = await asyncio.wait_for(dev.stdout.readline(), 60)
+            assert raw, "duro dev exited before it was ready:\n" + "".join(lines)
+            line = raw.decode()
+            lines.append(line)
+            if line.startswith("DURO-DEV-READY"):
+                endpoint = line.split("etcd=", 1)[1].strip()
+        assert endpoint == f"127.0.0.1:{port}"
+        banner = "".join(lines)
+        for region in ("us-east", "eu-west", "ap-south"):
+            assert f"region {region}" in banner
+        assert (data / "cluster.json").is_file()
+
+        # Keep draining its output so that it can never block on a full pipe.
+        drain = asyncio.create_task(_drain(dev.stdout, lines))
+
+        rc, out, err = await cli("call", "COUNTER", "demo", "increment", "--etcd", endpoint,
+                                 cwd=ROOT)
+        assert (rc, out.strip()) == (0, "1"), err
+        rc, out, err = await cli("call", "COUNTER", "demo", "increment", "[2]",
+                                 "--etcd", endpoint, cwd=ROOT)
+        assert (rc, out.strip()) == (0, "3"), err
+
+        rc, out, err = await cli("where", "COUNTER", "demo", "--etcd", endpoint, cwd=ROOT)
+        assert rc == 0, err
+        where = json.loads(out)
+        assert where["node"] in {"us-east-0", "eu-west-0", "ap-south-0"}
+        assert where["epoch"] == 1 and where["live"] is True
+        assert where["region"] == where["node"].rsplit("-", 1)[0]
+
+        rc, out, err = await cli("status", "--etcd", endpoint, cwd=ROOT)
+        assert rc == 0, err
+        status = json.loads(out)
+        assert status["regions"] == ["ap-south", "eu-west", "us-east"]
+        assert len(status["nodes"]) == 3 and status["leader"]["id"] == "placement-0"
+        assert status["objects"] == 1 and status["down_nodes_with_objects"] == []
+        assert sum(n["objects"] for n in status["nodes"]) == 1
+
+        # The README form, without --etcd: from the directory duro dev keeps its state in.
+        rc, out, err = await cli("call", "COUNTER", "demo", "get", cwd=tmp_path)
+        assert (rc, out.strip()) == (0, "3"), err
+        rc, out, err = await cli("where", "COUNTER", "demo", cwd=tmp_path)
+        assert rc == 0 and json.loads(out)["node"] == where["node"], err
+
+        children = processes_mentioning(str(data))
+        assert len(children) >= 5, children  # etcd, placement, 3 nodes (and duro dev itself)
+
+        dev.send_signal(signal.SIGINT)  # Ctrl-C
+        assert await asyncio.wait_for(dev.wait(), 60) == 0
+        await drain
+        assert "duro dev: stopping" in "".join(lines)
+        await wait_until(lambda: not processes_mentioning(str(data)), timeout=10,
+                         message=f"processes left after duro dev stopped: "
+                                 f"{processes_mentioning(str(data))}")
+        assert not (data / "cluster.json").exists()
+    finally:
+        if dev.returncode is None:
+            dev.kill()
+            await dev.wait()
+        for pid, _ in processes_mentioning(str(data)):  # never leave strays behind on failure
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _drain(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    while raw := await stream.readline():
+        lines.append(raw.decode())
