@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 __all__ = [
     "Phase", "SourceState", "Event", "Action", "begin", "step",
-    "Drained", "TransferAcked", "TransferFailed", "SwitchApplied", "SwitchRefused",
+    "Drained", "DrainFailed", "TransferAcked", "TransferFailed", "SwitchApplied", "SwitchRefused",
     "SwitchUnknown", "FenceApplied", "FenceRefused", "FenceUnknown",
     "HoldAdmission", "SendSnapshot", "SwitchEntry", "FenceEntry", "Release", "Abort",
 ]
@@ -40,6 +40,13 @@ class SourceState:
 @dataclass(frozen=True, slots=True)
 class Drained:
     """Every admitted event finished and every write is durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainFailed:
+    """Admitted events did not finish in time (nothing was sent)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +97,7 @@ class FenceUnknown:
 
 
 Event = (
-    Drained | TransferAcked | TransferFailed | SwitchApplied | SwitchRefused | SwitchUnknown
+    Drained | DrainFailed | TransferAcked | TransferFailed | SwitchApplied | SwitchRefused | SwitchUnknown
     | FenceApplied | FenceRefused | FenceUnknown
 )
 
@@ -154,8 +161,11 @@ def step(s: SourceState, ev: Event) -> tuple[SourceState, list[Action]]:
     """The source's next state and actions. Unexpected events leave the state unchanged."""
     p = s.phase
     new_epoch = s.epoch + 1
-    if p is Phase.FREEZING and isinstance(ev, Drained):
-        return replace(s, phase=Phase.TRANSFERRING), [SendSnapshot()]
+    if p is Phase.FREEZING:
+        if isinstance(ev, Drained):
+            return replace(s, phase=Phase.TRANSFERRING), [SendSnapshot()]
+        if isinstance(ev, DrainFailed):
+            return replace(s, phase=Phase.ABORTED), [Abort(f"drain failed: {ev.reason}")]
     if p is Phase.TRANSFERRING:
         if isinstance(ev, TransferAcked):
             return replace(s, phase=Phase.SWITCHING), [SwitchEntry(s.target, new_epoch)]

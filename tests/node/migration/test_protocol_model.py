@@ -103,6 +103,7 @@ def successors(w: World):
         a = w.s_todo[0]
         if isinstance(a, P.HoldAdmission):
             yield "hold", feed(replace(w, s_held=True), P.Drained())
+            yield "hold, drain times out", feed(replace(w, s_held=True), P.DrainFailed("slow"))
         elif isinstance(a, P.SendSnapshot):
             if w.t_alive:
                 staged = replace(w, t_data=w.s_data)
