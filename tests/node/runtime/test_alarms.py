@@ -53,9 +53,10 @@ async def test_alarm_a_short_time_ahead_fires_at_its_time(tb, objs, alarmed, wai
 
 async def test_datetime_alarm_aware_and_naive_utc(tb, objs, alarmed, wait_for):
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
-    assert await alarmed.set_alarm_iso(when.isoformat()) == pytest.approx(when.timestamp(), abs=0.002)
+    expected = pytest.approx(when.timestamp(), abs=0.002)
+    assert await alarmed.set_alarm_iso(when.isoformat()) == expected
     naive = when.replace(tzinfo=None)  # naive datetimes are UTC
-    assert await alarmed.set_alarm_iso(naive.isoformat()) == pytest.approx(when.timestamp(), abs=0.002)
+    assert await alarmed.set_alarm_iso(naive.isoformat()) == expected
     soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.1)
     await alarmed.set_alarm_iso(soon.isoformat())
     await wait_for(lambda: len(objs.ALARMS) == 1, timeout=5)

@@ -29,7 +29,9 @@ CHILD = Path(__file__).resolve().parents[2] / "helpers" / "crash_child.py"
 SEED = int(os.environ.get("DURO_CRASH_SEED", time.time_ns() % 1_000_000))
 
 
-def spawn(mode: str, data_dir: Path, commit_delay: float = 0.0) -> tuple[subprocess.Popen, list[bytes]]:
+def spawn(
+    mode: str, data_dir: Path, commit_delay: float = 0.0
+) -> tuple[subprocess.Popen, list[bytes]]:
     env = dict(os.environ, DURO_COMMIT_DELAY=str(commit_delay))
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), mode, str(data_dir)], env=env,

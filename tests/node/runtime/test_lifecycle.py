@@ -93,7 +93,9 @@ async def test_active_objects_stay_within_budget_for_100k_distinct_objects(tmp_p
             if b == 5_000:
                 gc.collect()
                 rss0 = host_module._rss_bytes()
-            await asyncio.gather(*(ns.get_by_name(f"o{i}").put("k", i) for i in range(b, b + batch)))
+            await asyncio.gather(
+                *(ns.get_by_name(f"o{i}").put("k", i) for i in range(b, b + batch))
+            )
             assert host.active_count <= 1000
         gc.collect()
         growth = host_module._rss_bytes() - rss0

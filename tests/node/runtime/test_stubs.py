@@ -39,7 +39,8 @@ async def raw_call(tb, binding, name, method, args=()):
 
 
 async def test_public_method_roundtrip(tb, rules):
-    assert await rules.get_by_name("r").ok(1, "a", k=[1]) == {"args": [1, "a"], "kwargs": {"k": [1]}}
+    got = await rules.get_by_name("r").ok(1, "a", k=[1])
+    assert got == {"args": [1, "a"], "kwargs": {"k": [1]}}
 
 
 @pytest.mark.parametrize("name", ["_private", "__init__", "__class__", "_ctor", "x y", ""])

@@ -99,7 +99,8 @@ async def test_no_other_event_is_delivered_while_a_transaction_awaits(tb, objs, 
     rec = tb.env.RECORDER.get_by_name("r")
     call = asyncio.ensure_future(rec.txn_slow(0.2))
     await wait_for(lambda: ("start", "txn") in objs.LOG)
-    pings = [asyncio.ensure_future(tb.env.RECORDER.get_by_name("r").ping(f"p{i}")) for i in range(3)]
+    pings = [asyncio.ensure_future(tb.env.RECORDER.get_by_name("r").ping(f"p{i}"))
+             for i in range(3)]
     await asyncio.sleep(0.05)
     assert all(not p.done() for p in pings)  # held at the gate
     assert await call == "txn-done"

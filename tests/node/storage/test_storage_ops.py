@@ -7,6 +7,8 @@ after ``restart()``), and within the same event (the failed call left nothing in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from duro.errors import InvalidArgumentError, InvalidValueError
@@ -38,7 +40,8 @@ async def test_get_returns_default_for_missing_key(tb, kv):
 async def test_put_then_get_roundtrips_every_codec_type(tb, kv):
     values = {
         "none": None, "bool": True, "int": -(2**63), "uint": 2**64 - 1, "float": 1.5,
-        "str": "héllo 中 😀", "bytes": b"\x00\xff", "list": [1, [2, "x"]], "dict": {"a": {"b": [1]}},
+        "str": "héllo 中 😀", "bytes": b"\x00\xff", "list": [1, [2, "x"]],
+        "dict": {"a": {"b": [1]}},
         "empty": "",
     }
     await run(kv, *[op("put", k, v) for k, v in values.items()])
@@ -76,7 +79,9 @@ async def test_put_many_writes_all_keys(tb, kv):
 
 async def test_delete_returns_whether_key_existed(tb, kv):
     await run(kv, op("put", "a", 1))
-    r = oks(await run(kv, op("delete", "a"), op("delete", "a"), op("delete", "never"), op("get", "a")))
+    r = oks(await run(
+        kv, op("delete", "a"), op("delete", "a"), op("delete", "never"), op("get", "a")
+    ))
     assert r == [True, False, False, None]
     assert tb.storage(kv) == {}
 
@@ -243,14 +248,16 @@ async def test_list_merges_uncommitted_writes_with_committed_ones(tb, kv):
 
 async def test_list_after_delete_all_in_same_event_hides_committed_keys(tb, kv):
     await run(kv, op("put_many", {"a": 1, "b": 1}))
-    r = oks(await run(kv, op("delete_all"), op("put", "c", 2), op("list"), op("list", reverse=True)))
+    r = oks(await run(
+        kv, op("delete_all"), op("put", "c", 2), op("list"), op("list", reverse=True)
+    ))
     assert r[2:] == [{"c": 2}, {"c": 2}]
 
 
 async def test_empty_and_maximum_length_keys(tb, kv):
     longest = "é" * 1024  # exactly 2048 UTF-8 bytes
-    assert oks(await run(kv, op("put", "", 0), op("put", longest, 1), op("get", ""), op("get", longest))) \
-        == [None, None, 0, 1]
+    r = await run(kv, op("put", "", 0), op("put", longest, 1), op("get", ""), op("get", longest))
+    assert oks(r) == [None, None, 0, 1]
     assert tb.storage(kv) == {"": 0, longest: 1}
 
 
@@ -282,7 +289,9 @@ async def assert_nothing_written(tb, stub, before):
 
 
 @pytest.mark.parametrize("key, why", BAD_KEYS, ids=[w for _, w in BAD_KEYS])
-@pytest.mark.parametrize("operation", ["get", "put", "delete", "get_many", "put_many", "delete_many"])
+@pytest.mark.parametrize(
+    "operation", ["get", "put", "delete", "get_many", "put_many", "delete_many"]
+)
 async def test_bad_key_raises_at_call_and_writes_nothing(tb, kv, key, why, operation):
     await run(kv, op("put", "keep", 1))
     step = {
@@ -352,9 +361,8 @@ async def test_value_at_exactly_the_limit_is_accepted(tb, kv):
 
 
 async def test_value_limit_is_configurable(tmp_path):
-    from conftest import KV_APP
-
-    async with Testbed(app=KV_APP, data_dir=tmp_path / "d", max_value_bytes=1000) as tb:
+    app = Path(__file__).parent / "apps" / "kv.py"
+    async with Testbed(app=app, data_dir=tmp_path / "d", max_value_bytes=1000) as tb:
         kv = tb.env.KV.get_by_name("small")
         r = await run(kv, op("put", "ok", b"x" * 997), op("put", "big", b"x" * 998),
                       op("put_many", {"a": 1, "big": "y" * 2000}))
