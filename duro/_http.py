@@ -78,7 +78,7 @@ def _body_bytes(body: Any) -> bytes:
 class Request:
     """An HTTP request delivered to ``fetch``."""
 
-    __slots__ = ("url", "method", "headers", "body", "_split")
+    __slots__ = ("url", "method", "headers", "body", "_split", "_ws_factory")
 
     def __init__(
         self,
@@ -97,6 +97,7 @@ class Request:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.body = _body_bytes(body)
         self._split = urlsplit(url)
+        self._ws_factory: Any = None  # set by the node runtime for an upgrade from an edge
 
     @property
     def path(self) -> str:
@@ -111,6 +112,19 @@ class Request:
 
     def json(self) -> Any:
         return _json.loads(self.body)
+
+    def web_socket_pair(self) -> Any:
+        """The server end of this upgrade request's WebSocket (accept it, return it with 101).
+
+        Only an upgrade request (``Upgrade: websocket``) that came through an edge has one; the
+        edge terminates the client's socket and carries its frames to the object.
+        """
+        if self._ws_factory is None:
+            raise InvalidArgumentError(
+                "not a WebSocket upgrade through an edge: web_socket_pair() needs a request with "
+                "'Upgrade: websocket' delivered by duro's edge (run `duro dev`)"
+            )
+        return self._ws_factory()
 
     def to_wire(self) -> bytes:
         return _codec.encode([self.url, self.method, self.headers.items(), self.body])

@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     from duro.errors import InvalidArgumentError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `duro edge --flag ...`: the service parses its own flags
+        if not hasattr(args, "rest"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = [*extra, *args.rest]
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)

@@ -31,13 +31,13 @@ DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
 class ProcSpec:
     """One child process of the cluster."""
 
-    role: str  # "node" | "placement"
+    role: str  # "node" | "placement" | "edge"
     name: str
     args: list[str]
     log_path: Path
     region: str = ""
     proc: asyncio.subprocess.Process | None = None
-    ready: dict[str, str] = field(default_factory=dict)  # parsed READY line (nodes)
+    ready: dict[str, str] = field(default_factory=dict)  # parsed READY line (nodes, edges)
     pids: list[int] = field(default_factory=list)  # every pid this spec ever had
 
     @property
@@ -66,6 +66,9 @@ class LocalCluster:
         etcd_no_fsync: bool = False,
         etcd_port: int | None = None,
         python: str = sys.executable,
+        edges: bool = True,
+        http_port: int = 0,
+        edge_args: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root).resolve()
         self.app = str(Path(app).resolve()) if Path(app).exists() else str(app)
@@ -100,6 +103,21 @@ class LocalCluster:
                      "--lease-ttl", str(lease_ttl), "--log-level", "WARNING", *node_args],
                     self.root / "logs" / f"{name}.log", region=region,
                 ))
+        # One edge per region (HTTP/WebSocket + gRPC Gateway); the first region's edge gets
+        # ``http_port`` (duro dev: 8787, as wrangler), the others a free port.
+        self.edges: list[ProcSpec] = []
+        for k, region in enumerate(regions if edges else ()):
+            port = http_port if (k == 0 and http_port) else free_port()
+            name = f"edge-{region}"
+            self.edges.append(ProcSpec(
+                "edge", name,
+                [python, "-m", "duro.cli", "edge", "--app", self.app,
+                 "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
+                 "--edge-id", name, "--http-listen", f"127.0.0.1:{port}",
+                 "--grpc-listen", f"127.0.0.1:{free_port()}", "--log-level", "WARNING",
+                 *edge_args],
+                self.root / "logs" / f"{name}.log", region=region,
+            ))
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, timeout: float = 60.0) -> None:
@@ -109,8 +127,11 @@ class LocalCluster:
             await self._spawn(p)
         await self.wait_leader(timeout)
         await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
+        await asyncio.gather(*(self.start_edge(i, timeout) for i in range(len(self.edges))))
 
     async def stop(self, grace: float = 10.0) -> None:
+        # Edges first: they close client sockets (1001) while the objects can still hear it.
+        await asyncio.gather(*(self._terminate(p, grace) for p in self.edges))
         await asyncio.gather(*(self._terminate(p, grace) for p in self.nodes))
         await asyncio.gather(*(self._terminate(p, grace) for p in self.placements))
         if self.etcd.running():
@@ -128,7 +149,7 @@ class LocalCluster:
         await self.stop()
 
     def all_pids(self) -> list[int]:
-        pids = [pid for p in (*self.nodes, *self.placements) for pid in p.pids]
+        pids = [pid for p in (*self.nodes, *self.placements, *self.edges) for pid in p.pids]
         if self.etcd.pid is not None:
             pids.append(self.etcd.pid)
         return pids
@@ -140,7 +161,7 @@ class LocalCluster:
         try:
             spec.proc = await asyncio.create_subprocess_exec(
                 *spec.args, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if spec.role == "node" else log,
+                stdout=asyncio.subprocess.PIPE if spec.role in ("node", "edge") else log,
                 stderr=log, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -165,6 +186,31 @@ class LocalCluster:
             raise RuntimeError(f"node {spec.name} did not start ({text!r}); log:\n{tail}")
         spec.ready = dict(f.split("=", 1) for f in text.split()[1:])
         return spec
+
+    async def start_edge(self, i: int, timeout: float = 60.0) -> ProcSpec:
+        spec = self.edges[i]
+        if spec.running:
+            raise RuntimeError(f"{spec.name} is already running")
+        await self._spawn(spec)
+        assert spec.proc is not None and spec.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            line = b""
+        text = line.decode().strip()
+        if not text.startswith("DURO-EDGE-READY"):
+            await self._terminate(spec, 1.0)
+            tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
+            raise RuntimeError(f"edge {spec.name} did not start ({text!r}); log:\n{tail}")
+        spec.ready = dict(f.split("=", 1) for f in text.split()[1:])
+        return spec
+
+    async def stop_edge(self, i: int, grace: float = 10.0) -> None:
+        await self._terminate(self.edges[i], grace)
+
+    def edge_url(self, i: int = 0) -> str:
+        """``http://host:port`` of edge ``i``."""
+        return "http://" + self.edges[i].ready["http"]
 
     async def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
         spec = self.nodes[i]
@@ -226,6 +272,9 @@ class LocalCluster:
         for n in self.nodes:
             lines.append(f"node       {n.name:<12} region {n.region:<9} gRPC {n.address}  "
                          f"metrics :{n.ready.get('metrics_port', '-')}")
+        for e in self.edges:
+            lines.append(f"edge       {e.name:<12} region {e.region:<9} HTTP http://"
+                         f"{e.ready.get('http', '?')}  gRPC Gateway {e.ready.get('grpc', '-')}")
         return "\n".join(lines)
 
 
@@ -233,12 +282,14 @@ class LocalCluster:
 
 async def _dev(args: argparse.Namespace) -> int:
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
-    cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port)
+    cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port,
+                           edges=not args.no_edge, http_port=args.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"duro dev: starting etcd, placement and {len(cluster.nodes)} nodes "
+    print(f"duro dev: starting etcd, placement, {len(cluster.nodes)} nodes and "
+          f"{len(cluster.edges)} edges "
           f"(app {cluster.app}, data {cluster.root})", flush=True)
     async with cluster:
         state = Path(args.data_dir) / "cluster.json"
@@ -247,6 +298,9 @@ async def _dev(args: argparse.Namespace) -> int:
         print(cluster.describe(), flush=True)
         print(f"try:  duro call COUNTER demo increment --etcd {cluster.etcd.endpoint} "
               f"--app {args.app}", flush=True)
+        if cluster.edges:
+            url = cluster.edge_url(0)
+            print(f"      curl {url}/counter/demo/increment    (chat page: {url}/)", flush=True)
         print("DURO-DEV-READY etcd=" + cluster.etcd.endpoint, flush=True)
         await stop.wait()
         print("duro dev: stopping", flush=True)

@@ -22,6 +22,7 @@ from duro._metrics import start_metrics_server, stop_metrics_server
 from duro.node.config import NodeConfig
 from duro.node.metrics import NodeCollector
 from duro.node.runtime.host import ObjectHost
+from duro.node.runtime.websockets import SocketHub
 from duro.node.server import HealthStatus, NodeGrpcServer
 from duro.node.storage.engine import StorageEngine
 
@@ -98,7 +99,10 @@ class NodeProcess:
             ownership=ownership, outgoing=outgoing, namespace_class=self.app.namespace_class,
         )
         await self.host.start()
-        self.server = NodeGrpcServer(self.host, cfg.listen, health=self._health)
+        # Client WebSockets reach this node's objects through edges (hibernation API).
+        self.host.sockets = SocketHub(self.host)
+        self.server = NodeGrpcServer(self.host, cfg.listen, health=self._health,
+                                     sockets=self.host.sockets)
         await self.server.start()
         if self.cluster is not None:
             await self.cluster.start(self.address, self.host)
@@ -122,6 +126,8 @@ class NodeProcess:
         if self.server is not None:
             await self.server.stop(grace)
         if self.host is not None:
+            if self.host.sockets is not None:
+                await self.host.sockets.close()
             await self.host.close(grace)
         if self.engine is not None:
             self.engine.close()

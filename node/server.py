@@ -34,7 +34,7 @@ import functools
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Protocol, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from grpc import aio
 
@@ -372,8 +372,15 @@ class NodeGrpcServer:
         health: HealthCallback | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         options: Sequence[tuple[str, int | str]] = (),
+        sockets: Any = None,
     ) -> None:
         self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight)
+        # WebSocket frames from edges (duro.node.socket_server) when given a SocketHub.
+        self.socket_servicer: Any = None
+        if sockets is not None:
+            from duro.node.socket_server import SocketServicer
+
+            self.socket_servicer = SocketServicer(sockets)
         self._bind = address
         self._options = [*server_options(), *options]
         self._server: aio.Server | None = None
@@ -399,6 +406,8 @@ class NodeGrpcServer:
         self._stopped = asyncio.Event()
         server = aio.server(options=self._options)
         node_pb2_grpc.add_NodeServicer_to_server(self.servicer, server)
+        if self.socket_servicer is not None:
+            node_pb2_grpc.add_NodeSocketsServicer_to_server(self.socket_servicer, server)
         try:
             port = server.add_insecure_port(self._bind)
         except RuntimeError as exc:
@@ -426,6 +435,8 @@ class NodeGrpcServer:
         self.status = ServerStatus.STOPPING
         try:
             self.servicer.drain()
+            if self.socket_servicer is not None:
+                self.socket_servicer.close()  # socket streams never go idle by themselves
             assert self._server is not None
             wait = grace if grace else 0
             # Both in parallel: gRPC waits for the RPCs (streams end once idle) and cancels them at

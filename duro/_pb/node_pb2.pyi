@@ -13,9 +13,32 @@ class CallKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CALL_KIND_RPC: _ClassVar[CallKind]
     CALL_KIND_FETCH: _ClassVar[CallKind]
     CALL_KIND_ALARM: _ClassVar[CallKind]
+
+class SocketOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOCKET_OP_UNSPECIFIED: _ClassVar[SocketOp]
+    SOCKET_OP_MESSAGE: _ClassVar[SocketOp]
+    SOCKET_OP_CLOSE: _ClassVar[SocketOp]
+    SOCKET_OP_ERROR: _ClassVar[SocketOp]
+    SOCKET_OP_REGISTER: _ClassVar[SocketOp]
+    SOCKET_OP_ACCEPT: _ClassVar[SocketOp]
+    SOCKET_OP_ATTACH: _ClassVar[SocketOp]
+    SOCKET_OP_AUTO_RESPONSE: _ClassVar[SocketOp]
+    SOCKET_OP_ACK: _ClassVar[SocketOp]
+    SOCKET_OP_UNKNOWN: _ClassVar[SocketOp]
 CALL_KIND_RPC: CallKind
 CALL_KIND_FETCH: CallKind
 CALL_KIND_ALARM: CallKind
+SOCKET_OP_UNSPECIFIED: SocketOp
+SOCKET_OP_MESSAGE: SocketOp
+SOCKET_OP_CLOSE: SocketOp
+SOCKET_OP_ERROR: SocketOp
+SOCKET_OP_REGISTER: SocketOp
+SOCKET_OP_ACCEPT: SocketOp
+SOCKET_OP_ATTACH: SocketOp
+SOCKET_OP_AUTO_RESPONSE: SocketOp
+SOCKET_OP_ACK: SocketOp
+SOCKET_OP_UNKNOWN: SocketOp
 
 class Call(_message.Message):
     __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops")
@@ -102,3 +125,43 @@ class HealthResponse(_message.Message):
     status: str
     active_objects: int
     def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., active_objects: _Optional[int] = ...) -> None: ...
+
+class SocketFrame(_message.Message):
+    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count")
+    SOCKET_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WAS_CLEAN_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    HAS_ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    AUTO_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    socket_id: int
+    op: SocketOp
+    binding: str
+    object_id: bytes
+    data: bytes
+    text: bool
+    code: int
+    reason: str
+    was_clean: bool
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    attachment: bytes
+    has_attachment: bool
+    auto_request: str
+    auto_response: str
+    count: int
+    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class SocketBatch(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[SocketFrame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[SocketFrame, _Mapping]]] = ...) -> None: ...

@@ -184,3 +184,76 @@ class Node:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class NodeSocketsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Sockets = channel.stream_stream(
+                '/duro.v1.NodeSockets/Sockets',
+                request_serializer=duro_dot_v1_dot_node__pb2.SocketBatch.SerializeToString,
+                response_deserializer=duro_dot_v1_dot_node__pb2.SocketBatch.FromString,
+                _registered_method=True)
+
+
+class NodeSocketsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Sockets(self, request_iterator, context):
+        """Long-lived, one per edge-node pair: frames of many sockets in both directions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NodeSocketsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Sockets': grpc.stream_stream_rpc_method_handler(
+                    servicer.Sockets,
+                    request_deserializer=duro_dot_v1_dot_node__pb2.SocketBatch.FromString,
+                    response_serializer=duro_dot_v1_dot_node__pb2.SocketBatch.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'duro.v1.NodeSockets', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('duro.v1.NodeSockets', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class NodeSockets:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Sockets(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/duro.v1.NodeSockets/Sockets',
+            duro_dot_v1_dot_node__pb2.SocketBatch.SerializeToString,
+            duro_dot_v1_dot_node__pb2.SocketBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

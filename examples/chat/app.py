@@ -122,8 +122,9 @@ class ChatRoom(DurableObject):
         try:
             data = json.loads(message)
         except (ValueError, TypeError):
-            return  # not JSON: ignored, as the article's client never sends it
-        if not isinstance(data, dict):
+            data = None
+        if not isinstance(data, dict):  # the article's client never sends this: say so
+            ws.send(json.dumps({"type": "error", "error": "message must be a JSON object"}))
             return
         if data.get("type") == "message":
             try:

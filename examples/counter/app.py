@@ -52,7 +52,13 @@ class Counter(DurableObject):
         return Response(status=101, web_socket=ws)
 
     async def web_socket_message(self, ws, message) -> None:
-        data = json.loads(message)
+        try:
+            data = json.loads(message)
+        except (ValueError, TypeError):
+            data = None
+        if not isinstance(data, dict):
+            ws.send(json.dumps({"type": "error", "error": "message must be a JSON object"}))
+            return
         if data.get("type") == "increment":
             self.value += 1
             self.ctx.storage.put("value", self.value)

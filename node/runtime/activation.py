@@ -100,7 +100,8 @@ class Activation:
         self.binding = binding
         self.epoch = epoch
         self.instance: Any = None
-        self.ctx = ObjectContext(self)
+        hub = host.sockets
+        self.ctx = ObjectContext(self) if hub is None else hub.make_context(self)
         self.storage = ObjectStorage(
             oid, binding, host.engine, host.committer, self, host.config.max_value_bytes
         )
@@ -268,7 +269,10 @@ class Activation:
         err: BaseException | None = None
         try:
             kind = call.kind
-            if kind == CallKind.RPC:
+            ws_event = call.meta.get("ws") if call.meta else None
+            if ws_event is not None:  # a client WebSocket event (duro.node.runtime.websockets)
+                out = _codec.encode(await self._ws_event(*ws_event))
+            elif kind == CallKind.RPC:
                 out = _codec.encode(await self._rpc(call))
             elif kind == CallKind.FETCH:
                 out = (await self._fetch(call)).to_wire()
@@ -332,6 +336,9 @@ class Activation:
             request = Request.from_wire(call.payload)
         except Exception:
             raise InvalidArgumentError("FETCH payload is not an encoded request") from None
+        hub = self.host.sockets
+        if hub is not None:
+            hub.bind_request(self, request)  # an upgrade from an edge gets web_socket_pair()
         resp = handler(request)
         if inspect.isawaitable(resp):
             resp = await resp
@@ -340,7 +347,26 @@ class Activation:
                 f"fetch must return a duro.Response, got {type(resp).__name__}",
                 remote_type="TypeError",
             )
+        if resp.status == 101 and not getattr(resp.web_socket, "_rec", None):
+            raise ObjectError(
+                "fetch returned 101 without a WebSocket: pass web_socket=ws after "
+                "ctx.accept_web_socket(ws)", remote_type="TypeError",
+            )
+        if resp.status == 101 and not resp.web_socket._rec.accepted:
+            raise ObjectError(
+                "fetch returned 101 with a WebSocket that was not accepted: call "
+                "ctx.accept_web_socket(ws) first", remote_type="TypeError",
+            )
         return resp
+
+    async def _ws_event(self, kind: str, ws: Any, args: tuple) -> None:
+        handler = getattr(self.instance, "web_socket_" + kind, None)
+        if handler is None:
+            return None
+        res = handler(ws, *args)
+        if inspect.isawaitable(res):
+            await res
+        return None
 
     async def run_alarm(self, force: bool = False) -> bool:
         """Run ``alarm(info)`` if the stored alarm is due (or ``force``). Returns whether it ran."""

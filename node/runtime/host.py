@@ -105,6 +105,9 @@ class ObjectHost:
         self.alarms = AlarmScheduler(engine, self._fire_alarm)
         self.stats = HostStats()
         self._acts: OrderedDict[bytes, Activation] = OrderedDict()
+        # WebSocket registry (duro.node.runtime.websockets.SocketHub), set by a node that serves
+        # sockets through edges; None in the Testbed (objects then see no accept_web_socket).
+        self.sockets: Any = None
         self._closing = False
         self._sweeper: asyncio.Task | None = None
         gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)

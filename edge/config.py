@@ -1,0 +1,82 @@
+"""The edge's configuration: one frozen dataclass, loaded file < env (``DURO_EDGE_*``) < flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from duro._config import load_config
+
+__all__ = ["EdgeConfig", "load_edge_config", "ENV_PREFIX"]
+
+ENV_PREFIX = "DURO_EDGE_"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """One edge process (``duro edge``)."""
+
+    app: str = field(default="examples", metadata={"help": "app directory, duro.toml or module"})
+    etcd: str = field(default="127.0.0.1:2379", metadata={"help": "etcd endpoint host:port"})
+    cluster: str = field(default="duro", metadata={"help": "cluster name (etcd key prefix)"})
+    region: str = field(default="local", metadata={"help": "region every call is marked with"})
+    edge_id: str = field(default="", metadata={"help": "edge id (default: random per process)"})
+    http_listen: str = field(default="127.0.0.1:8787", metadata={"help": "HTTP/WS host:port"})
+    grpc_listen: str = field(
+        default="127.0.0.1:0", metadata={"help": "gRPC Gateway host:port ('' = off)"}
+    )
+    metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
+    static_dir: str = field(
+        default="", metadata={"help": "static files served at / (default: the app's static/)"}
+    )
+    call_timeout: float = field(default=30.0, metadata={"help": "seconds per call to an object"})
+    max_body_bytes: int = field(default=16 * MiB, metadata={"help": "largest HTTP request body"})
+    max_message_bytes: int = field(
+        default=32 * MiB, metadata={"help": "largest WebSocket message (close 1009 beyond)"}
+    )
+    max_socket_buffer_bytes: int = field(
+        default=4 * MiB,
+        metadata={"help": "bytes queued for one client that does not read before it is closed "
+                          "with 1008 (a single larger message is still allowed)"},
+    )
+    socket_window: int = field(
+        default=64, metadata={"help": "messages of one socket in flight to its object"}
+    )
+    node_loss_grace: float = field(
+        default=30.0,
+        metadata={"help": "seconds sockets stay open while their node is unreachable, before "
+                          "they are closed with 1012 (service restart)"},
+    )
+    ws_heartbeat: float = field(
+        default=30.0, metadata={"help": "seconds between pings to idle clients (0 = off)"}
+    )
+    access_log: bool = field(default=True, metadata={"help": "log one line per HTTP request"})
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_json: bool = field(default=False, metadata={"help": "JSON log lines"})
+
+    def __post_init__(self) -> None:
+        if self.socket_window < 1:
+            raise ValueError("socket_window must be at least 1")
+        if self.max_message_bytes < 1 or self.max_message_bytes > 32 * MiB:
+            raise ValueError("max_message_bytes must be in 1..32 MiB (DESIGN §2)")
+
+
+def load_edge_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> EdgeConfig:
+    return load_config(
+        EdgeConfig, file=file, env=os.environ if env is None else env, env_prefix=ENV_PREFIX,
+        overrides=overrides,
+    )
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+

@@ -1,0 +1,224 @@
+"""The edge's HTTP entry (aiohttp): static files, the worker's ``fetch``, or the default route.
+
+One request, in order:
+
+1. ``/_duro/health`` and ``/_duro/metrics`` are the edge's own; ``GET /`` and ``/static/<file>``
+   serve the app's static directory (``static_dir``, default ``<app>/static`` or the first
+   ``<app>/*/static``).
+2. The request becomes a :class:`duro.Request` (absolute URL, headers, body). A WebSocket upgrade
+   (``Upgrade: websocket``) gets a socket id from the :class:`~duro.edge.sockets.SocketManager`,
+   carried to the object in the ``Duro-Socket`` header (a client's own ``Duro-Socket`` header is
+   dropped, so it cannot be forged).
+3. The app's worker ``fetch(request, env)`` runs if the app defines one; else the default route
+   ``/<binding lower-cased>/<name>/<rest>`` calls ``env.<BINDING>.get_by_name(name).fetch(request)``
+   (``/<binding>/@<64 hex digits>/<rest>`` addresses an object by id).
+4. Every call goes through the edge's ``Router`` with the edge's region (new objects are placed in
+   this region). A 101 answer completes the upgrade (``SocketManager.serve``); errors become JSON
+   ``{"error": {"code", "message", "retryable", "overloaded"}}`` with a matching HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from duro._app import App
+from duro._http import Request, Response
+from duro._namespace import Env, Namespace
+from duro.edge.config import EdgeConfig
+from duro.edge.metrics import EdgeMetrics
+from duro.edge.sockets import SOCKET_HEADER, SocketManager
+from duro.errors import DuroError, InvalidArgumentError, to_wire
+
+__all__ = ["EdgeHttp", "error_status", "find_static_dir"]
+
+log = logging.getLogger("duro.edge.http")
+access_log = logging.getLogger("duro.edge.access")
+
+# duro error code -> HTTP status
+_STATUS = {
+    "invalid_argument": 400, "invalid_id": 400, "invalid_value": 400, "config_error": 400,
+    "method_not_found": 404, "not_found": 404, "object_error": 500, "overloaded": 503,
+    "object_reset": 503, "unavailable": 503, "fenced": 503, "redirect": 503, "broken_stub": 503,
+    "timeout": 504,
+}
+# Hop-by-hop and framing headers aiohttp computes itself.
+_SKIP_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive",
+                          "upgrade"}
+
+
+def error_status(exc: DuroError) -> int:
+    return _STATUS.get(exc.code, 500)
+
+
+def error_response(code: str, message: str, status: int, *, retryable: bool = False,
+                   overloaded: bool = False, remote_type: str = "") -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message, "retryable": retryable,
+                            "overloaded": overloaded}
+    if remote_type:
+        body["remote_type"] = remote_type
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+def find_static_dir(app: App, configured: str) -> Path | None:
+    if configured:
+        return Path(configured).resolve()
+    own = app.root / "static"
+    if own.is_dir():
+        return own
+    for sub in sorted(p for p in app.root.iterdir() if p.is_dir()):
+        if (sub / "static" / "index.html").is_file():
+            return sub / "static"
+    return None
+
+
+class EdgeHttp:
+    """The aiohttp application of one edge."""
+
+    def __init__(
+        self, app: App, env: Env, sockets: SocketManager, config: EdgeConfig,
+        metrics: EdgeMetrics, *, edge_id: str,
+    ) -> None:
+        self.app = app
+        self.env = env
+        self.sockets = sockets
+        self.config = config
+        self.metrics = metrics
+        self.edge_id = edge_id
+        self.routes: dict[str, Namespace] = {
+            name.lower(): ns for name, ns in env._bindings.items()
+        }
+        self.static = find_static_dir(app, config.static_dir)
+
+    def make_app(self) -> web.Application:
+        web_app = web.Application(client_max_size=self.config.max_body_bytes)
+        web_app.router.add_route("*", "/{tail:.*}", self.handle)
+        return web_app
+
+    # -- one request --------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            resp = await self._handle(request)
+        except web.HTTPException as exc:
+            resp = exc
+        except Exception:  # the edge's own bug: answer 500, keep serving
+            log.exception("edge failed on %s %s", request.method, request.path)
+            resp = error_response("internal", "edge error", 500)
+        self.metrics.http_requests.labels(status=str(resp.status)).inc()
+        return resp
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_duro/"):
+            return self._own(path)
+        if self.static is not None and request.method in ("GET", "HEAD"):
+            static = self._static(path)
+            if static is not None:
+                return static
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() != "duro-socket"]
+        sock = None
+        if upgrade:
+            sock = self.sockets.new_socket()
+            headers.append((SOCKET_HEADER, self.sockets.upgrade_mark(sock)))
+        try:
+            body = await request.read()
+            req = Request(str(request.url), method=request.method, headers=headers, body=body)
+            started = time.perf_counter()
+            try:
+                resp = await self._route(req)
+            except DuroError as exc:
+                code, message, retryable, overloaded, remote_type = to_wire(exc)
+                return error_response(code, message, error_status(exc), retryable=retryable,
+                                      overloaded=overloaded, remote_type=remote_type)
+            finally:
+                self.metrics.upstream_seconds.labels(kind="fetch").observe(
+                    time.perf_counter() - started)
+            if sock is not None and resp.status == 101:
+                served = sock
+                sock = None  # serve() owns it from here
+                return await self.sockets.serve(request, served)
+            if resp.status == 101:
+                return error_response("invalid_argument",
+                                      "the object answered 101 to a request that is not a "
+                                      "WebSocket upgrade", 502)
+            return _to_aiohttp(resp)
+        finally:
+            if sock is not None:  # not upgraded: forget the socket id
+                sock.closed = True
+                self.sockets.sockets.pop(sock.sid, None)
+
+    async def _route(self, req: Request) -> Response:
+        worker = self.app.worker_fetch
+        if worker is not None:
+            resp = await worker(req, self.env)
+            if not isinstance(resp, Response):
+                raise InvalidArgumentError(
+                    f"the worker's fetch must return a duro.Response, got {type(resp).__name__}"
+                )
+            return resp
+        parts = req.path.split("/", 3)
+        if len(parts) < 3 or not parts[1]:
+            known = ", ".join(f"/{b}/<name>/..." for b in sorted(self.routes))
+            raise _NotFound(f"no route for {req.path!r}; this app serves {known}")
+        ns = self.routes.get(parts[1].lower())
+        if ns is None:
+            raise _NotFound(f"unknown binding {parts[1]!r}; known: {sorted(self.routes)}")
+        name = unquote(parts[2])
+        if not name:
+            raise InvalidArgumentError(f"{req.path!r}: the object name is empty")
+        if name.startswith("@"):
+            stub = ns.get(ns.id_from_string(name[1:]))
+        else:
+            stub = ns.get_by_name(name)
+        return await stub.fetch(req)
+
+    # -- the edge's own routes ----------------------------------------------------------------
+    def _own(self, path: str) -> web.Response:
+        if path == "/_duro/health":
+            return web.json_response({
+                "edge_id": self.edge_id, "region": self.config.region, "status": "serving",
+                "sockets": len(self.sockets.sockets),
+                "nodes": {a: l.connected for a, l in self.sockets.links.items()},
+            })
+        if path == "/_duro/metrics":
+            return web.Response(body=generate_latest(self.metrics.registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return error_response("not_found", f"no edge route {path!r}", 404)
+
+    def _static(self, path: str) -> web.StreamResponse | None:
+        assert self.static is not None
+        if path in ("/", "/index.html"):
+            rel = "index.html"
+        elif path.startswith("/static/"):
+            rel = path[len("/static/"):]
+        else:
+            return None
+        file = (self.static / rel).resolve()
+        if not file.is_relative_to(self.static) or not file.is_file():
+            return None if path == "/" else error_response("not_found", "no such file", 404)
+        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return web.FileResponse(file, headers={"Content-Type": ctype})
+
+
+class _NotFound(DuroError):
+    code = "not_found"
+
+
+def _to_aiohttp(resp: Response) -> web.Response:
+    out = web.Response(status=resp.status, body=resp.body)
+    for name, value in resp.headers.items():
+        if name.lower() not in _SKIP_RESPONSE_HEADERS:
+            out.headers[name] = value
+    if resp.body and "content-type" not in resp.headers:
+        # As Workers do for `new Response(string)`: duro's Response does not keep the body's type.
+        out.headers["Content-Type"] = "text/plain;charset=UTF-8"
+    return out

@@ -1,0 +1,182 @@
+"""The edge process: ``duro edge``. One region's HTTP/WebSocket entry and gRPC ``Gateway``.
+
+Start order: app → Router (etcd: directory and live nodes) → socket links to the nodes → HTTP
+server → Gateway → metrics. Stop order (SIGTERM/SIGINT or ``stop()``): stop accepting HTTP,
+close every client WebSocket with 1001 (going away) so objects see ``web_socket_close``, stop the
+Gateway (grace), close the node links and the Router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import logging
+import signal
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from aiohttp import web
+from grpc import aio
+
+from duro._app import App, load_app
+from duro._config import add_dataclass_flags, flags_from_args
+from duro._metrics import start_metrics_server, stop_metrics_server
+from duro._namespace import Env, Namespace
+from duro._pb import gateway_pb2_grpc
+from duro.client.router import Router
+from duro.edge.config import ENV_PREFIX, EdgeConfig, load_edge_config, split_hostport
+from duro.edge.gateway import GatewayServicer
+from duro.edge.http import EdgeHttp
+from duro.edge.metrics import EdgeMetrics
+from duro.edge.sockets import SocketManager
+
+__all__ = ["EdgeProcess", "run_edge", "main"]
+
+log = logging.getLogger("duro.edge")
+
+
+class Status(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class EdgeProcess:
+    """Everything one edge runs; ``start()``, idempotent ``stop(grace)``, ``async with``."""
+
+    def __init__(self, config: EdgeConfig, app: App | None = None) -> None:
+        self.config = config
+        self.app = app or load_app(config.app)
+        self.edge_id = config.edge_id or f"edge-{config.region}-{uuid.uuid4().hex[:8]}"
+        self.status = Status.CREATED
+        self.metrics = EdgeMetrics()
+        self.router = Router(config.etcd, cluster=config.cluster, region=config.region,
+                             call_timeout=config.call_timeout)
+        self.env = Env(
+            {name: Namespace(name, self.app.namespace_class(b.class_name), self.router,
+                             caller_region=config.region)
+             for name, b in self.app.bindings.items()},
+            dict(self.app.vars),
+        )
+        self.sockets = SocketManager(self.edge_id, self.router, config, self.metrics)
+        self.http = EdgeHttp(self.app, self.env, self.sockets, config, self.metrics,
+                             edge_id=self.edge_id)
+        self._runner: web.AppRunner | None = None
+        self._grpc: aio.Server | None = None
+        self.http_port = 0
+        self.grpc_port = 0
+        self.metrics_port: int | None = None
+
+    @property
+    def http_address(self) -> str:
+        return f"{split_hostport(self.config.http_listen)[0]}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        if not self.grpc_port:
+            return ""
+        return f"{split_hostport(self.config.grpc_listen)[0]}:{self.grpc_port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.router.start()
+        await self.sockets.start()
+        runner = web.AppRunner(
+            self.http.make_app(),
+            access_log=logging.getLogger("duro.edge.access") if cfg.access_log else None,
+            access_log_format='%a "%r" %s %b %Tf',
+            handle_signals=False,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        self._runner = runner
+        host, port = split_hostport(cfg.http_listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if cfg.grpc_listen:
+            server = aio.server(options=[("grpc.so_reuseport", 0),
+                                         ("grpc.max_receive_message_length", 64 << 20),
+                                         ("grpc.max_send_message_length", 64 << 20)])
+            gateway_pb2_grpc.add_GatewayServicer_to_server(
+                GatewayServicer(self.env, self.metrics), server)
+            self.grpc_port = server.add_insecure_port(cfg.grpc_listen)
+            if not self.grpc_port:
+                raise OSError(f"cannot bind the Gateway to {cfg.grpc_listen}")
+            await server.start()
+            self._grpc = server
+        if cfg.metrics_port >= 0:
+            self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.metrics.registry)
+        self.status = Status.RUNNING
+        log.info("edge %s (region %s) serving app %r: HTTP %s, gRPC %s", self.edge_id,
+                 cfg.region, self.app.name, self.http_address, self.grpc_address or "off")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.status in (Status.STOPPING, Status.STOPPED):
+            return
+        self.status = Status.STOPPING
+        if self._runner is not None:
+            # Stop accepting first; WebSocket handlers end when their sockets close below.
+            for site in list(self._runner.sites):
+                await site.stop()
+        await self.sockets.close(grace)
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.router.close()
+        if self.metrics_port is not None:
+            stop_metrics_server(self.metrics_port)
+        self.status = Status.STOPPED
+        log.info("edge %s stopped", self.edge_id)
+
+    async def __aenter__(self) -> EdgeProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
+    """Run an edge until SIGTERM or SIGINT, then stop it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    edge = EdgeProcess(config)
+    try:
+        await edge.start()
+        if ready_line:
+            # One machine-readable line for supervisors (duro dev) and tests.
+            print(f"DURO-EDGE-READY edge_id={edge.edge_id} region={config.region} "
+                  f"http={edge.http_address} grpc={edge.grpc_address or '-'} "
+                  f"metrics_port={edge.metrics_port or 0}", flush=True)
+        await stop.wait()
+    finally:
+        await edge.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duro edge", description="run one edge")
+    parser.add_argument("--config", help="TOML file with edge settings")
+    add_dataclass_flags(parser, EdgeConfig, env_prefix=ENV_PREFIX)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from duro._log import configure_logging
+    from duro.cli import _run
+
+    args = build_parser().parse_args(argv)
+    config = load_edge_config(Path(args.config) if args.config else None,
+                              overrides=flags_from_args(args))
+    configure_logging(config.log_level, config.log_json)
+    if config.log_level.upper() != "DEBUG":
+        logging.getLogger("duro.edge.access").setLevel(
+            logging.INFO if config.access_log else logging.WARNING)
+    _run(run_edge(config))
+    return 0

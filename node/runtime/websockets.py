@@ -1,0 +1,573 @@
+"""The node side of the WebSocket hibernation API: sockets belong to the object, not the instance.
+
+The edge terminates client WebSockets (``duro.edge.sockets``); frames travel between the edge and
+this node on one long-lived stream per edge-node pair (``duro.node.socket_server``). This module is
+the runtime half, with no transport in it:
+
+* :class:`SocketHub` (one per host) keeps every object's socket registry **outside** its
+  activation: socket id, edge, tags, attachment (a copy; the edge holds the authoritative one and
+  re-registers it after a reconnect). An object with sockets can therefore be evicted while its
+  sockets stay open at the edge; the next frame re-activates it and ``ctx.get_web_sockets()``
+  returns every socket with its attachment.
+* :class:`WebSocket` is the ``ws`` an object sees. ``send`` and ``close`` go through the output
+  gate: a frame made after a storage write leaves only once that write is durable, and frames of
+  one object leave in the order they were made.
+* :class:`WebSocketContext` adds ``accept_web_socket``, ``get_web_sockets``, ``get_tags`` and the
+  auto-response pair to ``ctx`` on nodes that serve sockets (the Testbed has none: objects there
+  see a ``ctx`` without ``accept_web_socket`` and answer 426).
+
+Client events (message, close, error) are delivered as ordinary events through the host (input
+gate, ownership check) with the ``ws`` in ``Call.meta["ws"]``. When an edge's stream ends and the
+edge does not come back within ``edge_grace`` seconds, its sockets are closed on this side
+(``web_socket_close(ws, 1006, "edge connection lost", False)``): no socket looks open after its
+client is gone.
+
+Limits (DESIGN §2): 32,768 sockets per object, 32 MiB per message, 10 tags of at most 256
+characters, attachments of at most 16 KiB encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
+
+from duro import _codec
+from duro._namespace import Call, CallKind
+from duro.errors import DuroError, InvalidArgumentError, OverloadedError, UnavailableError
+from duro.node.runtime.activation import current_activation
+from duro.node.runtime.context import ObjectContext
+
+if TYPE_CHECKING:
+    from duro._http import Request
+    from duro.node.runtime.activation import Activation
+    from duro.node.runtime.host import ObjectHost
+
+__all__ = [
+    "Op",
+    "Frame",
+    "EdgeLink",
+    "SocketHub",
+    "WebSocket",
+    "WebSocketContext",
+    "SOCKET_HEADER",
+    "MAX_SOCKETS_PER_OBJECT",
+    "MAX_MESSAGE_BYTES",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
+    "MAX_ATTACHMENT_BYTES",
+]
+
+log = logging.getLogger("duro.node.websockets")
+
+# The edge marks an upgrade request with "<edge id> <socket id>" (it strips the header from
+# client requests, so a client cannot forge it).
+SOCKET_HEADER = "Duro-Socket"
+MAX_SOCKETS_PER_OBJECT = 32_768
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+MAX_TAGS = 10
+MAX_TAG_CHARS = 256
+MAX_ATTACHMENT_BYTES = 16 * 1024
+_ORPHAN_LIMIT = 100_000  # frames kept for an edge that is not connected (yet)
+
+# Close codes the runtime uses itself.
+CLOSE_ABNORMAL = 1006
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+class Op(IntEnum):
+    """Mirrors ``duro.v1.SocketOp``."""
+
+    MESSAGE = 1
+    CLOSE = 2
+    ERROR = 3
+    REGISTER = 4
+    ACCEPT = 5
+    ATTACH = 6
+    AUTO_RESPONSE = 7
+    ACK = 8
+    UNKNOWN = 9
+
+
+@dataclass(slots=True)
+class Frame:
+    """One socket frame, transport-free (the adapter converts it to ``duro.v1.SocketFrame``)."""
+
+    op: Op
+    socket_id: int
+    binding: str = ""
+    object_id: bytes = b""
+    data: bytes = b""
+    text: bool = False
+    code: int = 0
+    reason: str = ""
+    was_clean: bool = False
+    tags: tuple[str, ...] = ()
+    attachment: bytes | None = None
+    auto: tuple[str, str] | None = None
+    count: int = 0
+
+
+class EdgeLink(Protocol):
+    """The transport towards one edge (one ``Node.Sockets`` stream)."""
+
+    def push(self, frame: Frame) -> None: ...
+
+    def ack(self, socket_id: int) -> None: ...
+
+
+class _Record:
+    """One socket as this node knows it."""
+
+    __slots__ = ("edge", "sid", "oid", "tags", "attachment", "open", "accepted", "ws")
+
+    def __init__(self, edge: str, sid: int, oid: bytes) -> None:
+        self.edge = edge
+        self.sid = sid
+        self.oid = oid
+        self.tags: tuple[str, ...] = ()
+        self.attachment: bytes | None = None
+        self.open = False
+        self.accepted = False
+        self.ws: WebSocket | None = None
+
+
+class _ObjectSockets:
+    __slots__ = ("binding", "sockets", "auto", "outq")
+
+    def __init__(self, binding: str) -> None:
+        self.binding = binding
+        self.sockets: dict[tuple[str, int], _Record] = {}
+        self.auto: tuple[str, str] | None = None
+        # Frames waiting for the output gate: (gate future or None, edge, frame), in send order.
+        self.outq: deque[tuple[asyncio.Future | None, str, Frame]] = deque()
+
+
+class WebSocket:
+    """The server end of a client WebSocket, as an object sees it (hibernation API)."""
+
+    __slots__ = ("_hub", "_rec", "_binding")
+
+    def __init__(self, hub: SocketHub, rec: _Record, binding: str) -> None:
+        self._hub = hub
+        self._rec = rec
+        self._binding = binding
+
+    @property
+    def id(self) -> str:
+        return f"{self._rec.edge}/{self._rec.sid}"
+
+    @property
+    def ready_state(self) -> int:
+        """1 (OPEN) while the socket is open, else 3 (CLOSED), as in the browser API."""
+        return 1 if self._rec.open else 3
+
+    def send(self, message: str | bytes) -> None:
+        """Send one message (str: text, bytes: binary), after earlier writes are durable."""
+        if isinstance(message, str):
+            data, text = message.encode(), True
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            data, text = bytes(message), False
+        else:
+            raise InvalidArgumentError(f"ws.send() takes str or bytes, not {type(message).__name__}")
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise InvalidArgumentError(
+                f"WebSocket message is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+            )
+        rec = self._rec
+        if not rec.open:
+            raise InvalidArgumentError("WebSocket is closed; cannot send")
+        self._hub._emit(rec, Frame(Op.MESSAGE, rec.sid, data=data, text=text))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the socket (code 1000 or 3000-4999, reason at most 123 bytes)."""
+        if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999 or
+                                             code in (1001, 1008, 1011, 1012, 1013)):
+            raise InvalidArgumentError(f"invalid close code {code!r} (use 1000 or 3000-4999)")
+        if not isinstance(reason, str) or len(reason.encode()) > 123:
+            raise InvalidArgumentError("close reason must be a str of at most 123 bytes")
+        self._hub._close(self._rec, code, reason)
+
+    def serialize_attachment(self, value: Any) -> None:
+        """Keep ``value`` (msgpack-encodable, at most 16 KiB encoded) with the socket."""
+        data = _codec.encode(value)
+        if len(data) > MAX_ATTACHMENT_BYTES:
+            raise InvalidArgumentError(
+                f"attachment is {len(data)} bytes encoded; the limit is {MAX_ATTACHMENT_BYTES}"
+            )
+        rec = self._rec
+        rec.attachment = data
+        if rec.accepted and rec.open:
+            self._hub._emit(rec, Frame(Op.ATTACH, rec.sid, attachment=data))
+
+    def deserialize_attachment(self) -> Any:
+        """The value given to :meth:`serialize_attachment` (None if none)."""
+        data = self._rec.attachment
+        return None if data is None else _codec.decode(data)
+
+    def __repr__(self) -> str:
+        state = "open" if self._rec.open else "closed"
+        return f"<WebSocket {self.id} {state} tags={list(self._rec.tags)}>"
+
+
+def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        raise InvalidArgumentError("tags must be a list of str, not one str")
+    out = tuple(tags)
+    if len(out) > MAX_TAGS:
+        raise InvalidArgumentError(f"a WebSocket has at most {MAX_TAGS} tags, got {len(out)}")
+    for t in out:
+        if not isinstance(t, str) or not t:
+            raise InvalidArgumentError("tags must be non-empty str")
+        if len(t) > MAX_TAG_CHARS:
+            raise InvalidArgumentError(f"a tag has at most {MAX_TAG_CHARS} characters, got {len(t)}")
+    if len(set(out)) != len(out):
+        raise InvalidArgumentError("tags must be distinct")
+    return out
+
+
+class WebSocketContext(ObjectContext):
+    """``ctx`` on a node that serves WebSockets (through an edge)."""
+
+    __slots__ = ()
+
+    def _hub(self) -> SocketHub:
+        hub = self._act.host.sockets
+        assert hub is not None
+        return hub
+
+    def accept_web_socket(self, ws: WebSocket, tags: Iterable[str] | None = ()) -> None:
+        """Make ``ws`` (from ``request.web_socket_pair()``) a hibernatable socket of this object."""
+        self._hub().accept(self._act, ws, _check_tags(tags))
+
+    def get_web_sockets(self, tag: str | None = None) -> list[WebSocket]:
+        """Every open socket of this object (with ``tag``, if given), including hibernated ones."""
+        return self._hub().sockets_of(self._act, tag)
+
+    def get_tags(self, ws: WebSocket) -> list[str]:
+        if not isinstance(ws, WebSocket):
+            raise InvalidArgumentError("get_tags() takes a WebSocket")
+        return list(ws._rec.tags)
+
+    def set_web_socket_auto_response(
+        self, request: str | None = None, response: str | None = None
+    ) -> None:
+        """Answer ``request`` with ``response`` at the edge, without waking the object.
+
+        Both None clears the pair. Each is a text message of at most 2,048 characters.
+        """
+        if request is None and response is None:
+            pair = None
+        else:
+            for what, v in (("request", request), ("response", response)):
+                if not isinstance(v, str) or not v or len(v) > 2048:
+                    raise InvalidArgumentError(f"auto-response {what} must be a str of 1..2048 chars")
+            pair = (request, response)
+        self._hub().set_auto_response(self._act, pair)  # type: ignore[arg-type]
+
+    def get_web_socket_auto_response(self) -> tuple[str, str] | None:
+        obj = self._hub().objects.get(self._act.oid)
+        return obj.auto if obj is not None else None
+
+
+class SocketStats:
+    __slots__ = ("accepted", "messages_in", "messages_out", "closed", "unknown", "edges_lost")
+
+    def __init__(self) -> None:
+        self.accepted = self.messages_in = self.messages_out = 0
+        self.closed = self.unknown = self.edges_lost = 0
+
+
+class SocketHub:
+    """Every object's sockets on one node, and the links to the edges that hold them."""
+
+    def __init__(self, host: ObjectHost, *, edge_grace: float = 10.0) -> None:
+        self.host = host
+        self.edge_grace = edge_grace
+        self.objects: dict[bytes, _ObjectSockets] = {}
+        self.stats = SocketStats()
+        self._links: dict[str, EdgeLink] = {}
+        self._orphans: dict[str, deque[Frame]] = {}
+        self._gone: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Future] = set()
+
+    def make_context(self, act: Activation) -> ObjectContext:
+        return WebSocketContext(act)
+
+    @property
+    def socket_count(self) -> int:
+        return sum(len(o.sockets) for o in self.objects.values())
+
+    # -- runtime side -------------------------------------------------------------------------
+    def bind_request(self, act: Activation, request: Request) -> None:
+        """Give an upgrade request from an edge its ``web_socket_pair()``."""
+        mark = request.headers.get(SOCKET_HEADER)
+        if not mark or (request.headers.get("upgrade") or "").lower() != "websocket":
+            return
+        try:
+            edge, sid_text = mark.split(" ", 1)
+            sid = int(sid_text)
+        except ValueError:
+            return
+        made: list[WebSocket] = []
+
+        def pair() -> WebSocket:
+            if made:
+                return made[0]
+            rec = _Record(edge, sid, act.oid)
+            rec.ws = WebSocket(self, rec, act.binding)
+            made.append(rec.ws)
+            return rec.ws
+
+        request._ws_factory = pair
+
+    def accept(self, act: Activation, ws: WebSocket, tags: tuple[str, ...]) -> None:
+        if not isinstance(ws, WebSocket) or ws._hub is not self:
+            raise InvalidArgumentError("accept_web_socket() takes the ws of request.web_socket_pair()")
+        rec = ws._rec
+        if rec.accepted:
+            raise InvalidArgumentError("this WebSocket was already accepted")
+        if rec.oid != act.oid:
+            raise InvalidArgumentError("a WebSocket can only be accepted by the object it was made for")
+        obj = self.objects.get(act.oid)
+        if obj is None:
+            obj = self.objects[act.oid] = _ObjectSockets(act.binding)
+        if len(obj.sockets) >= MAX_SOCKETS_PER_OBJECT:
+            raise InvalidArgumentError(
+                f"object has {len(obj.sockets)} WebSockets; the limit is {MAX_SOCKETS_PER_OBJECT}"
+            )
+        rec.tags = tags
+        rec.accepted = rec.open = True
+        obj.sockets[(rec.edge, rec.sid)] = rec
+        self.stats.accepted += 1
+        self._emit(rec, Frame(Op.ACCEPT, rec.sid, binding=act.binding, object_id=act.oid,
+                              tags=tags, attachment=rec.attachment, auto=obj.auto))
+
+    def sockets_of(self, act: Activation, tag: str | None) -> list[WebSocket]:
+        obj = self.objects.get(act.oid)
+        if obj is None:
+            return []
+        out = []
+        for rec in obj.sockets.values():
+            if not rec.open or (tag is not None and tag not in rec.tags):
+                continue
+            if rec.ws is None:
+                rec.ws = WebSocket(self, rec, obj.binding)
+            out.append(rec.ws)
+        return out
+
+    def set_auto_response(self, act: Activation, pair: tuple[str, str] | None) -> None:
+        obj = self.objects.get(act.oid)
+        if obj is None:
+            obj = self.objects[act.oid] = _ObjectSockets(act.binding)
+        obj.auto = pair
+        edges = {rec.edge: rec for rec in obj.sockets.values() if rec.open}
+        for rec in edges.values():  # one frame per edge: the edge applies it to the object
+            self._emit(rec, Frame(Op.AUTO_RESPONSE, rec.sid, binding=obj.binding,
+                                  object_id=act.oid, auto=pair))
+
+    def _close(self, rec: _Record, code: int, reason: str) -> None:
+        if not rec.open:
+            return  # closing twice (e.g. ws.close() inside web_socket_close) is harmless
+        rec.open = False
+        self._forget(rec)
+        if rec.accepted:
+            self._emit(rec, Frame(Op.CLOSE, rec.sid, code=code, reason=reason))
+
+    def _forget(self, rec: _Record) -> None:
+        obj = self.objects.get(rec.oid)
+        if obj is not None and obj.sockets.get((rec.edge, rec.sid)) is rec:
+            del obj.sockets[(rec.edge, rec.sid)]
+            self.stats.closed += 1
+            if not obj.sockets and obj.auto is None and not obj.outq:
+                del self.objects[rec.oid]
+
+    def _emit(self, rec: _Record, frame: Frame) -> None:
+        """Send ``frame`` towards the socket's edge once earlier writes are durable, in order."""
+        obj = self.objects.get(rec.oid)
+        act = current_activation.get()
+        if act is None or act.oid != rec.oid:
+            act = self.host.activation(rec.oid)
+        gate = act.storage.output_gate() if act is not None else None
+        if obj is None or (gate is None and not obj.outq):
+            self._push(rec.edge, frame)
+            return
+        obj.outq.append((gate, rec.edge, frame))
+        if gate is not None:
+            gate.add_done_callback(lambda _f, o=obj: self._flush(o))
+
+    def _flush(self, obj: _ObjectSockets) -> None:
+        q = obj.outq
+        while q:
+            gate, edge, frame = q[0]
+            if gate is not None and not gate.done():
+                return
+            q.popleft()
+            if gate is not None and (gate.cancelled() or gate.exception() is not None):
+                continue  # the write failed and the object was reset: nothing after it leaves
+            self._push(edge, frame)
+
+    def _push(self, edge: str, frame: Frame) -> None:
+        if frame.op == Op.MESSAGE:
+            self.stats.messages_out += 1
+        link = self._links.get(edge)
+        if link is not None:
+            link.push(frame)
+            return
+        q = self._orphans.get(edge)
+        if q is None:
+            q = self._orphans[edge] = deque(maxlen=_ORPHAN_LIMIT)
+            self._arm_gone(edge)
+        q.append(frame)
+
+    # -- transport side -----------------------------------------------------------------------
+    def attach(self, edge: str, link: EdgeLink) -> None:
+        """An edge's stream is up (first time or again)."""
+        self._links[edge] = link
+        timer = self._gone.pop(edge, None)
+        if timer is not None:
+            timer.cancel()
+        for frame in self._orphans.pop(edge, ()):
+            link.push(frame)
+        log.info("edge %s connected", edge)
+
+    def detach(self, edge: str, link: EdgeLink) -> None:
+        if self._links.get(edge) is link:
+            del self._links[edge]
+            self._arm_gone(edge)
+            log.info("edge %s disconnected; its sockets close in %.0f s unless it returns",
+                     edge, self.edge_grace)
+
+    def _arm_gone(self, edge: str) -> None:
+        if edge not in self._gone:
+            self._gone[edge] = asyncio.get_running_loop().call_later(
+                self.edge_grace, self._edge_gone, edge
+            )
+
+    def _edge_gone(self, edge: str) -> None:
+        self._gone.pop(edge, None)
+        if edge in self._links:
+            return
+        self._orphans.pop(edge, None)
+        self.stats.edges_lost += 1
+        lost = [rec for obj in self.objects.values() for rec in obj.sockets.values()
+                if rec.edge == edge]
+        if lost:
+            log.warning("edge %s did not come back: closing its %d sockets", edge, len(lost))
+        for rec in lost:
+            self._client_closed(rec, CLOSE_ABNORMAL, "edge connection lost", False)
+
+    def receive(self, edge: str, f: Frame) -> None:
+        """One frame from an edge."""
+        op = f.op
+        if op == Op.REGISTER:
+            self._register(edge, f)
+            return
+        obj = self.objects.get(f.object_id)
+        rec = obj.sockets.get((edge, f.socket_id)) if obj is not None else None
+        if op == Op.MESSAGE:
+            if rec is None or not rec.open:
+                self.stats.unknown += 1
+                self._reply(edge, Frame(Op.UNKNOWN, f.socket_id, binding=f.binding,
+                                        object_id=f.object_id, reason="no such socket here"))
+                return
+            self.stats.messages_in += 1
+            payload: str | bytes = f.data.decode() if f.text else f.data
+            self._deliver(edge, obj, rec, "message", (payload,), ack=True)  # type: ignore[arg-type]
+        elif op == Op.CLOSE:
+            if rec is None:
+                if not f.binding:
+                    return
+                # Not registered here (e.g. closed while its stream was down): deliver anyway.
+                rec = _Record(edge, f.socket_id, f.object_id)
+                rec.tags, rec.attachment, rec.accepted = f.tags, f.attachment, True
+                if obj is None:
+                    obj = self.objects[f.object_id] = _ObjectSockets(f.binding)
+            self._client_closed(rec, f.code, f.reason, f.was_clean, obj)
+        elif op == Op.ERROR:
+            if rec is not None and obj is not None:
+                rec.open = False
+                self._forget(rec)
+                self._deliver(edge, obj, rec, "error", (f.reason,), ack=False)
+
+    def _register(self, edge: str, f: Frame) -> None:
+        obj = self.objects.get(f.object_id)
+        if obj is None:
+            obj = self.objects[f.object_id] = _ObjectSockets(f.binding)
+        if obj.auto is None and f.auto is not None:
+            obj.auto = f.auto
+        key = (edge, f.socket_id)
+        rec = obj.sockets.get(key)
+        if rec is None:
+            if len(obj.sockets) >= MAX_SOCKETS_PER_OBJECT:
+                self._push(edge, Frame(Op.CLOSE, f.socket_id, code=1008,
+                                       reason="too many WebSockets on this object"))
+                return
+            rec = obj.sockets[key] = _Record(edge, f.socket_id, f.object_id)
+        rec.tags, rec.attachment = f.tags, f.attachment
+        rec.accepted = rec.open = True
+
+    def _client_closed(
+        self, rec: _Record, code: int, reason: str, was_clean: bool,
+        obj: _ObjectSockets | None = None,
+    ) -> None:
+        obj = obj or self.objects.get(rec.oid)
+        rec.open = False
+        self._forget(rec)
+        if obj is not None:
+            self._deliver(rec.edge, obj, rec, "close", (code, reason, was_clean), ack=False)
+
+    def _reply(self, edge: str, frame: Frame) -> None:
+        link = self._links.get(edge)
+        if link is not None:
+            link.push(frame)
+
+    def _deliver(
+        self, edge: str, obj: _ObjectSockets, rec: _Record, kind: str, args: tuple, *, ack: bool
+    ) -> None:
+        if rec.ws is None:
+            rec.ws = WebSocket(self, rec, obj.binding)
+        call = Call(binding=obj.binding, object_id=rec.oid, kind=CallKind.RPC,
+                    method="web_socket_" + kind, meta={"ws": (kind, rec.ws, args)})
+        task = asyncio.ensure_future(self.host.invoke(call))
+        self._tasks.add(task)
+
+        def done(t: asyncio.Future) -> None:
+            self._tasks.discard(t)
+            if ack:
+                link = self._links.get(edge)
+                if link is not None:
+                    link.ack(rec.sid)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is None:
+                return
+            if isinstance(exc, UnavailableError):
+                # Not the owner (any more), or the node is fencing/stopping: the edge re-resolves
+                # the owner, re-registers the socket there and resends (see duro.edge.sockets).
+                if kind == "message":
+                    self._reply(edge, Frame(Op.UNKNOWN, rec.sid, binding=obj.binding,
+                                            object_id=rec.oid, reason=str(exc)))
+                return
+            if isinstance(exc, OverloadedError) and rec.open:
+                self._close(rec, CLOSE_TRY_AGAIN, "object overloaded; reconnect later")
+                return
+            level = logging.DEBUG if isinstance(exc, DuroError) and exc.code == "object_error" \
+                else logging.WARNING
+            log.log(level, "web_socket_%s of %s failed: %r", kind, rec.oid.hex()[:16], exc)
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        for timer in self._gone.values():
+            timer.cancel()
+        self._gone.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)

@@ -1,0 +1,186 @@
+"""The node's gRPC adapter for WebSockets: ``duro.v1.NodeSockets.Sockets`` over a ``SocketHub``.
+
+One long-lived bidirectional stream per edge-node pair carries the frames of every socket the edge
+holds for objects on this node (see ``duro.node.runtime.websockets`` and docs/edge.md)::
+
+    SocketBatch ──▶ reader ──▶ hub.receive(edge, frame) ──▶ events through the host
+    SocketBatch ◀── writer ◀── outbox (+ ACKs folded per socket) ◀── hub pushes (output-gated)
+
+Batching is as in ``duro.node.server``: everything pushed during one loop turn (and while a write
+is in progress) goes out as one message. ACKs of one socket are folded into one frame with a
+count. An edge that stops reading lets its outbox grow only up to ``max_outbox_bytes``; beyond it
+the stream is ended (the edge reconnects and re-registers its sockets), so one stuck edge cannot
+grow the node's memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from grpc import aio
+
+from duro._pb import node_pb2, node_pb2_grpc
+from duro.node.runtime.websockets import Frame, Op, SocketHub
+
+__all__ = ["SocketServicer", "frame_to_pb", "frame_from_pb", "EDGE_ID_METADATA"]
+
+log = logging.getLogger("duro.node.sockets")
+
+EDGE_ID_METADATA = "duro-edge-id"
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # a message stays well below the 64 MiB gRPC limit
+_FRAME_OVERHEAD = 48
+
+
+def frame_to_pb(f: Frame) -> node_pb2.SocketFrame:
+    pb = node_pb2.SocketFrame(socket_id=f.socket_id, op=int(f.op))
+    if f.binding:
+        pb.binding = f.binding
+        pb.object_id = f.object_id
+    if f.data:
+        pb.data = f.data
+    if f.text:
+        pb.text = True
+    if f.code:
+        pb.code = f.code
+    if f.reason:
+        pb.reason = f.reason
+    if f.was_clean:
+        pb.was_clean = True
+    if f.tags:
+        pb.tags.extend(f.tags)
+    if f.attachment is not None:
+        pb.attachment = f.attachment
+        pb.has_attachment = True
+    if f.auto is not None:
+        pb.auto_request, pb.auto_response = f.auto
+    if f.count:
+        pb.count = f.count
+    return pb
+
+
+def frame_from_pb(pb: node_pb2.SocketFrame) -> Frame:
+    return Frame(
+        Op(pb.op), pb.socket_id, pb.binding, pb.object_id, pb.data, pb.text, pb.code, pb.reason,
+        pb.was_clean, tuple(pb.tags), pb.attachment if pb.has_attachment else None,
+        (pb.auto_request, pb.auto_response) if pb.auto_request else None, pb.count,
+    )
+
+
+class _EdgeLink:
+    """The writing half of one edge's stream: outbox, folded ACKs, one writer."""
+
+    __slots__ = ("edge", "_context", "_outbox", "_bytes", "_acks", "_wake", "closed", "_limit")
+
+    def __init__(self, edge: str, context: aio.ServicerContext, limit: int) -> None:
+        self.edge = edge
+        self._context = context
+        self._outbox: list[node_pb2.SocketFrame] = []
+        self._bytes = 0
+        self._acks: dict[int, int] = {}
+        self._wake = asyncio.Event()
+        self.closed = False
+        self._limit = limit
+
+    def push(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        self._outbox.append(frame_to_pb(frame))
+        self._bytes += len(frame.data) + _FRAME_OVERHEAD
+        if self._bytes > self._limit:
+            log.warning("edge %s is not reading (%d bytes queued): ending its stream",
+                        self.edge, self._bytes)
+            self.close()
+        self._wake.set()
+
+    def ack(self, socket_id: int) -> None:
+        if not self.closed:
+            self._acks[socket_id] = self._acks.get(socket_id, 0) + 1
+            self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        context = self._context
+        while not self.closed:
+            if not self._outbox and not self._acks:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            frames, self._outbox, self._bytes = self._outbox, [], 0
+            if self._acks:
+                acks, self._acks = self._acks, {}
+                frames.extend(node_pb2.SocketFrame(socket_id=sid, op=int(Op.ACK), count=n)
+                              for sid, n in acks.items())
+            batch: list[node_pb2.SocketFrame] = []
+            size = 0
+            for pb in frames:
+                n = len(pb.data) + _FRAME_OVERHEAD
+                if batch and size + n > MAX_BATCH_BYTES:
+                    await context.write(node_pb2.SocketBatch(frames=batch))
+                    batch, size = [], 0
+                batch.append(pb)
+                size += n
+            await context.write(node_pb2.SocketBatch(frames=batch))
+
+
+class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
+    """``duro.v1.NodeSockets`` over a :class:`SocketHub`."""
+
+    def __init__(self, hub: SocketHub, *, max_outbox_bytes: int = 256 * 1024 * 1024) -> None:
+        self.hub = hub
+        self.max_outbox_bytes = max_outbox_bytes
+        self._links: set[_EdgeLink] = set()
+
+    async def Sockets(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[node_pb2.SocketBatch], context: aio.ServicerContext
+    ) -> None:
+        md = dict(context.invocation_metadata() or ())
+        edge = str(md.get(EDGE_ID_METADATA, ""))
+        if not edge:
+            await context.abort(
+                __import__("grpc").StatusCode.INVALID_ARGUMENT,
+                f"Sockets needs the {EDGE_ID_METADATA} metadata",
+            )
+        link = _EdgeLink(edge, context, self.max_outbox_bytes)
+        self._links.add(link)
+        # An empty first batch tells the edge the stream is up (before any socket has traffic).
+        await context.write(node_pb2.SocketBatch())
+        self.hub.attach(edge, link)
+        reader = asyncio.ensure_future(self._read(edge, link, request_iterator))
+        try:
+            await link.run()
+        except Exception as exc:  # the edge went away mid-write
+            log.debug("socket stream to edge %s ended: %r", edge, exc)
+        finally:
+            link.closed = True
+            self._links.discard(link)
+            self.hub.detach(edge, link)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(
+        self, edge: str, link: _EdgeLink, request_iterator: AsyncIterator[node_pb2.SocketBatch]
+    ) -> None:
+        receive = self.hub.receive
+        try:
+            async for batch in request_iterator:
+                for pb in batch.frames:
+                    try:
+                        receive(edge, frame_from_pb(pb))
+                    except Exception:  # a bad frame must not end the stream of every socket
+                        log.exception("bad socket frame from edge %s", edge)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("socket stream from edge %s ended: %r", edge, exc)
+        finally:
+            link.close()
+
+    def close(self) -> None:
+        """End every edge's stream (node shutdown); edges reconnect elsewhere or later."""
+        for link in list(self._links):
+            link.close()
