@@ -73,3 +73,91 @@ async def where(etcd: str, cluster: str, app: Any, binding: str, name: str) -> d
         "region": entry.region, "epoch": entry.epoch, "live": node is not None,
         "address": node.address if node else None,
     }
+
+
+# -- moving objects ------------------------------------------------------------------------------
+
+def _choose_target(nodes: dict[str, NodeInfo], exclude: str, region: str | None,
+                   near: str = "") -> str:
+    from duro.placement.policy import Candidate, NoLiveNodeError, choose_node
+
+    cands = [Candidate(n.node_id, n.region, n.zone, n.load, n.capacity)
+             for n in nodes.values()
+             if n.node_id != exclude and not n.draining and (region is None or n.region == region)]
+    try:
+        return choose_node(cands, caller_region=region or near)
+    except NoLiveNodeError:
+        where = f"region {region!r}" if region else "the cluster"
+        raise InvalidArgumentError(f"no live node in {where} to move to") from None
+
+
+async def _move(address: str, oid: bytes, binding: str, target: str) -> dict[str, Any]:
+    import grpc
+
+    from duro._pb import migration_pb2, migration_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = migration_pb2_grpc.MigrationStub(channel)
+        try:
+            r = await stub.Move(migration_pb2.MoveRequest(object_id=oid, binding=binding,
+                                                          target_node=target), timeout=120.0)
+        except grpc.aio.AioRpcError as exc:
+            return {"outcome": "error", "detail": f"{exc.code().name}: {exc.details()}"}
+    return {"outcome": r.outcome, "detail": r.detail, "epoch": r.new_epoch,
+            "held_ms": round(r.held_ms, 2), "keys": r.keys, "bytes": r.bytes}
+
+
+async def migrate(etcd: str, cluster: str, app: Any, binding: str, name: str, *,
+                  to_region: str | None = None, to_node: str | None = None) -> dict[str, Any]:
+    """Move one object to a node (or the least-loaded node of a region), live."""
+    info = await where(etcd, cluster, app, binding, name)
+    if not info.get("node"):
+        raise InvalidArgumentError(f"{binding}/{name} was never called: nothing to move")
+    if not info.get("live"):
+        raise InvalidArgumentError(f"its node {info['node']} is not live: cannot move it now")
+    async with Etcd3Client([etcd]) as client:
+        nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
+                                         await get_prefix(client, nodes_prefix(cluster)))}
+    if to_node:
+        if to_node not in nodes:
+            raise InvalidArgumentError(f"node {to_node!r} is not live")
+        target = to_node
+    else:
+        target = _choose_target(nodes, info["node"], to_region)
+    result = await _move(info["address"], bytes.fromhex(info["id"]), binding, target)
+    return {"from": info["node"], "to": target, **result}
+
+
+async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
+                progress: Any = None) -> dict[str, Any]:
+    """Move every object off ``node_id`` (marked draining first), reporting progress."""
+    import asyncio
+
+    import grpc
+
+    from duro._pb import migration_pb2, migration_pb2_grpc
+
+    async with Etcd3Client([etcd]) as client:
+        nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
+                                         await get_prefix(client, nodes_prefix(cluster)))}
+    source = nodes.get(node_id)
+    if source is None:
+        raise InvalidArgumentError(f"node {node_id!r} is not live")
+    async with grpc.aio.insecure_channel(source.address) as channel:
+        stub = migration_pb2_grpc.MigrationStub(channel)
+        await stub.SetDraining(migration_pb2.DrainingRequest(draining=True), timeout=10.0)
+        owned = (await stub.Owned(migration_pb2.OwnedRequest(), timeout=60.0)).objects
+    others = {k: v for k, v in nodes.items() if k != node_id}
+    done = {"moved": 0, "failed": 0, "total": len(owned)}
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(obj: Any) -> None:
+        async with sem:
+            target = _choose_target(others, node_id, None, near=source.region)
+            res = await _move(source.address, obj.object_id, obj.binding, target)
+            done["moved" if res["outcome"] == "released" else "failed"] += 1
+            if progress is not None:
+                progress(done, obj.object_id.hex(), target, res)
+
+    await asyncio.gather(*(one(o) for o in owned))
+    return {"node": node_id, **done}

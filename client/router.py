@@ -28,6 +28,7 @@ from duro._pb import placement_pb2, placement_pb2_grpc
 from duro._wire import RedirectError
 from duro.client.connection import ConnectionPool
 from duro.client.etcdkv import get_value
+from duro.client.latency import LatencyMatrix
 from duro.errors import DuroError, UnavailableError
 from duro.placement.directory import DirectoryCache, Entry
 from duro.placement.election import leader_key
@@ -79,6 +80,7 @@ class Router:
         self.cache = DirectoryCache(self.etcd, cluster)
         self.nodes = NodeView(self.etcd, cluster)
         self.stats = RouterStats()
+        self.latency = LatencyMatrix.from_env()
         self._placement: tuple[str, Any] | None = None  # (address, stub)
         # One channel per placement address, closed only in close(): other calls may still have
         # a Place RPC in flight on a channel when the leader changes (closing it cancels them).
@@ -130,19 +132,35 @@ class Router:
         else:
             self.stats.cache_hits += 1
         address = self._address_of(entry)
+        node_id = entry.node
         call.epoch = entry.epoch
         for hop in range(self.max_hops + 1):
             call.hops = hop
             try:
-                return await self.pool.invoke(address, call, timeout=self.call_timeout)
+                if self.latency is None:
+                    return await self.pool.invoke(address, call, timeout=self.call_timeout)
+                return await self._delayed(node_id, address, call)
             except RedirectError as r:
                 self.stats.redirects += 1
                 if not r.address:
                     raise UnavailableError(
                         f"object {oid[:16]}… is owned by node {r.node_id!r}, which is not live"
                     ) from None
-                address, call.epoch = r.address, r.epoch
+                address, call.epoch, node_id = r.address, r.epoch, r.node_id
         raise UnavailableError(f"object {oid[:16]}…: more than {self.max_hops} redirects")
+
+    async def _delayed(self, node_id: str, address: str, call: Call) -> bytes:
+        """One hop with the simulated one-way delay each way (see duro.client.latency)."""
+        assert self.latency is not None
+        info = self.nodes.nodes.get(node_id)
+        delay = self.latency.one_way(self.region, info.region) if info else 0.0
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            return await self.pool.invoke(address, call, timeout=self.call_timeout)
+        finally:
+            if delay:
+                await asyncio.sleep(delay)
 
     def _address_of(self, entry: Entry) -> str:
         info = self.nodes.nodes.get(entry.node)

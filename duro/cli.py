@@ -7,6 +7,8 @@
     duro status  --etcd H:P                nodes, regions, leader, object counts
     duro where   BINDING NAME --etcd H:P   owner node, region, epoch
     duro call    BINDING NAME METHOD [JSON_ARGS] (--etcd H:P | --node H:P)
+    duro migrate BINDING NAME (--to-region R | --to-node N)   move an object, live
+    duro drain   NODE_ID                   move every object off a node
 
 Every service takes its settings from an optional TOML file (``--config``), then ``DURO_<ROLE>_*``
 environment variables, then flags (later wins).
@@ -144,6 +146,32 @@ def _dev_state() -> dict[str, str]:
         return {}
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from duro.client.admin import migrate
+
+    if not args.to_region and not args.to_node:
+        print("duro migrate: give --to-region R or --to-node N", file=sys.stderr)
+        return 2
+    res = _run(migrate(args.etcd, args.cluster, args.app, args.binding, args.name,
+                       to_region=args.to_region, to_node=args.to_node))
+    print(json.dumps(res, indent=2))
+    return 0 if res.get("outcome") == "released" else 1
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from duro.client.admin import drain
+
+    def progress(done: dict, oid: str, target: str, res: dict) -> None:
+        n = done["moved"] + done["failed"]
+        print(f"[{n}/{done['total']}] {oid[:16]}… -> {target}: {res['outcome']} "
+              f"({res.get('held_ms', '-')} ms held) {res.get('detail', '')}", flush=True)
+
+    res = _run(drain(args.etcd, args.cluster, args.node_id, concurrency=args.concurrency,
+                     progress=progress))
+    print(json.dumps(res, indent=2))
+    return 0 if res["failed"] == 0 else 1
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser, *, node: bool = False) -> None:
     dev = _dev_state()
     p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", dev.get("etcd", "127.0.0.1:2379")),
@@ -196,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="nodes, regions, leader, object counts")
     _add_cluster_flags(p)
     p.set_defaults(fn=_cmd_status)
+
+    p = sub.add_parser("migrate", help="move an object to another region or node, live")
+    p.add_argument("binding")
+    p.add_argument("name")
+    p.add_argument("--to-region", default=None)
+    p.add_argument("--to-node", default=None)
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_migrate)
+
+    p = sub.add_parser("drain", help="move every object off a node (then it can be stopped)")
+    p.add_argument("node_id")
+    p.add_argument("--concurrency", type=int, default=8)
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_drain)
 
     p = sub.add_parser("where", help="which node owns an object")
     p.add_argument("binding")

@@ -65,6 +65,8 @@ class LocalCluster:
         node_args: tuple[str, ...] = (),
         etcd_no_fsync: bool = False,
         etcd_port: int | None = None,
+        simulate_latency: bool | str = False,
+        placement_args: tuple[str, ...] = (),
         python: str = sys.executable,
         edges: bool = True,
         http_port: int = 0,
@@ -76,6 +78,11 @@ class LocalCluster:
         self.cluster = cluster
         self.lease_ttl = lease_ttl
         self.python = python
+        # Children inherit the latency simulation (duro.client.latency), as do routers made here.
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if simulate_latency:
+            self.env["DURO_SIMULATE_LATENCY"] = (
+                "1" if simulate_latency is True else str(simulate_latency))
         self.etcd = EtcdProcess(
             self.root / "etcd" / "data", log_path=self.root / "logs" / "etcd.log",
             unsafe_no_fsync=etcd_no_fsync, client_port=etcd_port,
@@ -87,7 +94,7 @@ class LocalCluster:
                 "placement", f"placement-{i}",
                 [python, "-m", "duro.placement", "--etcd", self.etcd.endpoint, "--cluster", cluster,
                  "--listen", f"127.0.0.1:{free_port()}", "--id", f"placement-{i}",
-                 "--log-level", "WARNING"],
+                 "--log-level", "WARNING", *placement_args],
                 self.root / "logs" / f"placement-{i}.log",
             ))
         for region in regions:
@@ -155,7 +162,7 @@ class LocalCluster:
         return pids
 
     # -- processes ----------------------------------------------------------------------------
-    async def _spawn(self, spec: ProcSpec) -> None:
+    async def _spawn(self, spec: ProcSpec, env: dict[str, str] | None = None) -> None:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(spec.log_path, "ab")  # noqa: SIM115 - the child holds it
         try:
@@ -163,17 +170,20 @@ class LocalCluster:
                 *spec.args, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if spec.role in ("node", "edge") else log,
                 stderr=log, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**self.env, **(env or {})},
             )
         finally:
             log.close()
         spec.pids.append(spec.proc.pid)
 
-    async def start_node(self, i: int, timeout: float = 60.0) -> ProcSpec:
+    async def start_node(
+        self, i: int, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> ProcSpec:
+        """Start node ``i`` (again); ``env`` adds environment variables for this run only."""
         spec = self.nodes[i]
         if spec.running:
             raise RuntimeError(f"{spec.name} is already running")
-        await self._spawn(spec)
+        await self._spawn(spec, env)
         assert spec.proc is not None and spec.proc.stdout is not None
         try:
             line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from etcd3aio import Etcd3Client
 
+from duro import _codec
 from duro._app import App
 from duro._namespace import Call
 from duro._wire import RedirectError
@@ -32,6 +33,8 @@ from duro.client.router import Router, app_key
 from duro.errors import UnavailableError
 from duro.node.config import NodeConfig
 from duro.node.membership import Membership, NodeInfo
+from duro.node.migration.service import MigrationServicer
+from duro.node.storage import layout
 from duro.placement.directory import Directory, Entry
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["NodeCluster", "NodeOwnership"]
 
 log = logging.getLogger("duro.node")
+
+STATS_PERIOD_S = 5
 
 
 class NodeOwnership:
@@ -94,6 +99,7 @@ class NodeCluster:
         self.router = Router(self.etcd, cluster=config.cluster, region=config.region)
         self.directory = Directory(self.etcd, config.cluster)
         self.ownership = NodeOwnership(self)
+        self.migration = MigrationServicer(self)
         self.membership: Membership | None = None
         self._serving = False
         self.host: ObjectHost | None = None
@@ -154,14 +160,26 @@ class NodeCluster:
         return entry
 
     def _on_directory_change(self, old: Entry | None, new: Entry | None) -> None:
-        if self.host is None:
+        host = self.host
+        if host is None:
             return
         oid = bytes.fromhex((new or old).object_id)  # type: ignore[union-attr]
-        act = self.host.activation(oid)
+        host.moved.pop(oid, None)  # our view caught up: ownership checks redirect from now on
+        if new is not None and new.node == self.node_id and (old is None or old.node != new.node):
+            self._adopted(oid, new)
+        act = host.activation(oid)
         if act is None:
             return
         if new is None or new.node != self.node_id or new.epoch != act.epoch:
             act.reset(UnavailableError("object moved (directory epoch changed); call again"))
+
+    def _adopted(self, oid: bytes, entry: Entry) -> None:
+        """This node just became the owner (a migration landed): its alarm may now fire here."""
+        assert self.host is not None
+        raw = self.host.engine.get(layout.alarm_key(oid))
+        if raw is not None:
+            when, binding, _retry = _codec.decode(raw)
+            self.host.alarms.schedule(oid, binding, when)
 
     def _fenced(self) -> None:
         log.warning("node %s lost its etcd lease renewal: self-fencing", self.node_id)
@@ -175,7 +193,12 @@ class NodeCluster:
         self.serving = True
 
     async def _report_load(self) -> None:
+        tick = 0
         while True:
             await asyncio.sleep(1.0)
+            tick += 1
             if self.membership is not None and self.host is not None:
                 self.membership.update_load(self.host.active_count)
+                if tick % STATS_PERIOD_S == 0:
+                    # Access counts halve every STATS_PERIOD_S: recent traffic decides moves.
+                    self.host.decay_regions(0.5)

@@ -101,8 +101,10 @@ class NodeProcess:
         await self.host.start()
         # Client WebSockets reach this node's objects through edges (hibernation API).
         self.host.sockets = SocketHub(self.host)
-        self.server = NodeGrpcServer(self.host, cfg.listen, health=self._health,
-                                     sockets=self.host.sockets)
+        self.server = NodeGrpcServer(
+            self.host, cfg.listen, health=self._health, sockets=self.host.sockets,
+            extra=[self.cluster.migration.add_to] if self.cluster is not None else [],
+        )
         await self.server.start()
         if self.cluster is not None:
             await self.cluster.start(self.address, self.host)

@@ -68,6 +68,7 @@ class NodeInfo:
     capacity: int = 1000
     load: int = 0
     started_at: float = 0.0  # wall-clock seconds (informational)
+    draining: bool = False  # being emptied (duro drain): placement puts no new object here
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -83,6 +84,7 @@ class NodeInfo:
             capacity=int(d.get("capacity", 1000)),
             load=int(d.get("load", 0)),
             started_at=float(d.get("started_at", 0.0)),
+            draining=bool(d.get("draining", False)),
         )
 
 
@@ -163,6 +165,12 @@ class Membership:
     def is_live(self) -> bool:
         """True while registered and before :attr:`valid_until` (checked against the clock)."""
         return self.status is MembershipStatus.LIVE and self._clock() < self._valid_until
+
+    def set_draining(self, draining: bool) -> None:
+        """Mark the registration as draining (or not); written with the next load update."""
+        if draining != self._info.draining:
+            self._info = replace(self._info, draining=draining)
+            self._load_dirty.set()
 
     def update_load(self, load: int) -> None:
         """Set the load reported in the registration; written at most every ``load_interval``."""

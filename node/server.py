@@ -373,8 +373,10 @@ class NodeGrpcServer:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         options: Sequence[tuple[str, int | str]] = (),
         sockets: Any = None,
+        extra: Sequence[Callable[[aio.Server], None]] = (),
     ) -> None:
         self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight)
+        self._extra = list(extra)  # more services on the same port (e.g. duro.v1.Migration)
         # WebSocket frames from edges (duro.node.socket_server) when given a SocketHub.
         self.socket_servicer: Any = None
         if sockets is not None:
@@ -408,6 +410,8 @@ class NodeGrpcServer:
         node_pb2_grpc.add_NodeServicer_to_server(self.servicer, server)
         if self.socket_servicer is not None:
             node_pb2_grpc.add_NodeSocketsServicer_to_server(self.socket_servicer, server)
+        for add in self._extra:
+            add(server)
         try:
             port = server.add_insecure_port(self._bind)
         except RuntimeError as exc:

@@ -39,6 +39,15 @@ class PlacementConfig:
     metrics_host: str = "127.0.0.1"
     max_batch: int = 127  # creates per etcd transaction (etcd's limit for nested txns)
     max_inflight_txns: int = 8
+    # Migration toward callers (placement/rebalancer.py, placement/planner.py)
+    rebalance: bool = True
+    rebalance_interval: float = 2.0
+    min_share: float = 0.7
+    min_calls: float = 20.0
+    min_dwell: float = 6.0
+    cooldown: float = 60.0
+    max_moves: int = 16
+    no_migrate: str = ""  # comma-separated bindings that never move
 
     def __post_init__(self) -> None:
         if not self.etcd:
@@ -80,8 +89,12 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         return tuple(str(v).strip() for v in value)
-    if name in ("leader_ttl", "max_batch", "max_inflight_txns"):
+    if name in ("leader_ttl", "max_batch", "max_inflight_txns", "max_moves"):
         return int(value)
+    if name in ("rebalance_interval", "min_share", "min_calls", "min_dwell", "cooldown"):
+        return float(value)
+    if name == "rebalance":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "metrics_port":
         return None if value in ("", None, "off") else int(value)
     return str(value)
@@ -132,5 +145,13 @@ def build_parser(prog: str = "python -m duro.placement") -> argparse.ArgumentPar
     p.add_argument("--metrics-host", dest="metrics_host")
     p.add_argument("--max-batch", dest="max_batch", type=int)
     p.add_argument("--max-inflight-txns", dest="max_inflight_txns", type=int)
+    p.add_argument("--rebalance", help="move objects toward their callers (true/false)")
+    p.add_argument("--rebalance-interval", dest="rebalance_interval", help="seconds between rounds")
+    p.add_argument("--min-share", dest="min_share", help="share of calls from one region to move")
+    p.add_argument("--min-calls", dest="min_calls", help="decayed calls needed to move")
+    p.add_argument("--min-dwell", dest="min_dwell", help="seconds an object stays a candidate first")
+    p.add_argument("--cooldown", help="seconds between two moves of one object")
+    p.add_argument("--max-moves", dest="max_moves", help="moves per round at most")
+    p.add_argument("--no-migrate", dest="no_migrate", help="bindings that never move (a,b)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p

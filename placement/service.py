@@ -32,6 +32,8 @@ from duro.node.membership import NodeInfo
 from duro.placement.config import PlacementConfig
 from duro.placement.directory import Directory, Entry, NotLeaderError
 from duro.placement.election import Election, LeaderInfo
+from duro.placement.planner import PlannerConfig
+from duro.placement.rebalancer import Rebalancer
 from duro.placement.nodes import NodeView
 from duro.placement.policy import Candidate, NoLiveNodeError, choose_node
 
@@ -109,6 +111,7 @@ class PlacementService:
         self._kick = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._assigned: dict[str, int] = {}  # placements since the node's last load report
+        self.rebalancer: Rebalancer | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -134,6 +137,19 @@ class PlacementService:
             asyncio.create_task(self._batch_worker(), name=f"placement-txn-{i}")
             for i in range(self.config.max_inflight_txns)
         ]
+        if self.config.rebalance:
+            cfg = self.config
+            election = self.election
+            self.rebalancer = Rebalancer(
+                self.nodes, election.is_leader,
+                PlannerConfig(
+                    min_share=cfg.min_share, min_calls=cfg.min_calls, min_dwell=cfg.min_dwell,
+                    cooldown=cfg.cooldown, max_moves=cfg.max_moves,
+                    disabled_bindings=frozenset(b for b in cfg.no_migrate.split(",") if b),
+                ),
+                interval=cfg.rebalance_interval,
+            )
+            self.rebalancer.start()
         if self.config.metrics_port is not None:
             server, _thread = start_http_server(
                 self.config.metrics_port, self.config.metrics_host, registry=self.registry
@@ -148,6 +164,8 @@ class PlacementService:
         if self.status in (PlacementServiceStatus.STOPPING, PlacementServiceStatus.STOPPED):
             return
         self.status = PlacementServiceStatus.STOPPING
+        if self.rebalancer is not None:
+            await self.rebalancer.stop()
         if self.election is not None:
             await self.election.stop()
         if self._server is not None:
@@ -183,6 +201,8 @@ class PlacementService:
 
     def _candidates(self) -> Iterator[Candidate]:
         for n in self.nodes.nodes.values():
+            if n.draining:
+                continue  # being emptied by `duro drain`: no new objects
             load = n.load + self._assigned.get(n.node_id, 0)
             yield Candidate(n.node_id, n.region, n.zone, load, n.capacity)
 

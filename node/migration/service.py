@@ -4,6 +4,7 @@ access statistics the placement planner reads (Candidates, Owned)."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
@@ -92,6 +93,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
         engine.write(batch)  # durable before the ack: the source switches the directory on it
         self.ingested += 1
+        if os.environ.get("DURO_MIGRATION_FAULT") == "target_before_ack":
+            os._exit(137)  # test-only: the target dies with the copy on disk, before acking
         return migration_pb2.IngestAck(keys=keys, bytes=size)
 
     async def Drop(self, request, context):  # noqa: N802, ANN001

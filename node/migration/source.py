@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, AsyncIterator
@@ -33,6 +34,16 @@ __all__ = ["run_move", "MoveResult", "CHUNK_BYTES"]
 log = logging.getLogger("duro.node.migration")
 
 CHUNK_BYTES = 256 * 1024
+# Test-only fault injection: "<step>" makes the process exit abruptly (like SIGKILL) when the
+# source reaches that step: after_hold, after_transfer, after_switch, after_release.
+_FAULT = os.environ.get("DURO_MIGRATION_FAULT", "")
+
+
+def _fault(step: str) -> None:
+    if _FAULT and _FAULT == step:
+        log.error("DURO_MIGRATION_FAULT: exiting at %s", step)
+        os._exit(137)
+
 DRAIN_TIMEOUT = 10.0
 TRANSFER_TIMEOUT = 30.0
 FENCE_RETRY = 0.2
@@ -73,6 +84,7 @@ class _Move:
             while actions:
                 action, actions = actions[0], actions[1:]
                 event = await self._perform(action)
+                _fault(_STEP_AFTER.get(type(action), ""))
                 if event is not None:
                     state, more = P.step(state, event)
                     actions = actions + more
@@ -269,6 +281,14 @@ class _Move:
             pass  # best effort: a later ingest clears the range anyway
         finally:
             await channel.close()
+
+
+_STEP_AFTER = {
+    P.HoldAdmission: "after_hold",
+    P.SendSnapshot: "after_transfer",
+    P.SwitchEntry: "after_switch",
+    P.Release: "after_release",
+}
 
 
 def _mod_compare(key: str, revision: int):  # noqa: ANN202

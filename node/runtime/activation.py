@@ -91,6 +91,8 @@ class Activation:
         "_waiters",
         "_gate_waiters",
         "_background",
+        "frozen",
+        "regions",
         "__weakref__",
     )
 
@@ -113,6 +115,8 @@ class Activation:
         self._waiters: deque[asyncio.Future] | None = None  # events waiting for admission
         self._gate_waiters: list[asyncio.Future] | None = None  # replies waiting for the gate
         self._background: set[asyncio.Future] | None = None  # wait_until
+        self.frozen = False  # admission held by a migration (replies still flow)
+        self.regions: dict[str, float] | None = None  # decayed calls by caller region
 
     # -- construction -----------------------------------------------------------------------
     def construct(self, cls: type, env: Any) -> None:
@@ -161,7 +165,7 @@ class Activation:
 
     def _wake_next(self) -> None:
         waiters = self._waiters
-        while waiters and self._holders is None:
+        while waiters and self._holders is None and not self.frozen:
             fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
@@ -171,7 +175,7 @@ class Activation:
         """Wait for this event's turn at the input gate (FIFO)."""
         if self.state is not State.ACTIVE:
             raise self._dead_error()
-        if self._holders is None and not self._waiters:
+        if self._holders is None and not self._waiters and not self.frozen:
             return
         if self._waiters is None:
             self._waiters = deque()
@@ -196,7 +200,7 @@ class Activation:
                 raise
             if self.state is not State.ACTIVE:
                 raise self._dead_error()
-            if self._holders is None:
+            if self._holders is None and not self.frozen:
                 self._wake_next()  # admission is one at a time; let the next one in
                 return
             front = True  # the gate closed again before we ran: keep our place
@@ -406,6 +410,20 @@ class Activation:
         finally:
             st._alarm_firing = None
         return True
+
+    # -- migration --------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Admit no more events (they queue in order); running ones finish, replies flow."""
+        self.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+        if self._holders is None:
+            self._wake_next()
+
+    def drained(self) -> bool:
+        """No admitted event is running and nothing holds the gate or runs in the background."""
+        return self.running == 0 and self._holders is None and not self._background
 
     # -- eviction and reset -----------------------------------------------------------------
     def is_idle(self) -> bool:

@@ -12,6 +12,7 @@ or the Testbed, where the node owns every object.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import time
@@ -110,6 +111,10 @@ class ObjectHost:
         self.sockets: Any = None
         self._closing = False
         self._sweeper: asyncio.Task | None = None
+        # Migration: objects whose admission is held (-> future resolved on release/abort), and
+        # objects that moved away (-> the redirect to answer until the directory view catches up).
+        self.holds: dict[bytes, asyncio.Future] = {}
+        self.moved: dict[bytes, Exception] = {}
         gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)
         self.env = Env(
             {
@@ -161,6 +166,12 @@ class ObjectHost:
         binding = self.bindings.get(call.binding)
         if binding is None:
             raise InvalidArgumentError(f"unknown binding {call.binding!r}")
+        hold = self.holds.get(oid)
+        if hold is not None:
+            await asyncio.shield(hold)  # a migration is moving it: wait for the outcome
+        moved = self.moved.get(oid)
+        if moved is not None:
+            raise _copy_error(moved)
         epoch = 0
         if self.ownership is not None:
             epoch = await self.ownership.acquire(call)
@@ -172,12 +183,20 @@ class ObjectHost:
         else:
             self._acts.move_to_end(oid)
         self.stats.events += 1
+        region = call.caller_region
+        if region:  # access statistics for the migration planner: one counter bump
+            counts = act.regions
+            if counts is None:
+                act.regions = counts = {}
+            counts[region] = counts.get(region, 0.0) + 1.0
         return await act.deliver(call)
 
     def _activate(self, binding: str, cls: type, oid: bytes, epoch: int) -> Activation:
         if len(self._acts) >= self.config.max_active_objects:
             self._evict_lru(len(self._acts) - self.config.max_active_objects + 1)
         act = Activation(self, oid, binding, epoch)
+        if oid in self.holds:
+            act.freeze()  # activated while a migration holds it: queue, never run here
         act.construct(cls, self.env)
         self._acts[oid] = act
         self.stats.activations += 1
@@ -196,6 +215,41 @@ class ObjectHost:
         return _codec.decode(
             await self.invoke(Call(binding=binding, object_id=oid, kind=CallKind.ALARM))
         )
+
+    # -- migration holds ----------------------------------------------------------------------
+    def hold(self, object_id: bytes) -> None:
+        """Stop admitting events for an object (they wait, in order) until released."""
+        if object_id in self.holds:
+            raise RuntimeError("object is already held")
+        self.holds[object_id] = asyncio.get_running_loop().create_future()
+        act = self._acts.get(object_id)
+        if act is not None:
+            act.freeze()
+
+    def release_hold(self, object_id: bytes, error: Exception | None) -> None:
+        """End a hold: waiting calls go on (``error`` None) or fail with ``error`` (a redirect)."""
+        fut = self.holds.pop(object_id, None)
+        if fut is not None and not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+                fut.exception()  # retrieved: waiters re-raise it
+        act = self._acts.get(object_id)
+        if act is not None and error is None:
+            act.unfreeze()
+
+    def decay_regions(self, factor: float) -> None:
+        """Age every object's access counts (called by the stats reporter every period)."""
+        for act in self._acts.values():
+            counts = act.regions
+            if counts:
+                for k in list(counts):
+                    v = counts[k] * factor
+                    if v < 0.01:
+                        del counts[k]
+                    else:
+                        counts[k] = v
 
     # -- eviction ---------------------------------------------------------------------------
     def evict(self, object_id: bytes) -> bool:
@@ -245,6 +299,13 @@ class ObjectHost:
                 self.sweep()
             except Exception:  # never let the sweeper die
                 log.exception("eviction sweep failed")
+
+
+def _copy_error(err: Exception) -> Exception:
+    """A fresh instance of a stored error (raising one object many times piles up tracebacks)."""
+    new = copy.copy(err)
+    new.__traceback__ = None
+    return new
 
 
 def _rss_bytes() -> int:
