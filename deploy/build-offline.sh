@@ -219,7 +219,8 @@ else
 fi
 log "building the duro image with ${COMPOSE[*]} (base $BASE_TAG, build network none)"
 export DURO_BASE_IMAGE="$BASE_TAG" DURO_ETCD_IMAGE="$ETCD_TAG" DURO_BUILD_NETWORK=none
-"${COMPOSE[@]}" build
+# Every duro service runs the same image (duro:local): building it for one service is enough.
+"${COMPOSE[@]}" build placement-1
 cat >deploy/.offline.env <<ENV
 DURO_BASE_IMAGE=$BASE_TAG
 DURO_ETCD_IMAGE=$ETCD_TAG

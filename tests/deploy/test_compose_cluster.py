@@ -1,0 +1,309 @@
+"""docker-compose.yml end to end: build, ``up``, health, calls through the edges, a killed node.
+
+What it does, on a private Compose project (its own name, volumes and free host ports, so it can
+run beside a developer's cluster or another run of itself):
+
+1. builds the duro image (with the offline images of ``deploy/build-offline.sh`` when they exist,
+   else by running that script), then ``up -d`` and waits until every container is healthy;
+2. calls the Counter through each region's HTTP edge (``POST /counter/<name>/increment``) and
+   through the edges' gRPC ``Gateway`` with a client generated from ``proto/`` by grpc_tools
+   (in a subprocess: generated modules of the same proto package must not meet duro's own);
+3. ``docker kill``s the node that owns some objects, sees them unavailable (a retryable error),
+   starts it again and sees them back with their state, then writes again;
+4. ``down -v``.
+
+Skipped, with the reason, only when no Docker engine answers; with ``DURO_REQUIRE_DOCKER=1``
+(set by ``.ci/run`` after it started dockerd) that is a failure instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+REGIONS = ("us-east", "eu-west", "ap-south")
+IMAGE = "duro:local"
+HEALTH_TIMEOUT = 180.0
+
+
+def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _docker_engine() -> str | None:
+    """None if a Docker engine answers, else why not."""
+    if shutil.which("docker") is None:
+        return "the docker client is not installed"
+    try:
+        proc = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "docker info timed out"
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return "no Docker engine reachable: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+def _compose_command() -> list[str] | None:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _offline_env() -> dict[str, str]:
+    path = ROOT / "deploy" / ".offline.env"
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+class Cluster:
+    def __init__(self, compose: list[str], project: str, env: dict[str, str],
+                 services: list[str]) -> None:
+        self.compose = compose
+        self.project = project
+        self.env = env
+        self.services = services
+        self.http = {r: int(env[f"DURO_HTTP_PORT_{r.upper().replace('-', '_')}"]) for r in REGIONS}
+        self.grpc = {r: int(env[f"DURO_GRPC_PORT_{r.upper().replace('-', '_')}"]) for r in REGIONS}
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        return _run([*self.compose, "-p", self.project, *args], env=self.env, timeout=timeout,
+                    check=check).stdout
+
+    def container(self, service: str) -> str:
+        ids = self.run("ps", "-q", service).split()
+        assert ids, f"no container for {service}"
+        return ids[0]
+
+    def health(self) -> dict[str, str]:
+        out = {}
+        for service in self.services:
+            ids = self.run("ps", "-q", service).split()
+            if not ids:
+                out[service] = "missing"
+                continue
+            state = json.loads(_run(["docker", "inspect", "--format", "{{json .State}}",
+                                     ids[0]]).stdout)
+            health = (state.get("Health") or {}).get("Status", "none")
+            out[service] = health if state.get("Running") else state.get("Status", "?")
+        return out
+
+    def wait_healthy(self, services: list[str] | None = None,
+                     timeout: float = HEALTH_TIMEOUT) -> float:
+        t0 = time.monotonic()
+        services = services or self.services
+        while True:
+            health = self.health()
+            if all(health.get(s) == "healthy" for s in services):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"not healthy after {timeout:.0f} s: {health}\n"
+                                     + self.logs())
+            time.sleep(0.25)
+
+    def logs(self) -> str:
+        return self.run("logs", "--no-color", "--tail", "40", check=False, timeout=60)[-12000:]
+
+    # -- calls ----------------------------------------------------------------------------------
+    def http_call(self, region: str, path: str, method: str = "POST") -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{self.http[region]}{path}"
+        req = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            try:
+                return exc.code, json.loads(body)
+            except ValueError:
+                return exc.code, body.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def cluster(timings: dict[str, Any]) -> Iterator[Cluster]:
+    why = _docker_engine()
+    if why is not None:
+        if os.environ.get("DURO_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"DURO_REQUIRE_DOCKER=1 but {why}")
+        pytest.skip(f"docker compose suite skipped: {why}")
+    compose = _compose_command()
+    if compose is None:
+        pytest.fail("a Docker engine answers but neither 'docker compose' nor docker-compose "
+                    "is installed")
+
+    env = {**os.environ}
+    env.update(_offline_env())
+    # Build: the offline images when build-offline.sh made them (CI), else let it make them.
+    t0 = time.monotonic()
+    if env.get("DURO_BASE_IMAGE") and _run(["docker", "image", "inspect", env["DURO_BASE_IMAGE"]],
+                                           check=False).returncode == 0:
+        # One service builds the image every duro service runs.
+        _run([*compose, "build", "placement-1"], env=env, timeout=900)
+    else:
+        _run(["bash", "deploy/build-offline.sh"], env=env, timeout=900)
+        env.update(_offline_env())
+    timings["image build (cached layers reused)"] = f"{time.monotonic() - t0:.1f} s"
+    size = int(_run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).stdout)
+    timings["image size"] = f"{size / 1e6:.0f} MB ({IMAGE})"
+
+    project = f"durotest{os.getpid()}"
+    for region in REGIONS:
+        key = region.upper().replace("-", "_")
+        env[f"DURO_HTTP_PORT_{key}"] = str(_free_port())
+        env[f"DURO_GRPC_PORT_{key}"] = str(_free_port())
+    services = ["etcd", "placement-1", "placement-2", *(f"node-{r}" for r in REGIONS),
+                *(f"edge-{r}" for r in REGIONS)]
+    c = Cluster(compose, project, env, services)
+    try:
+        t0 = time.monotonic()
+        c.run("up", "-d", timeout=600)
+        up = time.monotonic() - t0
+        c.wait_healthy()
+        timings["compose up to all healthy"] = (f"{time.monotonic() - t0:.1f} s "
+                                               f"({len(services)} containers; up -d returned "
+                                               f"after {up:.1f} s)")
+        yield c
+    finally:
+        c.run("down", "-v", "--remove-orphans", "-t", "5", check=False, timeout=300)
+        left = _run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+                    check=False).stdout.split()
+        assert not left, f"volumes left behind by down -v: {left}"
+
+
+def test_image_is_small_and_runs_as_non_root(cluster: Cluster) -> None:
+    size = int(_run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).stdout)
+    assert size < 200e6, f"image is {size / 1e6:.0f} MB"
+    uid = _run(["docker", "exec", cluster.container("node-us-east"), "python", "-c",
+                "import os; print(os.getuid())"]).stdout.strip()
+    assert uid != "0"
+    # No build tools or wheelhouse in the final image.
+    out = _run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", IMAGE,
+                "-c", "import importlib.util as u, os; print(u.find_spec('pip'), "
+                "os.path.exists('/wheelhouse'), os.path.exists('/src'))"]).stdout.split()
+    assert out == ["None", "False", "False"], out
+
+
+def test_counter_via_http_edges(cluster: Cluster) -> None:
+    name = f"http-{os.getpid()}"
+    values = []
+    for region in REGIONS:  # one object, reached through every region's edge
+        status, body = cluster.http_call(region, f"/counter/{name}/increment")
+        assert status == 200, body
+        values.append(body["value"])
+    assert values == [1, 2, 3]
+    status, body = cluster.http_call("ap-south", f"/counter/{name}/get", method="GET")
+    assert (status, body) == (200, {"value": 3})
+
+
+GRPC_CLIENT = textwrap.dedent('''
+    """A Gateway client generated from proto/duro/v1/gateway.proto (imports nothing of duro)."""
+    import json, sys
+    import grpc
+    import gateway_pb2, gateway_pb2_grpc
+
+    port, name = sys.argv[1], sys.argv[2]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        out = []
+        for by in (2, 3):
+            r = stub.Invoke(gateway_pb2.InvokeRequest(
+                binding="COUNTER", name=name, method="increment", args_json=json.dumps([by])),
+                timeout=30)
+            out.append(json.loads(r.result_json) if r.WhichOneof("outcome") == "result_json"
+                       else {"error": r.error.code})
+        r = stub.Invoke(gateway_pb2.InvokeRequest(binding="COUNTER", name=name, method="nope"),
+                        timeout=30)
+        out.append(r.error.code)
+        f = stub.Fetch(gateway_pb2.FetchRequest(binding="COUNTER", name=name, method="GET",
+                                                url="/get"), timeout=30)
+        out.append([f.status, json.loads(f.body)])
+    print(json.dumps(out))
+''')
+
+
+def test_counter_via_generated_grpc_gateway_client(cluster: Cluster, tmp_path: Path) -> None:
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (a test extra) generates the client")
+    proto = ROOT / "proto" / "duro" / "v1" / "gateway.proto"
+    shutil.copy(proto, tmp_path / "gateway.proto")
+    _run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}",
+          f"--grpc_python_out={tmp_path}", "gateway.proto"])
+    (tmp_path / "client.py").write_text(GRPC_CLIENT)
+    name = f"grpc-{os.getpid()}"
+    proc = subprocess.run([sys.executable, str(tmp_path / "client.py"),
+                           str(cluster.grpc["eu-west"]), name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [2, 5, "method_not_found", [200, {"value": 5}]]
+    # The same object over HTTP, through another region's edge.
+    assert cluster.http_call("us-east", f"/counter/{name}/get", "GET") == (200, {"value": 5})
+
+
+def test_killed_node_comes_back_with_its_objects(cluster: Cluster, timings: dict[str, Any]) -> None:
+    # Objects created through an edge are placed in the edge's region: one per region.
+    names = {r: f"kill-{r}-{os.getpid()}" for r in REGIONS}
+    for region, name in names.items():
+        for _ in range(3):
+            status, body = cluster.http_call(region, f"/counter/{name}/increment")
+            assert status == 200, body
+    where = json.loads(cluster.run(
+        "exec", "-T", "node-eu-west", "duro-entrypoint", "duro", "where", "COUNTER",
+        names["eu-west"], "--etcd", "etcd:2379", "--cluster", "duro"))
+    assert where["node"] == "node-eu-west", where
+
+    victim = cluster.container("node-eu-west")
+    _run(["docker", "kill", victim])  # SIGKILL: no clean shutdown
+    status, body = cluster.http_call("eu-west", f"/counter/{names['eu-west']}/get", "GET")
+    assert status >= 500 and body["error"]["retryable"], (status, body)
+    # The other regions' objects are unaffected.
+    assert cluster.http_call("us-east", f"/counter/{names['us-east']}/get", "GET") == (
+        200, {"value": 3})
+
+    t0 = time.monotonic()
+    cluster.run("start", "node-eu-west")
+    deadline = t0 + 90
+    while True:
+        status, body = cluster.http_call("eu-west", f"/counter/{names['eu-west']}/get", "GET")
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, (status, body, cluster.logs())
+        time.sleep(0.25)
+    timings["killed node serving its objects again"] = f"{time.monotonic() - t0:.1f} s after start"
+    assert body == {"value": 3}  # its state, from the node's named volume
+    assert cluster.http_call("eu-west", f"/counter/{names['eu-west']}/increment") == (
+        200, {"value": 4})
+    for region in ("us-east", "ap-south"):
+        assert cluster.http_call(region, f"/counter/{names[region]}/get", "GET") == (
+            200, {"value": 3})
+    cluster.wait_healthy(["node-eu-west"], timeout=60)
