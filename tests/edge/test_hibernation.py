@@ -142,3 +142,33 @@ async def test_slow_client_is_closed_and_others_unaffected(room_cluster):
                 break
         assert code in (1008, None)  # 1008, unless the edge had to drop the connection
         await fast.close()
+
+
+async def test_sockets_survive_node_restart(room_cluster):
+    """The edge keeps its sockets while their node restarts and re-registers them (tags and
+    attachments) on the new process; the object then sees every socket again. (Runs last: it
+    kills the module's node.)"""
+    url = room_cluster.edge_url(0) + "/room/restart"
+    async with aiohttp.ClientSession() as http:
+        socks = [await http.ws_connect(f"{url}/ws?i={i}&tags=t{i % 2}") for i in range(20)]
+        await socks[0].send_str("count")
+        assert json.loads(await asyncio.wait_for(socks[0].receive_str(), 10))["n"] == 20
+        await room_cluster.kill_node(0)
+        await room_cluster.start_node(0)
+        assert all(not ws.closed for ws in socks)
+
+        async def sent() -> bool:  # the first message may race the node's re-registration
+            await socks[5].send_str("count")
+            try:
+                msg = json.loads(await asyncio.wait_for(socks[5].receive_str(), 2))
+            except asyncio.TimeoutError:
+                return False
+            return msg == {"type": "count", "n": 20, "tags": ["t1"]}
+
+        await assert_eventually(sent, timeout=20, interval=0.2, message="not re-registered")
+        await socks[1].send_str("broadcast:t0")
+        got = await asyncio.gather(*(asyncio.wait_for(socks[i].receive_str(), 10)
+                                     for i in range(0, 20, 2)))
+        assert sorted(json.loads(m)["att"] for m in got) == list(range(0, 20, 2))
+        for ws in socks:
+            await ws.close()

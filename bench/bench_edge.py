@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Edge benchmarks (issue 4): HTTP increments through the edge, WebSocket fan-out, idle sockets.
+
+    python bench/bench_edge.py                       # everything, median of 3 runs
+    python bench/bench_edge.py --only http --runs 1  # one part
+    python bench/bench_edge.py --workerd PATH        # also the same Counter in workerd
+
+A real cluster (``duro.dev.LocalCluster``: etcd, placement, one node and one edge, synced WAL)
+runs as separate processes; the load generator (aiohttp clients on uvloop) is this process.
+
+* http: ``GET /counter/<name>/increment`` (the article's Counter) with 1, 8, 64 concurrent
+  clients on one object for ``--seconds`` each; then 1,000 objects once each (cold: placement and
+  activation) and again (warm), 64 clients. ops/s and latency p50/p99 per request.
+* fanout: 100 chat clients in one room (examples/chat), 1,000 messages sent by the clients in
+  turn; each message is delivered to all 100. Deliveries/s and delivery latency (send to receipt)
+  p50/p99, with the senders paced at ``--fanout-rate`` messages/s, and at full speed.
+* idle: 10,000 idle WebSockets held by the edge: its RSS growth per socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, Table, command_line, lat_summary  # noqa: E402
+
+from duro.dev import LocalCluster  # noqa: E402
+
+WORKERD_DIR = Path(__file__).resolve().parent / "workerd"
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def http_load(url: str, clients: int, seconds: float) -> dict[str, float]:
+    lat: list[int] = []
+    stop = time.monotonic() + seconds
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async def one() -> None:
+            while time.monotonic() < stop:
+                t = time.perf_counter_ns()
+                async with http.get(url) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                lat.append(time.perf_counter_ns() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"ops_s": len(lat) / wall, **lat_summary(lat)}
+
+
+async def http_many(base: str, names: list[str], clients: int) -> dict[str, float]:
+    lat: list[int] = []
+    queue = list(reversed(names))
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        async def one() -> None:
+            while queue:
+                name = queue.pop()
+                t = time.perf_counter_ns()
+                async with http.get(f"{base}/counter/{name}/increment") as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                lat.append(time.perf_counter_ns() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"ops_s": len(lat) / wall, **lat_summary(lat)}
+
+
+async def fanout(base: str, room: str, n_clients: int, n_messages: int,
+                 rate: float | None) -> dict[str, float]:
+    conn = aiohttp.TCPConnector(limit=0)
+    lat: list[int] = []
+    expected = n_clients * n_messages
+    done = asyncio.get_running_loop().create_future()
+    async with aiohttp.ClientSession(connector=conn) as http:
+        socks = []
+        for i in range(n_clients):
+            ws = await http.ws_connect(
+                f"{base}/chat/{room}/websocket?userId=u{i}&username=user{i}", max_msg_size=0)
+            socks.append(ws)
+        await asyncio.sleep(1.0)  # let the user_joined broadcasts settle
+        for ws in socks:  # drop what is buffered (history, user_joined)
+            while True:
+                try:
+                    await asyncio.wait_for(ws.receive(), 0.01)
+                except asyncio.TimeoutError:
+                    break
+        got = 0
+
+        async def reader(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal got
+            async for msg in ws:
+                data = json.loads(msg.data)
+                if data.get("type") != "message":
+                    continue
+                lat.append(time.perf_counter_ns() - int(data["message"]["content"]))
+                got += 1
+                if got == expected and not done.done():
+                    done.set_result(None)
+
+        readers = [asyncio.ensure_future(reader(ws)) for ws in socks]
+        t0 = time.perf_counter()
+        for k in range(n_messages):
+            await socks[k % n_clients].send_str(
+                json.dumps({"type": "message", "content": str(time.perf_counter_ns())}))
+            if rate:
+                delay = t0 + (k + 1) / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await asyncio.wait_for(done, 120)
+        wall = time.perf_counter() - t0
+        for ws in socks:
+            await ws.close()
+        for r in readers:
+            r.cancel()
+    return {"deliveries_s": expected / wall, **lat_summary(lat)}
+
+
+async def idle_sockets(cluster: LocalCluster, n: int) -> dict[str, float]:
+    pid = cluster.edges[0].proc.pid  # type: ignore[union-attr]
+    base = cluster.edge_url(0)
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        warm = [await http.ws_connect(f"{base}/counter/idle/websocket") for _ in range(100)]
+        await asyncio.sleep(1.0)
+        before = rss_bytes(pid)
+        socks = []
+        for start in range(0, n, 500):
+            socks += await asyncio.gather(*(http.ws_connect(f"{base}/counter/idle/websocket")
+                                            for _ in range(min(500, n - start))))
+        for ws in socks:
+            await ws.receive_str()  # "current"
+        await asyncio.sleep(2.0)
+        after = rss_bytes(pid)
+        async with http.get(f"{base}/_duro/health") as r:
+            held = (await r.json())["sockets"]
+        for ws in socks + warm:
+            await ws.close()
+    return {"sockets_held": held, "edge_rss_mib": after / 2**20,
+            "bytes_per_socket": (after - before) / n}
+
+
+def start_workerd(binary: str, port: int, data: Path) -> subprocess.Popen:
+    data.mkdir(parents=True, exist_ok=True)
+    config = (WORKERD_DIR / "config.capnp").read_text().replace("@PORT@", str(port)).replace(
+        "@DATA@", str(data))
+    cfg = data / "config.capnp"
+    cfg.write_text(config)
+    shutil.copy(WORKERD_DIR / "counter.js", data / "counter.js")
+    proc = subprocess.Popen([binary, "serve", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=open(data / "workerd.log", "wb"))
+    deadline = time.monotonic() + 20
+    import socket
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("workerd did not start: " + (data / "workerd.log").read_text()[-2000:])
+
+
+async def run(opts: argparse.Namespace) -> None:
+    only = set(opts.only or ["http", "fanout", "idle", "workerd"])
+    results: dict[str, list[dict[str, float]]] = {}
+
+    def add(label: str, r: dict[str, float]) -> None:
+        results.setdefault(label, []).append(r)
+        print(f"  {label}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items()), flush=True)
+
+    for run_no in range(opts.runs):
+        print(f"run {run_no + 1}/{opts.runs}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="duro-bench-edge-") as tmp:
+            if only & {"http", "fanout", "idle"}:
+                cluster = LocalCluster(
+                    Path(tmp) / "cluster", app=ROOT / "examples", regions=("us-east",),
+                    etcd_no_fsync=True, edge_args=("--no-access-log",),
+                    node_args=("--max-queued-events", "100000"),
+                )
+                await cluster.start()
+                try:
+                    base = cluster.edge_url(0)
+                    if "http" in only:
+                        async with aiohttp.ClientSession() as http:  # place + activate first
+                            await (await http.get(f"{base}/counter/one/increment")).read()
+                        for c in opts.clients:
+                            add(f"http one object, {c} clients",
+                                await http_load(f"{base}/counter/one/increment", c, opts.seconds))
+                        names = [f"obj-{run_no}-{i}" for i in range(opts.objects)]
+                        add(f"http {opts.objects} objects cold, 64 clients",
+                            await http_many(base, names, 64))
+                        add(f"http {opts.objects} objects warm, 64 clients",
+                            await http_many(base, names, 64))
+                    if "fanout" in only:
+                        add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, "
+                            f"paced {opts.fanout_rate:g} msg/s",
+                            await fanout(base, f"paced-{run_no}", opts.fanout_clients,
+                                         opts.fanout_messages, opts.fanout_rate))
+                        add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, full speed",
+                            await fanout(base, f"full-{run_no}", opts.fanout_clients,
+                                         opts.fanout_messages, None))
+                    if "idle" in only:
+                        add(f"idle sockets ({opts.idle})", await idle_sockets(cluster, opts.idle))
+                finally:
+                    await cluster.stop()
+            if "workerd" in only and opts.workerd:
+                port = 18788
+                proc = start_workerd(opts.workerd, port, Path(tmp) / "workerd")
+                try:
+                    url = f"http://127.0.0.1:{port}/counter/one/increment"
+                    async with aiohttp.ClientSession() as http:
+                        await (await http.get(url)).read()
+                    for c in opts.clients:
+                        add(f"workerd one object, {c} clients", await http_load(url, c, opts.seconds))
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+
+    cols = [("ops/s", "ops_s", 0), ("deliveries/s", "deliveries_s", 0), ("p50 ms", "p50_ms", 2),
+            ("p99 ms", "p99_ms", 2), ("sockets held", "sockets_held", 0),
+            ("edge B/socket", "bytes_per_socket", 0), ("edge RSS MiB", "edge_rss_mib", 1)]
+    table = Table("Edge", command_line(), cols)
+    for label, runs in results.items():
+        table.add(label, runs)
+    table.notes.append(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                       f"{platform.machine()}")
+    print(table.render())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", nargs="*", choices=["http", "fanout", "idle", "workerd"])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 8, 64])
+    p.add_argument("--objects", type=int, default=1000)
+    p.add_argument("--fanout-clients", type=int, default=100)
+    p.add_argument("--fanout-messages", type=int, default=1000)
+    p.add_argument("--fanout-rate", type=float, default=250.0)
+    p.add_argument("--idle", type=int, default=10_000)
+    p.add_argument("--workerd", default=os.environ.get("WORKERD_BIN", ""),
+                   help="workerd binary (npm install workerd) to measure the same Counter")
+    opts = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        uvloop.run(run(opts))
+    except ImportError:
+        asyncio.run(run(opts))
+
+
+if __name__ == "__main__":
+    main()
