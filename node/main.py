@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import logging
 import os
 import signal
@@ -87,6 +88,12 @@ class NodeProcess:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.gc_threshold > 0:
+            # Modules and app code live forever: move them out of the collector's sight, and
+            # collect less often (measured in bench/RESULTS.md, issue 2, "Where the time goes").
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(cfg.gc_threshold, 20, 20)
         self.engine = StorageEngine(Path(cfg.data_dir) / "rocksdb", sync=cfg.sync_wal)
         ownership = outgoing = None
         if cfg.etcd:

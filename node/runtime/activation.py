@@ -169,7 +169,9 @@ class Activation:
             fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return
+                break
+        if waiters is not None and not waiters:
+            self._waiters = None  # an idle object keeps no empty deque (760 bytes each)
 
     async def admit(self) -> None:
         """Wait for this event's turn at the input gate (FIFO)."""
@@ -188,6 +190,8 @@ class Activation:
         front = False
         while True:
             fut = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = deque()
             if front:
                 self._waiters.appendleft(fut)
             else:
@@ -226,7 +230,8 @@ class Activation:
 
         async def run() -> Any:
             try:
-                return await asyncio.wait_for(_as_awaitable(fn), timeout)
+                async with asyncio.timeout(timeout):  # cheaper than wait_for: no extra task
+                    return await _as_awaitable(fn)
             except BaseException as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     err: BaseException = ObjectResetError(

@@ -267,26 +267,29 @@ class ObjectHost:
 
     def _evict_lru(self, n: int) -> int:
         """Evict up to ``n`` least recently used idle objects."""
-        done = 0
-        for act in list(self._acts.values()):
-            if done >= n:
+        victims = []
+        for act in self._acts.values():  # LRU first; stop as soon as we have enough
+            if len(victims) >= n:
                 break
             if act.is_idle():
-                self._evict(act)
-                done += 1
-        return done
+                victims.append(act)
+        for act in victims:
+            self._evict(act)
+        return len(victims)
 
     def sweep(self) -> int:
         """Evict objects idle longer than ``idle_timeout`` and enforce the memory budget."""
         now = time.monotonic()
         cutoff = now - self.config.idle_timeout
-        evicted = 0
-        for act in list(self._acts.values()):
+        victims = []
+        for act in self._acts.values():
             if act.last_used > cutoff:
                 break  # LRU order: everything after this was used more recently
             if act.is_idle():
-                self._evict(act)
-                evicted += 1
+                victims.append(act)
+        for act in victims:
+            self._evict(act)
+        evicted = len(victims)
         budget = self.config.memory_budget_mb * 1024 * 1024
         if budget and _rss_bytes() > budget and self._acts:
             evicted += self._evict_lru(max(1, len(self._acts) // 10))

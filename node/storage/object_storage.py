@@ -495,6 +495,8 @@ class ObjectStorage(_Ops):
             fut = waiters.popleft()[1]
             if not fut.done():
                 fut.set_result(None)
+        if waiters is not None and not waiters:
+            self._waiters = None  # an idle object keeps no empty deque
 
     def _commit_failed(self, layer: Layer, exc: DuroError) -> None:
         self._error = exc
