@@ -30,7 +30,7 @@ from grpc import aio
 
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._wire import call_to_pb, error_from_pb, error_from_status
+from duro._wire import call_to_pb, chunk_by_size, error_from_pb, error_from_status
 from duro.errors import CallTimeoutError, DuroError, InvalidValueError, UnavailableError
 
 __all__ = ["NodeConnection", "ConnectionPool", "NodeHealth", "channel_options"]
@@ -192,16 +192,7 @@ class _CallStream:
 
 
 def _chunks(calls: list[node_pb2.Call], limit: int) -> list[list[node_pb2.Call]]:
-    chunks: list[list[node_pb2.Call]] = [[]]
-    size = 0
-    for c in calls:
-        n = len(c.payload) + _CALL_OVERHEAD
-        if chunks[-1] and size + n > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(c)
-        size += n
-    return chunks
+    return chunk_by_size(calls, lambda c: len(c.payload) + _CALL_OVERHEAD, limit)
 
 
 class NodeConnection:

@@ -40,7 +40,7 @@ from grpc import aio
 
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._wire import call_from_pb, result_error, result_ok
+from duro._wire import call_from_pb, chunk_by_size, result_error, result_ok
 from duro.errors import DuroError, InvalidValueError, UnavailableError
 
 __all__ = [
@@ -340,16 +340,7 @@ class _StreamSession:
 
 
 def _chunks(results: list[node_pb2.Result], limit: int) -> list[list[node_pb2.Result]]:
-    chunks: list[list[node_pb2.Result]] = [[]]
-    size = 0
-    for r in results:
-        n = len(r.value) + _RESULT_OVERHEAD
-        if chunks[-1] and size + n > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(r)
-        size += n
-    return chunks
+    return chunk_by_size(results, lambda r: len(r.value) + _RESULT_OVERHEAD, limit)
 
 
 class ServerStatus(enum.Enum):

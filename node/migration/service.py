@@ -14,7 +14,7 @@ from grpc import aio
 from duro import _codec
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
-from duro.node.migration.source import delete_local_copy, run_move
+from duro.node.migration.source import clear_object, delete_local_copy, run_move
 from duro.node.storage import layout
 
 if TYPE_CHECKING:
@@ -62,7 +62,12 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         oid: bytes | None = None
         keys = size = 0
         batch = rocksdict.WriteBatch(raw_mode=True)
+        import time as _time
+        _t0 = _time.perf_counter(); _tfirst = None; _tput = 0.0
         async for chunk in request_iterator:
+            if _tfirst is None:
+                _tfirst = _time.perf_counter()
+            _tp = _time.perf_counter()
             if oid is None:
                 oid = chunk.object_id
                 if len(oid) != 32:
@@ -71,7 +76,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 if entry is not None and entry.node == self.c.node_id:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                         "target already owns this object")
-                _clear(engine, oid, batch)  # a staged copy of an earlier attempt goes first
+                clear_object(engine, oid, batch)  # a staged copy of an earlier attempt goes first
             elif chunk.object_id != oid:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of two objects")
             for item in chunk.items:
@@ -84,6 +89,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                     batch.put(layout.alarm_index_key(when, oid), binding.encode())
                 keys += 1
                 size += len(item.key) + len(item.value)
+            _tput += _time.perf_counter() - _tp
             if batch.len() >= 4096:
                 engine.write(batch)  # synced (the node's mode); the last write below syncs all
                 batch = rocksdict.WriteBatch(raw_mode=True)
@@ -91,7 +97,15 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 break
         if oid is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
+        _tw = _time.perf_counter()
         engine.write(batch)  # durable before the ack: the source switches the directory on it
+        if os.environ.get("DURO_MIG_PHASES"):
+            _te = _time.perf_counter()
+            with open(os.environ["DURO_MIG_PHASES"], "a") as _f:
+                _f.write(f"{oid.hex()[:8]} T_first_chunk {(_tfirst-_t0)*1e3:.3f}\n"
+                         f"{oid.hex()[:8]} T_receive {(_tw-_tfirst)*1e3:.3f}\n"
+                         f"{oid.hex()[:8]} T_put {_tput*1e3:.3f}\n"
+                         f"{oid.hex()[:8]} T_write_fsync {(_te-_tw)*1e3:.3f}\n")
         self.ingested += 1
         if os.environ.get("DURO_MIGRATION_FAULT") == "target_before_ack":
             os._exit(137)  # test-only: the target dies with the copy on disk, before acking
@@ -157,11 +171,3 @@ def candidates_of(host, region: str, min_share: float, min_calls: float, limit: 
 def _belongs(key: bytes, oid: bytes) -> bool:
     return key == layout.alarm_key(oid) or key.startswith(layout.data_prefix(oid))
 
-
-def _clear(engine, oid: bytes, batch: rocksdict.WriteBatch) -> None:  # noqa: ANN001
-    alarm = engine.get(layout.alarm_key(oid))
-    if alarm is not None:
-        batch.delete(layout.alarm_index_key(_codec.decode(alarm)[0], oid))
-        batch.delete(layout.alarm_key(oid))
-    prefix = layout.data_prefix(oid)
-    batch.delete_range(prefix, layout.prefix_end(prefix))
