@@ -62,12 +62,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         oid: bytes | None = None
         keys = size = 0
         batch = rocksdict.WriteBatch(raw_mode=True)
-        import time as _time
-        _t0 = _time.perf_counter(); _tfirst = None; _tput = 0.0
         async for chunk in request_iterator:
-            if _tfirst is None:
-                _tfirst = _time.perf_counter()
-            _tp = _time.perf_counter()
             if oid is None:
                 oid = chunk.object_id
                 if len(oid) != 32:
@@ -89,7 +84,6 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                     batch.put(layout.alarm_index_key(when, oid), binding.encode())
                 keys += 1
                 size += len(item.key) + len(item.value)
-            _tput += _time.perf_counter() - _tp
             if batch.len() >= 4096:
                 engine.write(batch)  # synced (the node's mode); the last write below syncs all
                 batch = rocksdict.WriteBatch(raw_mode=True)
@@ -97,15 +91,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 break
         if oid is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
-        _tw = _time.perf_counter()
         engine.write(batch)  # durable before the ack: the source switches the directory on it
-        if os.environ.get("DURO_MIG_PHASES"):
-            _te = _time.perf_counter()
-            with open(os.environ["DURO_MIG_PHASES"], "a") as _f:
-                _f.write(f"{oid.hex()[:8]} T_first_chunk {(_tfirst-_t0)*1e3:.3f}\n"
-                         f"{oid.hex()[:8]} T_receive {(_tw-_tfirst)*1e3:.3f}\n"
-                         f"{oid.hex()[:8]} T_put {_tput*1e3:.3f}\n"
-                         f"{oid.hex()[:8]} T_write_fsync {(_te-_tw)*1e3:.3f}\n")
         self.ingested += 1
         if os.environ.get("DURO_MIGRATION_FAULT") == "target_before_ack":
             os._exit(137)  # test-only: the target dies with the copy on disk, before acking

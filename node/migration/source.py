@@ -84,11 +84,7 @@ class _Move:
         try:
             while actions:
                 action, actions = actions[0], actions[1:]
-                _t0 = time.perf_counter()
                 event = await self._perform(action)
-                if os.environ.get("DURO_MIG_PHASES"):
-                    with open(os.environ["DURO_MIG_PHASES"], "a") as _f:
-                        _f.write(f"{self.hex[:8]} {type(action).__name__} {(time.perf_counter()-_t0)*1e3:.3f}\n")
                 _fault(_STEP_AFTER.get(type(action), ""))
                 if event is not None:
                     state, more = P.step(state, event)
@@ -159,14 +155,9 @@ class _Move:
             await asyncio.sleep(0.001)
 
     async def _send_snapshot(self) -> P.Event:
-        _t0 = time.perf_counter()
         channel = grpc.aio.insecure_channel(self.target_address)
         try:
             stub = migration_pb2_grpc.MigrationStub(channel)
-            if os.environ.get("DURO_MIG_PHASES"):
-                await channel.channel_ready()
-                with open(os.environ["DURO_MIG_PHASES"], "a") as _f:
-                    _f.write(f"{self.hex[:8]} connect {(time.perf_counter()-_t0)*1e3:.3f}\n")
             ack = await stub.Ingest(self._chunks(), timeout=TRANSFER_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             return P.TransferFailed(f"{exc.code().name}: {exc.details()}")
@@ -187,22 +178,14 @@ class _Move:
         if alarm is not None:
             chunk.items.add(key=layout.alarm_key(self.oid), value=alarm)
         prefix = layout.data_prefix(self.oid)
-        _tgen = 0.0
-        _t = time.perf_counter()
         for k, v in engine.scan(prefix, layout.prefix_end(prefix)):
             chunk.items.add(key=k, value=v)
             size += len(k) + len(v)
             if size >= CHUNK_BYTES:
-                _tgen += time.perf_counter() - _t
                 yield chunk
-                _t = time.perf_counter()
                 chunk, size = migration_pb2.IngestChunk(object_id=self.oid), 0
                 await asyncio.sleep(0)  # let the stream drain: bounded memory for large objects
         chunk.last = True
-        _tgen += time.perf_counter() - _t
-        if os.environ.get("DURO_MIG_PHASES"):
-            with open(os.environ["DURO_MIG_PHASES"], "a") as _f:
-                _f.write(f"{self.hex[:8]} S_scan_encode {_tgen*1e3:.3f}\n")
         yield chunk
 
     async def _switch(self) -> P.Event:
