@@ -10,9 +10,8 @@ import pytest
 
 import duro.client
 from duro._wire import RedirectError
-from duro.dev import LocalCluster
 from duro.errors import DuroError
-from tests.cluster.conftest import ROOT, activations
+from tests.cluster.conftest import ROOT, MakeCluster, activations
 
 pytestmark = [pytest.mark.cluster]
 
@@ -20,7 +19,9 @@ APP = ROOT / "examples"
 
 
 @pytest.mark.timeout(120)
-async def test_racing_first_calls_create_exactly_one_activation(cluster: LocalCluster) -> None:
+async def test_racing_first_calls_create_exactly_one_activation(make_cluster: MakeCluster) -> None:
+    # No rebalancing: a move toward the callers' region would be a legitimate second activation.
+    cluster = await make_cluster(placement_args=("--rebalance", "false"))
     before = await activations(cluster)
     name = f"race-{uuid.uuid4().hex}"  # a NEW id: no directory entry yet
     async with (
