@@ -9,7 +9,7 @@ from typing import Any
 from etcd3aio import Etcd3Client
 
 from duro._ids import ObjectId, namespace_key
-from duro.client.etcdkv import get_prefix, get_value
+from duro.client.etcdkv import etcd_client, get_prefix, get_value
 from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
 from duro.node.membership import NodeInfo, nodes_prefix
@@ -30,7 +30,7 @@ async def _bindings(client: Etcd3Client, cluster: str, app: Any) -> dict[str, st
 
 async def status(etcd: str, cluster: str) -> dict[str, Any]:
     """Nodes (with region and object count), the placement leader, objects per region."""
-    async with Etcd3Client([etcd]) as client:
+    async with etcd_client(etcd) as client:
         nodes = [NodeInfo.from_json(v) for _, v in await get_prefix(client, nodes_prefix(cluster))]
         leader = await get_value(client, leader_key(cluster))
         per_node: Counter[str] = Counter()
@@ -57,7 +57,7 @@ async def status(etcd: str, cluster: str) -> dict[str, Any]:
 
 async def where(etcd: str, cluster: str, app: Any, binding: str, name: str) -> dict[str, Any]:
     """Owner node, region and epoch of ``binding``/``name`` (no entry: never called yet)."""
-    async with Etcd3Client([etcd]) as client:
+    async with etcd_client(etcd) as client:
         bindings = await _bindings(client, cluster, app)
         if binding not in bindings:
             raise InvalidArgumentError(f"unknown binding {binding!r}; known: {sorted(bindings)}")
@@ -115,7 +115,7 @@ async def migrate(etcd: str, cluster: str, app: Any, binding: str, name: str, *,
         raise InvalidArgumentError(f"{binding}/{name} was never called: nothing to move")
     if not info.get("live"):
         raise InvalidArgumentError(f"its node {info['node']} is not live: cannot move it now")
-    async with Etcd3Client([etcd]) as client:
+    async with etcd_client(etcd) as client:
         nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
                                          await get_prefix(client, nodes_prefix(cluster)))}
     if to_node:
@@ -137,7 +137,7 @@ async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
 
     from duro._pb import migration_pb2, migration_pb2_grpc
 
-    async with Etcd3Client([etcd]) as client:
+    async with etcd_client(etcd) as client:
         nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
                                          await get_prefix(client, nodes_prefix(cluster)))}
     source = nodes.get(node_id)

@@ -1,10 +1,41 @@
-"""Three small etcd reads/writes the callers share (etcd3aio speaks raw Range/Put requests)."""
+"""etcd helpers the callers share: making a client, and three small reads/writes (etcd3aio speaks
+raw Range/Put requests)."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from typing import Iterable
+
 from etcd3aio import Etcd3Client, prefix_range_end
 
-__all__ = ["get_value", "get_prefix", "put_value"]
+__all__ = ["etcd_client", "resolve_endpoint", "get_value", "get_prefix", "put_value"]
+
+
+def resolve_endpoint(endpoint: str) -> str:
+    """``host:port`` with the host resolved to an IP address (etcd3aio refuses host names, which
+    compose and Kubernetes service names are)."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"etcd endpoint must be host:port, got {endpoint!r}")
+    bare = host.strip("[]")
+    try:
+        ipaddress.ip_address(bare)
+        return endpoint
+    except ValueError:
+        pass
+    try:
+        addr = socket.getaddrinfo(bare, int(port), type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resolve etcd endpoint {endpoint!r}: {exc}") from None
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def etcd_client(endpoints: str | Iterable[str]) -> Etcd3Client:
+    """An etcd client for ``endpoints`` (one ``host:port``, a comma list, or a sequence)."""
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e.strip()]
+    return Etcd3Client([resolve_endpoint(e.strip()) for e in endpoints])
 
 
 async def get_value(client: Etcd3Client, key: str, *, timeout: float | None = 5.0) -> bytes | None:

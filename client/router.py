@@ -27,7 +27,7 @@ from duro._namespace import Call
 from duro._pb import placement_pb2, placement_pb2_grpc
 from duro._wire import RedirectError
 from duro.client.connection import ConnectionPool
-from duro.client.etcdkv import get_value
+from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
 from duro.errors import DuroError, UnavailableError
 from duro.placement.directory import DirectoryCache, Entry
@@ -71,7 +71,7 @@ class Router:
         call_timeout: float | None = 30.0,
     ) -> None:
         self._own_client = not isinstance(etcd, Etcd3Client)
-        self.etcd = Etcd3Client([etcd]) if isinstance(etcd, str) else etcd
+        self.etcd = etcd_client(etcd) if isinstance(etcd, str) else etcd
         self.cluster = cluster
         self.region = region
         self.pool = pool or ConnectionPool()

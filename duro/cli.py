@@ -62,7 +62,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_placement(args: argparse.Namespace) -> int:
-    from duro.placement.__main__ import main as placement_main
+    from duro.placement.main import main as placement_main
 
     return placement_main(args.rest)
 

@@ -22,13 +22,12 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from etcd3aio import Etcd3Client
 
 from duro import _codec
 from duro._app import App
 from duro._namespace import Call
 from duro._wire import RedirectError
-from duro.client.etcdkv import put_value
+from duro.client.etcdkv import etcd_client, put_value
 from duro.client.router import Router, app_key
 from duro.errors import UnavailableError
 from duro.node.config import NodeConfig
@@ -95,7 +94,7 @@ class NodeCluster:
         self.config = config
         self.node_id = node_id
         self.app = app
-        self.etcd = Etcd3Client([config.etcd])
+        self.etcd = etcd_client(config.etcd)
         self.router = Router(self.etcd, cluster=config.cluster, region=config.region)
         self.directory = Directory(self.etcd, config.cluster)
         self.ownership = NodeOwnership(self)

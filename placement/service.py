@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio import EtcdError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from duro._pb import placement_pb2, placement_pb2_grpc
 from duro.node.membership import NodeInfo
 from duro.placement.config import PlacementConfig
+from duro.client.etcdkv import etcd_client
 from duro.placement.directory import Directory, Entry, NotLeaderError
 from duro.placement.election import Election, LeaderInfo
 from duro.placement.planner import PlannerConfig
@@ -101,7 +102,7 @@ class PlacementService:
         self.metrics = _Metrics(self.registry)
         self.address = config.listen
         self.metrics_port: int | None = None
-        self._client = Etcd3Client(list(config.etcd))
+        self._client = etcd_client(config.etcd)
         self.directory = Directory(self._client, config.cluster)
         self.nodes = NodeView(self._client, config.cluster, on_update=self._node_updated)
         self.election: Election | None = None
