@@ -24,6 +24,9 @@ __all__ = ["MigrationServicer", "candidates_of"]
 
 log = logging.getLogger("duro.node.migration")
 
+_NO_SYNC = rocksdict.WriteOptions()
+_NO_SYNC.sync = False
+
 _STATUS = {True: grpc.StatusCode.UNAVAILABLE, False: grpc.StatusCode.FAILED_PRECONDITION}
 
 
@@ -60,6 +63,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         assert host is not None
         engine = host.engine
         oid: bytes | None = None
+        alarm_key = prefix = b""
         keys = size = 0
         batch = rocksdict.WriteBatch(raw_mode=True)
         async for chunk in request_iterator:
@@ -72,26 +76,33 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                         "target already owns this object")
                 clear_object(engine, oid, batch)  # a staged copy of an earlier attempt goes first
+                alarm_key, prefix = layout.alarm_key(oid), layout.data_prefix(oid)
             elif chunk.object_id != oid:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of two objects")
             for item in chunk.items:
-                if not _belongs(item.key, oid):
+                k, v = item.key, item.value
+                if k == alarm_key:
+                    when, binding, _retry = _codec.decode(v)
+                    batch.put(layout.alarm_index_key(when, oid), binding.encode())
+                elif not k.startswith(prefix):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")
-                batch.put(item.key, item.value)
-                if item.key == layout.alarm_key(oid):
-                    when, binding, _retry = _codec.decode(item.value)
-                    batch.put(layout.alarm_index_key(when, oid), binding.encode())
+                batch.put(k, v)
                 keys += 1
-                size += len(item.key) + len(item.value)
-            if batch.len() >= 4096:
-                engine.write(batch)  # synced (the node's mode); the last write below syncs all
-                batch = rocksdict.WriteBatch(raw_mode=True)
+                size += len(k) + len(v)
             if chunk.last:
                 break
+            # Each chunk goes to RocksDB as it arrives, without fsync: memory stays bounded by the
+            # chunk size, and the memtable inserts overlap the source reading the next chunk. The
+            # staged copy is never served before the synced write below and the directory switch
+            # (a partial one is cleared by the next ingest), so it needs no sync of its own.
+            engine.db.write(batch, _NO_SYNC)
+            batch = rocksdict.WriteBatch(raw_mode=True)
         if oid is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
-        engine.write(batch)  # durable before the ack: the source switches the directory on it
+        # Synced (the node's mode): it also syncs the WAL records of the chunks written above, so
+        # the whole copy is durable before the ack, on which the source switches the directory.
+        engine.write(batch)
         self.ingested += 1
         if os.environ.get("DURO_MIGRATION_FAULT") == "target_before_ack":
             os._exit(137)  # test-only: the target dies with the copy on disk, before acking
