@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Table, command_line, lat_summary  # noqa: E402
+from common import ROOT, Table, command_line, cpu_seconds, lat_summary  # noqa: E402
 
 from duro.dev import LocalCluster  # noqa: E402
 
@@ -50,47 +50,112 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-async def http_load(url: str, clients: int, seconds: float) -> dict[str, float]:
+class _HttpConn(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive client (GET, Content-Length bodies): the load generator
+    should cost far less CPU than the servers it measures (aiohttp's client costs about as much as
+    the edge per request, on the same 2 vCPUs)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.waiter: asyncio.Future[int] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        head_end = self.buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = self.buf[:head_end].lower()
+        i = head.find(b"content-length:")
+        length = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
+        end = head_end + 4 + length
+        if len(self.buf) < end:
+            return
+        status = int(self.buf[9:12])
+        self.buf = self.buf[end:]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    async def get(self, request: bytes) -> int:
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(request)
+        return await self.waiter
+
+
+async def _connect(url: str) -> tuple[_HttpConn, bytes]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    _, proto = await asyncio.get_running_loop().create_connection(
+        _HttpConn, u.hostname, u.port)
+    return proto, u.path.encode()
+
+
+def _get(path: bytes, host: bytes = b"127.0.0.1") -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+
+
+async def http_load(url: str, clients: int, seconds: float,
+                    pids: dict[str, int] | None = None) -> dict[str, float]:
     lat: list[int] = []
     stop = time.monotonic() + seconds
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        async def one() -> None:
-            while time.monotonic() < stop:
-                t = time.perf_counter_ns()
-                async with http.get(url) as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-                lat.append(time.perf_counter_ns() - t)
+    conns = [await _connect(url) for _ in range(clients)]
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(clients)))
-        wall = time.perf_counter() - t0
-    return {"ops_s": len(lat) / wall, **lat_summary(lat)}
+    async def one(proto: _HttpConn, path: bytes) -> None:
+        req = _get(path)
+        while time.monotonic() < stop:
+            t = time.perf_counter_ns()
+            status = await proto.get(req)
+            assert status == 200, status
+            lat.append(time.perf_counter_ns() - t)
+
+    cpu0 = {k: cpu_seconds(p) for k, p in (pids or {}).items()}
+    me0 = time.process_time()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(p, path) for p, path in conns))
+    wall = time.perf_counter() - t0
+    cpu = {f"{k}_cpu": (cpu_seconds(p) - cpu0[k]) / wall for k, p in (pids or {}).items()}
+    cpu["client_cpu"] = (time.process_time() - me0) / wall
+    for p, _ in conns:
+        assert p.transport is not None
+        p.transport.close()
+    return {"ops_s": len(lat) / wall, **lat_summary(lat), **cpu}
 
 
 async def http_many(base: str, names: list[str], clients: int) -> dict[str, float]:
     lat: list[int] = []
     queue = list(reversed(names))
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        async def one() -> None:
-            while queue:
-                name = queue.pop()
-                t = time.perf_counter_ns()
-                async with http.get(f"{base}/counter/{name}/increment") as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-                lat.append(time.perf_counter_ns() - t)
+    conns = [await _connect(base + "/") for _ in range(clients)]
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(clients)))
-        wall = time.perf_counter() - t0
+    async def one(proto: _HttpConn) -> None:
+        while queue:
+            req = _get(f"/counter/{queue.pop()}/increment".encode())
+            t = time.perf_counter_ns()
+            status = await proto.get(req)
+            assert status == 200, status
+            lat.append(time.perf_counter_ns() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(p) for p, _ in conns))
+    wall = time.perf_counter() - t0
+    for p, _ in conns:
+        assert p.transport is not None
+        p.transport.close()
     return {"ops_s": len(lat) / wall, **lat_summary(lat)}
 
 
-async def fanout(base: str, room: str, n_clients: int, n_messages: int,
+async def fanout(cluster: LocalCluster, room: str, n_clients: int, n_messages: int,
                  rate: float | None) -> dict[str, float]:
+    base = cluster.edge_url(0)
+    pids = {"edge": cluster.edges[0].proc.pid, "node": cluster.nodes[0].proc.pid}  # type: ignore
     conn = aiohttp.TCPConnector(limit=0)
     lat: list[int] = []
     expected = n_clients * n_messages
@@ -122,6 +187,8 @@ async def fanout(base: str, room: str, n_clients: int, n_messages: int,
                     done.set_result(None)
 
         readers = [asyncio.ensure_future(reader(ws)) for ws in socks]
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        me0 = time.process_time()
         t0 = time.perf_counter()
         for k in range(n_messages):
             await socks[k % n_clients].send_str(
@@ -132,11 +199,13 @@ async def fanout(base: str, room: str, n_clients: int, n_messages: int,
                     await asyncio.sleep(delay)
         await asyncio.wait_for(done, 120)
         wall = time.perf_counter() - t0
+        cpu = {f"{k}_cpu": (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
+        cpu["client_cpu"] = (time.process_time() - me0) / wall
         for ws in socks:
             await ws.close()
         for r in readers:
             r.cancel()
-    return {"deliveries_s": expected / wall, **lat_summary(lat)}
+    return {"deliveries_s": expected / wall, **lat_summary(lat), **cpu}
 
 
 async def idle_sockets(cluster: LocalCluster, n: int) -> dict[str, float]:
@@ -207,9 +276,12 @@ async def run(opts: argparse.Namespace) -> None:
                     if "http" in only:
                         async with aiohttp.ClientSession() as http:  # place + activate first
                             await (await http.get(f"{base}/counter/one/increment")).read()
+                        pids = {"edge": cluster.edges[0].proc.pid,  # type: ignore[union-attr]
+                                "node": cluster.nodes[0].proc.pid}  # type: ignore[union-attr]
                         for c in opts.clients:
                             add(f"http one object, {c} clients",
-                                await http_load(f"{base}/counter/one/increment", c, opts.seconds))
+                                await http_load(f"{base}/counter/one/increment", c, opts.seconds,
+                                                pids))
                         names = [f"obj-{run_no}-{i}" for i in range(opts.objects)]
                         add(f"http {opts.objects} objects cold, 64 clients",
                             await http_many(base, names, 64))
@@ -218,10 +290,10 @@ async def run(opts: argparse.Namespace) -> None:
                     if "fanout" in only:
                         add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, "
                             f"paced {opts.fanout_rate:g} msg/s",
-                            await fanout(base, f"paced-{run_no}", opts.fanout_clients,
+                            await fanout(cluster, f"paced-{run_no}", opts.fanout_clients,
                                          opts.fanout_messages, opts.fanout_rate))
                         add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, full speed",
-                            await fanout(base, f"full-{run_no}", opts.fanout_clients,
+                            await fanout(cluster, f"full-{run_no}", opts.fanout_clients,
                                          opts.fanout_messages, None))
                     if "idle" in only:
                         add(f"idle sockets ({opts.idle})", await idle_sockets(cluster, opts.idle))
@@ -235,14 +307,17 @@ async def run(opts: argparse.Namespace) -> None:
                     async with aiohttp.ClientSession() as http:
                         await (await http.get(url)).read()
                     for c in opts.clients:
-                        add(f"workerd one object, {c} clients", await http_load(url, c, opts.seconds))
+                        add(f"workerd one object, {c} clients",
+                            await http_load(url, c, opts.seconds, {"workerd": proc.pid}))
                 finally:
                     proc.terminate()
                     proc.wait(10)
 
     cols = [("ops/s", "ops_s", 0), ("deliveries/s", "deliveries_s", 0), ("p50 ms", "p50_ms", 2),
             ("p99 ms", "p99_ms", 2), ("sockets held", "sockets_held", 0),
-            ("edge B/socket", "bytes_per_socket", 0), ("edge RSS MiB", "edge_rss_mib", 1)]
+            ("edge B/socket", "bytes_per_socket", 0), ("edge RSS MiB", "edge_rss_mib", 1),
+            ("edge CPU", "edge_cpu", 2), ("node CPU", "node_cpu", 2), ("workerd CPU", "workerd_cpu", 2),
+            ("client CPU", "client_cpu", 2)]
     table = Table("Edge", command_line(), cols)
     for label, runs in results.items():
         table.add(label, runs)

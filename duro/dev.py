@@ -111,17 +111,19 @@ class LocalCluster:
                     self.root / "logs" / f"{name}.log", region=region,
                 ))
         # One edge per region (HTTP/WebSocket + gRPC Gateway); the first region's edge gets
-        # ``http_port`` (duro dev: 8787, as wrangler), the others a free port.
+        # ``http_port`` (duro dev: 8787, as wrangler) and its Gateway ``http_port + 1``, the others
+        # free ports.
         self.edges: list[ProcSpec] = []
         for k, region in enumerate(regions if edges else ()):
             port = http_port if (k == 0 and http_port) else free_port()
+            grpc_port = http_port + 1 if (k == 0 and http_port) else free_port()
             name = f"edge-{region}"
             self.edges.append(ProcSpec(
                 "edge", name,
                 [python, "-m", "duro.cli", "edge", "--app", self.app,
                  "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
                  "--edge-id", name, "--http-listen", f"127.0.0.1:{port}",
-                 "--grpc-listen", f"127.0.0.1:{free_port()}", "--log-level", "WARNING",
+                 "--grpc-listen", f"127.0.0.1:{grpc_port}", "--log-level", "WARNING",
                  *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))

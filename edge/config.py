@@ -51,7 +51,9 @@ class EdgeConfig:
                           "they are closed with 1012 (service restart)"},
     )
     ws_heartbeat: float = field(
-        default=30.0, metadata={"help": "seconds between pings to idle clients (0 = off)"}
+        default=0.0,
+        metadata={"help": "seconds between WebSocket pings to each client (0 = none: dead "
+                          "clients are found by TCP keepalive, ~60 s, at no memory cost)"},
     )
     access_log: bool = field(default=True, metadata={"help": "log one line per HTTP request"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})

@@ -34,7 +34,7 @@ from duro._http import Request, Response
 from duro._namespace import Env, Namespace
 from duro.edge.config import EdgeConfig
 from duro.edge.metrics import EdgeMetrics
-from duro.edge.sockets import SOCKET_HEADER, SocketManager
+from duro.edge.sockets import SOCKET_HEADER, EdgeSocket, SocketManager
 from duro.errors import DuroError, InvalidArgumentError, to_wire
 
 __all__ = ["EdgeHttp", "error_status", "find_static_dir"]
@@ -97,14 +97,23 @@ class EdgeHttp:
             name.lower(): ns for name, ns in env._bindings.items()
         }
         self.static = find_static_dir(app, config.static_dir)
+        self._status_counters: dict[int, Any] = {}
+        self._upstream = metrics.upstream_seconds.labels(kind="fetch")
 
-    def make_app(self) -> web.Application:
-        web_app = web.Application(client_max_size=self.config.max_body_bytes)
-        web_app.router.add_route("*", "/{tail:.*}", self.handle)
-        return web_app
+    def make_server(self, **handler_args: Any) -> web.Server:
+        """aiohttp's low-level server: no router or middlewares (every request comes here), which
+        saves time per request and memory per open WebSocket."""
+        max_body = self.config.max_body_bytes
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any,
+                         task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop,
+                                   client_max_size=max_body)
+
+        return web.Server(self.handle, request_factory=make_request, **handler_args)
 
     # -- one request --------------------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             resp = await self._handle(request)
         except web.HTTPException as exc:
@@ -112,10 +121,22 @@ class EdgeHttp:
         except Exception:  # the edge's own bug: answer 500, keep serving
             log.exception("edge failed on %s %s", request.method, request.path)
             resp = error_response("internal", "edge error", 500)
-        self.metrics.http_requests.labels(status=str(resp.status)).inc()
+        if isinstance(resp, EdgeSocket):
+            # Upgraded: serve the socket from here, so that _handle's frame (the request's
+            # copy, headers, body, the object's answer) is freed for the socket's lifetime.
+            self._count(101)
+            return await self.sockets.serve(request, resp)
+        self._count(resp.status)
         return resp
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    def _count(self, status: int) -> None:
+        counter = self._status_counters.get(status)
+        if counter is None:
+            counter = self._status_counters[status] = self.metrics.http_requests.labels(
+                status=str(status))
+        counter.inc()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse | EdgeSocket:
         path = request.path
         if path.startswith("/_duro/"):
             return self._own(path)
@@ -123,15 +144,17 @@ class EdgeHttp:
             static = self._static(path)
             if static is not None:
                 return static
-        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() != "duro-socket"]
+        rh = request.headers
+        upgrade = rh.get("Upgrade", "").lower() == "websocket"
+        headers = [(k, v) for k, v in rh.items() if k.lower() != "duro-socket"]
         sock = None
         if upgrade:
             sock = self.sockets.new_socket()
             headers.append((SOCKET_HEADER, self.sockets.upgrade_mark(sock)))
         try:
-            body = await request.read()
-            req = Request(str(request.url), method=request.method, headers=headers, body=body)
+            body = await request.read() if request.body_exists else b""
+            url = f"{request.scheme}://{request.host}{request.raw_path}"
+            req = Request(url, method=request.method, headers=headers, body=body)
             started = time.perf_counter()
             try:
                 resp = await self._route(req)
@@ -140,12 +163,11 @@ class EdgeHttp:
                 return error_response(code, message, error_status(exc), retryable=retryable,
                                       overloaded=overloaded, remote_type=remote_type)
             finally:
-                self.metrics.upstream_seconds.labels(kind="fetch").observe(
-                    time.perf_counter() - started)
+                self._upstream.observe(time.perf_counter() - started)
             if sock is not None and resp.status == 101:
                 served = sock
-                sock = None  # serve() owns it from here
-                return await self.sockets.serve(request, served)
+                sock = None  # handle() serves it
+                return served
             if resp.status == 101:
                 return error_response("invalid_argument",
                                       "the object answered 101 to a request that is not a "

@@ -64,7 +64,7 @@ class EdgeProcess:
         self.sockets = SocketManager(self.edge_id, self.router, config, self.metrics)
         self.http = EdgeHttp(self.app, self.env, self.sockets, config, self.metrics,
                              edge_id=self.edge_id)
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._grpc: aio.Server | None = None
         self.http_port = 0
         self.grpc_port = 0
@@ -84,13 +84,11 @@ class EdgeProcess:
         cfg = self.config
         await self.router.start()
         await self.sockets.start()
-        runner = web.AppRunner(
-            self.http.make_app(),
+        server = self.http.make_server(
             access_log=logging.getLogger("duro.edge.access") if cfg.access_log else None,
             access_log_format='%a "%r" %s %b %Tf',
-            handle_signals=False,
-            shutdown_timeout=1.0,
         )
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner
         host, port = split_hostport(cfg.http_listen)

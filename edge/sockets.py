@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,19 @@ _ACK = node_pb2.SOCKET_OP_ACK
 _UNKNOWN = node_pb2.SOCKET_OP_UNKNOWN
 
 
+_DIRECT_WRITE_LIMIT = 64 * 1024
+
+
+def _frame_header(n: int, text: bool) -> bytes:
+    """An unmasked, final, uncompressed server frame header (RFC 6455 §5.2)."""
+    first = 0x81 if text else 0x82
+    if n < 126:
+        return bytes((first, n))
+    if n < 65536:
+        return bytes((first, 126)) + n.to_bytes(2, "big")
+    return bytes((first, 127)) + n.to_bytes(8, "big")
+
+
 class EdgeSocket:
     """One client WebSocket held by this edge."""
 
@@ -89,7 +103,7 @@ class EdgeSocket:
         self.ws: web.WebSocketResponse | None = None
         self.transport: Any = None
         self.pre: list[node_pb2.SocketFrame] | None = []  # frames before the upgrade completed
-        self.out: deque[tuple[bytes, bool]] = deque()
+        self.out: deque[tuple[bytes, bool]] | None = None  # made on first backlog (it is big)
         self.out_bytes = 0
         self.writer: asyncio.Task[None] | None = None
         self.unacked = 0
@@ -212,6 +226,22 @@ def _channel_options() -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
+
+
+def _tcp_keepalive(transport: Any) -> None:
+    """Dead clients (no FIN: a pulled cable, a partition) are found by the kernel's TCP keepalive
+    (about 60 s) instead of a ping timer per socket, which costs ~0.5 KiB per idle socket."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass
 
 
 def _release(s: EdgeSocket) -> None:
@@ -340,15 +370,15 @@ class SocketManager:
         if not link.connected:
             link.connected = True
             link.down_since = None
-        metrics = self.metrics
+        frames = nbytes = 0
         for f in batch.frames:
             s = self.sockets.get(f.socket_id)
             op = f.op
             if op == _MESSAGE:
                 if s is None or s.closed:
                     continue
-                metrics.frames_out.inc()
-                metrics.bytes_out.inc(len(f.data))
+                frames += 1
+                nbytes += len(f.data)
                 if s.pre is not None:
                     s.pre.append(f)
                 else:
@@ -394,6 +424,9 @@ class SocketManager:
                 s.unacked = max(0, s.unacked - 1)
                 _release(s)
                 self._redeliver(s, f)
+        if frames:
+            self.metrics.frames_out.inc(frames)
+            self.metrics.bytes_out.inc(nbytes)
 
     def _redeliver(self, s: EdgeSocket, f: node_pb2.SocketFrame) -> None:
         s.redeliveries += 1
@@ -411,9 +444,21 @@ class SocketManager:
 
     # -- towards the client -------------------------------------------------------------------
     def _enqueue(self, s: EdgeSocket, data: bytes, text: bool) -> None:
-        s.out.append((data, text))
+        transport = s.transport
+        out = s.out
+        if (not out and s.writer is None and transport is not None
+                and not transport.is_closing() and s.ws is not None and not s.ws.closed
+                and transport.get_write_buffer_size() < _DIRECT_WRITE_LIMIT):
+            # Fast path: the client keeps up, so write the frame now, without a task. One
+            # transport.write per frame keeps frames whole next to aiohttp's own (pings, close).
+            transport.write(_frame_header(len(data), text) + data)
+            return
+        if out is None:
+            out = s.out = deque()
+        out.append((data, text))
         s.out_bytes += len(data)
-        if s.out_bytes > self.config.max_socket_buffer_bytes and len(s.out) > 1:
+        buffered = s.out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+        if buffered > self.config.max_socket_buffer_bytes and len(out) > 1:
             self._slow_client(s)
             return
         if s.writer is None:
@@ -423,7 +468,7 @@ class SocketManager:
         self.metrics.slow_closed.inc()
         log.warning("socket %s: client does not read (%d bytes queued); closing with 1008",
                     s.sid, s.out_bytes)
-        s.out.clear()
+        s.out = None
         s.out_bytes = 0
         s.close_code, s.close_reason = CLOSE_SLOW_CLIENT, "client too slow: send buffer full"
         transport = s.transport
@@ -444,7 +489,9 @@ class SocketManager:
         assert ws is not None
         try:
             out = s.out
-            while out:
+            while out:  # (a slow-client close sets s.out to None; this copy drains no further)
+                if s.out is None:
+                    break
                 data, text = out.popleft()
                 s.out_bytes -= len(data)
                 if text:
@@ -499,12 +546,13 @@ class SocketManager:
                 pb.attachment, pb.has_attachment = s.attachment, True
             self.link(s.node).push(pb)
 
-    async def serve(self, request: web.Request, s: EdgeSocket) -> web.WebSocketResponse:
+    async def serve(self, request: web.BaseRequest, s: EdgeSocket) -> web.WebSocketResponse:
         """Complete the upgrade of ``s`` (its object answered 101) and pump its frames."""
         cfg = self.config
         try:
             assert s.accepted is not None
-            await asyncio.wait_for(asyncio.shield(s.accepted), _ACCEPT_TIMEOUT)
+            if not s.accepted.done():
+                await asyncio.wait_for(asyncio.shield(s.accepted), _ACCEPT_TIMEOUT)
         except asyncio.TimeoutError:
             self.sockets.pop(s.sid, None)
             s.closed = True
@@ -515,6 +563,8 @@ class SocketManager:
             heartbeat=cfg.ws_heartbeat or None,
             compress=False,
         )
+        if not cfg.ws_heartbeat:
+            _tcp_keepalive(request.transport)
         try:
             await ws.prepare(request)
         except Exception:
@@ -523,6 +573,7 @@ class SocketManager:
             raise
         s.ws = ws
         s.transport = request.transport
+        s.accepted = None
         self.metrics.ws_open.inc()
         self.metrics.ws_accepted.inc()
         pre, s.pre = s.pre, None
@@ -531,8 +582,47 @@ class SocketManager:
                 self._enqueue(s, f.data, f.text)
             elif f.op == _CLOSE:
                 self._close_after_queue(s, f.code or 1000, f.reason)
+        pre = None
+        # The client's messages, read here (no frame of its own: this coroutine lives as long as
+        # the socket, and every frame costs memory per idle socket).
         try:
-            await self._pump(s, ws)
+            window = self.config.socket_window
+            metrics = self.metrics
+            auto = self.auto
+            while True:
+                msg = await ws.receive()
+                t = msg.type
+                if t == WSMsgType.TEXT:
+                    data = msg.data
+                    pair = auto.get(s.oid) if auto else None
+                    if pair is not None and data == pair[0]:
+                        metrics.auto_responses.inc()
+                        self._enqueue(s, pair[1].encode(), True)
+                        continue
+                    raw, text = data.encode(), True
+                elif t == WSMsgType.BINARY:
+                    raw, text = msg.data, False
+                elif t == WSMsgType.CLOSE:
+                    s.close_code = ws.close_code or msg.data or 1005
+                    s.close_reason = msg.extra or ""
+                    break
+                elif t == WSMsgType.ERROR:
+                    exc = ws.exception()
+                    if s.close_code == 0:
+                        s.close_code = ws.close_code or 1006
+                        s.close_reason = str(exc or "")[:120]
+                    break
+                else:  # CLOSING, CLOSED
+                    break
+                metrics.frames_in.inc()
+                metrics.bytes_in.inc(len(raw))
+                if s.unacked >= window:
+                    s.credit = asyncio.get_running_loop().create_future()
+                    await s.credit
+                    s.credit = None
+                    if s.closed:
+                        break
+                self._send_up(s, self.link(s.node), raw, text)
         finally:
             self.metrics.ws_open.dec()
             if not s.close_code:
@@ -542,42 +632,3 @@ class SocketManager:
             self.metrics.ws_closed.labels(code=str(s.close_code)).inc()
             self._gone(s)
         return ws
-
-    async def _pump(self, s: EdgeSocket, ws: web.WebSocketResponse) -> None:
-        window = self.config.socket_window
-        metrics = self.metrics
-        auto = self.auto
-        while True:
-            msg = await ws.receive()
-            t = msg.type
-            if t == WSMsgType.TEXT:
-                data = msg.data
-                pair = auto.get(s.oid) if auto else None
-                if pair is not None and data == pair[0]:
-                    metrics.auto_responses.inc()
-                    self._enqueue(s, pair[1].encode(), True)
-                    continue
-                raw, text = data.encode(), True
-            elif t == WSMsgType.BINARY:
-                raw, text = msg.data, False
-            elif t == WSMsgType.CLOSE:
-                s.close_code = ws.close_code or msg.data or 1005
-                s.close_reason = msg.extra or ""
-                return
-            elif t == WSMsgType.ERROR:
-                exc = ws.exception()
-                if s.close_code == 0:
-                    s.close_code = ws.close_code or 1006
-                    s.close_reason = str(exc or "")[:120]
-                return
-            else:  # CLOSING, CLOSED
-                return
-            metrics.frames_in.inc()
-            metrics.bytes_in.inc(len(raw))
-            if s.unacked >= window:
-                s.credit = asyncio.get_running_loop().create_future()
-                await s.credit
-                s.credit = None
-                if s.closed:
-                    return
-            self._send_up(s, self.link(s.node), raw, text)

@@ -137,7 +137,7 @@ class _Record:
 
 
 class _ObjectSockets:
-    __slots__ = ("binding", "sockets", "auto", "outq")
+    __slots__ = ("binding", "sockets", "auto", "outq", "gate_seq")
 
     def __init__(self, binding: str) -> None:
         self.binding = binding
@@ -145,6 +145,7 @@ class _ObjectSockets:
         self.auto: tuple[str, str] | None = None
         # Frames waiting for the output gate: (gate future or None, edge, frame), in send order.
         self.outq: deque[tuple[asyncio.Future | None, str, Frame]] = deque()
+        self.gate_seq = 0  # the write sequence number the last queued gate waits for
 
 
 class WebSocket:
@@ -389,18 +390,36 @@ class SocketHub:
                 del self.objects[rec.oid]
 
     def _emit(self, rec: _Record, frame: Frame) -> None:
-        """Send ``frame`` towards the socket's edge once earlier writes are durable, in order."""
+        """Send ``frame`` towards the socket's edge once earlier writes are durable, in order.
+
+        One gate future per write, not per frame: a broadcast after one write queues its frames
+        behind a single gate (frames with no gate of their own wait for the one before them).
+        """
         obj = self.objects.get(rec.oid)
+        if obj is None:
+            self._push(rec.edge, frame)
+            return
         act = current_activation.get()
         if act is None or act.oid != rec.oid:
             act = self.host.activation(rec.oid)
-        gate = act.storage.output_gate() if act is not None else None
-        if obj is None or (gate is None and not obj.outq):
-            self._push(rec.edge, frame)
+        st = act.storage if act is not None else None
+        q = obj.outq
+        # (ObjectStorage's sequence numbers: writes made vs. writes durable.)
+        if st is None or st._durable_seq >= st._write_seq:
+            if q:
+                q.append((None, rec.edge, frame))  # behind frames still waiting for a write
+            else:
+                self._push(rec.edge, frame)
             return
-        obj.outq.append((gate, rec.edge, frame))
-        if gate is not None:
-            gate.add_done_callback(lambda _f, o=obj: self._flush(o))
+        seq = st._write_seq
+        if q and obj.gate_seq == seq:
+            q.append((None, rec.edge, frame))  # the gate queued before covers this write too
+            return
+        gate = st.output_gate()
+        assert gate is not None
+        obj.gate_seq = seq
+        q.append((gate, rec.edge, frame))
+        gate.add_done_callback(lambda _f, o=obj: self._flush(o))
 
     def _flush(self, obj: _ObjectSockets) -> None:
         q = obj.outq
@@ -408,9 +427,10 @@ class SocketHub:
             gate, edge, frame = q[0]
             if gate is not None and not gate.done():
                 return
-            q.popleft()
             if gate is not None and (gate.cancelled() or gate.exception() is not None):
-                continue  # the write failed and the object was reset: nothing after it leaves
+                q.clear()  # the write failed and the object was reset: nothing after it leaves
+                return
+            q.popleft()
             self._push(edge, frame)
 
     def _push(self, edge: str, frame: Frame) -> None:
@@ -475,7 +495,8 @@ class SocketHub:
             if rec is None or not rec.open:
                 self.stats.unknown += 1
                 self._reply(edge, Frame(Op.UNKNOWN, f.socket_id, binding=f.binding,
-                                        object_id=f.object_id, reason="no such socket here"))
+                                        object_id=f.object_id, data=f.data, text=f.text,
+                                        reason="no such socket here"))
                 return
             self.stats.messages_in += 1
             payload: str | bytes = f.data.decode() if f.text else f.data
@@ -540,21 +561,22 @@ class SocketHub:
 
         def done(t: asyncio.Future) -> None:
             self._tasks.discard(t)
+            exc = None if t.cancelled() else t.exception()
+            if kind == "message" and isinstance(exc, UnavailableError):
+                # Not the owner (any more), or the node is fencing/stopping: the edge re-resolves
+                # the owner, re-registers the socket there and resends (see duro.edge.sockets).
+                # The UNKNOWN answer stands for the ACK.
+                data = args[0]
+                self._reply(edge, Frame(
+                    Op.UNKNOWN, rec.sid, binding=obj.binding, object_id=rec.oid,
+                    data=data.encode() if isinstance(data, str) else data,
+                    text=isinstance(data, str), reason=str(exc)))
+                return
             if ack:
                 link = self._links.get(edge)
                 if link is not None:
                     link.ack(rec.sid)
-            if t.cancelled():
-                return
-            exc = t.exception()
-            if exc is None:
-                return
-            if isinstance(exc, UnavailableError):
-                # Not the owner (any more), or the node is fencing/stopping: the edge re-resolves
-                # the owner, re-registers the socket there and resends (see duro.edge.sockets).
-                if kind == "message":
-                    self._reply(edge, Frame(Op.UNKNOWN, rec.sid, binding=obj.binding,
-                                            object_id=rec.oid, reason=str(exc)))
+            if exc is None or isinstance(exc, UnavailableError):
                 return
             if isinstance(exc, OverloadedError) and rec.open:
                 self._close(rec, CLOSE_TRY_AGAIN, "object overloaded; reconnect later")

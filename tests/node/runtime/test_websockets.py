@@ -1,0 +1,174 @@
+"""The node side of the hibernation API, in process: a SocketHub on a Testbed's host with a fake
+edge link (the edge and the gRPC stream are covered by tests/edge)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from duro import _codec
+from duro._http import Request, Response
+from duro._namespace import Call, CallKind
+from duro.errors import InvalidArgumentError
+from duro.node.runtime.websockets import Frame, Op, SocketHub
+from duro.testing import Testbed
+
+APP = Path(__file__).resolve().parents[2] / "edge" / "app"
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.acks: dict[int, int] = {}
+
+    def push(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def ack(self, socket_id: int) -> None:
+        self.acks[socket_id] = self.acks.get(socket_id, 0) + 1
+
+    def take(self, op: Op = Op.MESSAGE) -> list[Frame]:
+        out = [f for f in self.frames if f.op == op]
+        self.frames = [f for f in self.frames if f.op != op]
+        return out
+
+
+@pytest.fixture
+async def env(tmp_path):
+    async with Testbed(app=APP, data_dir=tmp_path) as tb:
+        hub = SocketHub(tb.host, edge_grace=0.2)
+        tb.host.sockets = hub
+        link = FakeLink()
+        hub.attach("e1", link)
+        yield tb, hub, link
+        await hub.close()
+
+
+async def upgrade(tb, name: str, sid: int, i: int, tags: str = "") -> bytes:
+    stub = tb.env.ROOM.get_by_name(name)
+    req = Request(f"/room/{name}/ws?i={i}&tags={tags}",
+                  headers={"Upgrade": "websocket", "Duro-Socket": f"e1 {sid}"})
+    resp = Response.from_wire(await tb.host.invoke(Call(
+        binding="ROOM", object_id=stub.id.raw, kind=CallKind.FETCH, payload=req.to_wire())))
+    assert resp.status == 101
+    return stub.id.raw
+
+
+def message(oid: bytes, sid: int, text: str) -> Frame:
+    return Frame(Op.MESSAGE, sid, binding="ROOM", object_id=oid, data=text.encode(), text=True)
+
+
+async def settle(hub: SocketHub) -> None:
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        if not hub._tasks:
+            return
+
+
+async def test_sockets_survive_eviction_with_attachments_and_tags(env):
+    tb, hub, link = env
+    for sid in range(1, 21):
+        oid = await upgrade(tb, "r", sid, sid * 10, tags=f"g{sid % 2}")
+    accepts = link.take(Op.ACCEPT)
+    assert [f.socket_id for f in accepts] == list(range(1, 21))
+    assert accepts[0].tags == ("g1",) and _codec.decode(accepts[0].attachment)["i"] == 10
+    assert await tb.evict(oid.hex())
+    assert tb.host.activation(oid) is None
+    hub.receive("e1", message(oid, 3, "broadcast"))
+    await settle(hub)
+    out = link.take()
+    assert sorted(f.socket_id for f in out) == list(range(1, 21))
+    by_sid = {f.socket_id: json.loads(f.data) for f in out}
+    assert all(by_sid[sid]["att"] == sid * 10 for sid in by_sid)
+    assert {m["acts"] for m in by_sid.values()} == {2}  # a new instance
+    assert link.acks == {3: 1}
+    hub.receive("e1", message(oid, 4, "broadcast:g0"))
+    await settle(hub)
+    assert sorted(f.socket_id for f in link.take()) == list(range(2, 21, 2))
+
+
+async def test_client_close_is_delivered_and_socket_forgotten(env):
+    tb, hub, link = env
+    oid = await upgrade(tb, "c", 1, 7)
+    await upgrade(tb, "c", 2, 8)
+    await tb.evict(oid.hex())
+    hub.receive("e1", Frame(Op.CLOSE, 1, binding="ROOM", object_id=oid, code=4001,
+                            reason="bye", was_clean=True))
+    await settle(hub)
+    stats = await tb.env.ROOM.get_by_name("c").stats()
+    assert stats["sockets"] == 1 and stats["closes"] == {"7": [4001, "bye", True]}
+    hub.receive("e1", message(oid, 1, "count"))  # a message for the closed socket
+    await settle(hub)
+    [unknown] = link.take(Op.UNKNOWN)
+    assert unknown.socket_id == 1 and unknown.data == b"count"
+
+
+async def test_edge_that_does_not_return_closes_its_sockets(env):
+    tb, hub, link = env
+    oid = await upgrade(tb, "gone", 1, 5)
+    hub.detach("e1", link)
+    await asyncio.sleep(0.4)  # edge_grace 0.2 s
+    await settle(hub)
+    stats = await tb.env.ROOM.get_by_name("gone").stats()
+    assert stats["sockets"] == 0
+    assert stats["closes"] == {"5": [1006, "edge connection lost", False]}
+    assert oid not in hub.objects
+
+
+async def test_reregistration_restores_sockets(env):
+    tb, hub, link = env
+    oid = await upgrade(tb, "re", 1, 1, tags="a")
+    hub.objects.clear()  # as after a node restart: the registry is gone
+    hub.receive("e1", message(oid, 1, "count"))
+    await settle(hub)
+    assert link.take(Op.UNKNOWN)
+    hub.receive("e1", Frame(Op.REGISTER, 1, binding="ROOM", object_id=oid, tags=("a",),
+                            attachment=_codec.encode({"i": 1, "pad": ""})))
+    hub.receive("e1", message(oid, 1, "count"))
+    await settle(hub)
+    [out] = link.take()
+    assert json.loads(out.data) == {"type": "count", "n": 1, "tags": ["a"]}
+
+
+async def test_sends_wait_for_the_output_gate(env):
+    tb, hub, link = env
+    oid = await upgrade(tb, "gate", 1, 1)
+    link.take(Op.ACCEPT)
+    hub.receive("e1", message(oid, 1, "store:v"))
+    seen_before_commit = []
+    orig = link.push
+
+    def push(frame: Frame) -> None:
+        if frame.op == Op.MESSAGE:
+            seen_before_commit.append(tb.storage(oid.hex()).get("stored"))
+        orig(frame)
+
+    link.push = push  # type: ignore[method-assign]
+    await settle(hub)
+    assert seen_before_commit == ["v"]  # durable when the frame left
+
+
+async def test_limits(env):
+    tb, hub, link = env
+    oid = await upgrade(tb, "lim", 1, 1)
+    act = tb.host.activation(oid)
+    ctx = act.ctx
+    [ws] = ctx.get_web_sockets()
+    with pytest.raises(InvalidArgumentError, match="16384"):
+        ws.serialize_attachment("x" * 17000)
+    with pytest.raises(InvalidArgumentError, match="str or bytes"):
+        ws.send(5)
+    with pytest.raises(InvalidArgumentError):
+        ws.close(1005)
+    with pytest.raises(InvalidArgumentError, match="at most 10 tags"):
+        from duro.node.runtime.websockets import _check_tags
+        _check_tags([f"t{i}" for i in range(11)])
+    with pytest.raises(InvalidArgumentError, match="256"):
+        _check_tags(["x" * 257])
+    with pytest.raises(InvalidArgumentError):
+        ctx.set_web_socket_auto_response("ping", "")
+    with pytest.raises(InvalidArgumentError, match="upgrade"):
+        Request("/x").web_socket_pair()
