@@ -15,6 +15,8 @@ import heapq
 import logging
 from typing import Awaitable, Callable
 
+from duro._wire import RedirectError
+from duro.errors import DuroError
 from duro.node.storage import layout
 from duro.node.storage.engine import StorageEngine
 from duro.node.storage.object_storage import now_ms
@@ -22,6 +24,8 @@ from duro.node.storage.object_storage import now_ms
 __all__ = ["AlarmScheduler"]
 
 log = logging.getLogger("duro.node.runtime")
+
+RETRY_UNAVAILABLE_MS = 1000
 
 FireFn = Callable[[str, bytes], Awaitable[object]]
 
@@ -43,6 +47,7 @@ class AlarmScheduler:
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self.fired = 0
+        self.retried = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -102,5 +107,16 @@ class AlarmScheduler:
                 self.fired += 1
             except asyncio.CancelledError:
                 raise
+            except RedirectError:
+                # Another node owns the object: this copy is stale (a migration's leftover).
+                log.debug("alarm of %s: not the owner here; skipped", oid.hex())
+            except DuroError as exc:
+                if exc.retryable:
+                    # The object could not run here right now (node still joining, fenced,
+                    # object reset): the alarm is still stored, so try again shortly.
+                    self.retried += 1
+                    self.schedule(oid, binding, now_ms() + RETRY_UNAVAILABLE_MS)
+                else:
+                    log.debug("alarm of %s failed: %r", oid.hex(), exc)
             except Exception as exc:  # the object's exception: its retry is already scheduled
                 log.debug("alarm of %s failed: %r", oid.hex(), exc)

@@ -187,3 +187,27 @@ async def test_set_alarm_bad_values_raise_and_write_nothing(tb, objs, alarmed, b
 async def test_milliseconds_message_is_clear(tb, objs, alarmed):
     with pytest.raises(InvalidArgumentError, match="milliseconds"):
         await alarmed.set_alarm(time.time() * 1000)
+
+
+async def test_alarm_that_cannot_run_yet_is_retried_not_dropped(tb, objs, alarmed, wait_for,
+                                                                 monkeypatch):
+    """A due alarm whose object is unavailable at that moment (node still joining the cluster,
+    fenced, object reset) stays stored and is tried again until it runs."""
+    from duro.errors import UnavailableError
+    from duro.node.runtime import alarms
+
+    monkeypatch.setattr(alarms, "RETRY_UNAVAILABLE_MS", 50)
+    host = tb.host
+    real = host.invoke
+    refused = []
+
+    async def unavailable_twice(call):  # noqa: ANN001, ANN202
+        if call.kind == 2 and len(refused) < 2:  # CallKind.ALARM
+            refused.append(call)
+            raise UnavailableError("node is not serving yet")
+        return await real(call)
+
+    monkeypatch.setattr(host, "invoke", unavailable_twice)
+    await alarmed.set_alarm(time.time() - 1)
+    await wait_for(lambda: len(objs.ALARMS) == 1, timeout=5)
+    assert len(refused) == 2 and host.alarms.retried == 2
