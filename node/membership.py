@@ -316,8 +316,15 @@ class Membership:
 
     def _deadline_passed(self) -> None:
         self._fence_timer = None
-        if self.status is MembershipStatus.LIVE and self._clock() >= self._valid_until:
+        if self.status is not MembershipStatus.LIVE:
+            return
+        left = self._valid_until - self._clock()
+        if left <= 0:
             self._fence("no lease renewal acknowledged in time")
+        else:
+            # Event-loop timers may fire early (uvloop rounds to milliseconds): re-arm for the rest
+            # instead of leaving the node LIVE past its deadline with no timer at all.
+            self._fence_timer = asyncio.get_running_loop().call_later(left, self._deadline_passed)
 
     def _fence(self, reason: str) -> None:
         if self.status is not MembershipStatus.LIVE:
