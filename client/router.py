@@ -29,7 +29,7 @@ from duro._wire import RedirectError
 from duro.client.connection import ConnectionPool
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
-from duro.errors import DuroError, UnavailableError
+from duro.errors import DuroError, InvalidArgumentError, UnavailableError
 from duro.placement.directory import DirectoryCache, Entry
 from duro.placement.election import leader_key
 from duro.placement.nodes import NodeView
@@ -39,6 +39,7 @@ __all__ = ["Router", "app_key", "RouterStats"]
 log = logging.getLogger("duro.client")
 
 MAX_HOPS = 4
+PLACE_BATCH = 512  # first calls per PlaceMany RPC
 
 
 def app_key(cluster: str) -> str:
@@ -87,6 +88,9 @@ class Router:
         self._placement_channels: dict[str, grpc.aio.Channel] = {}
         self._placement_lock = asyncio.Lock()
         self._started = False
+        self._placing: dict[bytes, asyncio.Future] = {}  # object id -> its pending placement
+        self._place_queue: list[tuple[Any, asyncio.Future]] = []
+        self._place_tasks: set[asyncio.Task] = set()
 
     async def start(self, timeout: float = 30.0) -> None:
         if self._started:
@@ -97,6 +101,8 @@ class Router:
         self._started = True
 
     async def close(self) -> None:
+        for task in list(self._place_tasks):
+            task.cancel()
         await self.cache.stop()
         await self.nodes.stop()
         await self.pool.close()
@@ -173,18 +179,52 @@ class Router:
         return info.address
 
     async def place(self, call: Call) -> Entry:
-        """Ask the placement leader for the object's entry (placing it if new)."""
-        req = placement_pb2.PlaceRequest(
-            binding=call.binding,
-            object_id=call.object_id,
-            caller_region=call.caller_region,
-            location_hint=call.location_hint or "",
-        )
+        """The object's entry from the placement leader (placing it if new).
+
+        First calls made in the same loop turn travel in one ``PlaceMany`` RPC, and concurrent
+        first calls of one object share one request.
+        """
+        oid = call.object_id
+        fut = self._placing.get(oid)
+        if fut is None:
+            fut = self._placing[oid] = asyncio.get_running_loop().create_future()
+            self._place_queue.append((placement_pb2.PlaceRequest(
+                binding=call.binding, object_id=oid, caller_region=call.caller_region,
+                location_hint=call.location_hint or "",
+            ), fut))
+            if len(self._place_queue) == 1:
+                asyncio.get_running_loop().call_soon(self._flush_places)
+        return await asyncio.shield(fut)
+
+    def _flush_places(self) -> None:
+        queue, self._place_queue = self._place_queue, []
+        for i in range(0, len(queue), PLACE_BATCH):
+            task = asyncio.get_running_loop().create_task(self._place_batch(queue[i:i + PLACE_BATCH]))
+            self._place_tasks.add(task)
+            task.add_done_callback(self._place_tasks.discard)
+
+    async def _place_batch(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await self._place_many([req for req, _ in batch])
+        except BaseException as exc:
+            results = [exc] * len(batch)
+        for (req, fut), res in zip(batch, results):
+            self._placing.pop(req.object_id, None)
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+                fut.exception()  # retrieved even if every waiter was cancelled
+            else:
+                fut.set_result(res)
+
+    async def _place_many(self, reqs: list[Any]) -> list[Entry | BaseException]:
         last: Exception | None = None
         for _attempt in range(5):
             stub = await self._placement_stub()
             try:
-                resp = await stub.Place(req, timeout=10.0)
+                resp = await stub.PlaceMany(placement_pb2.PlaceManyRequest(requests=reqs),
+                                            timeout=10.0)
             except grpc.aio.AioRpcError as exc:
                 last = exc
                 self._placement = None
@@ -194,21 +234,21 @@ class Router:
                     if addr:
                         await self._set_placement(str(addr))
                         continue
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    from duro.errors import InvalidArgumentError
-
-                    raise InvalidArgumentError(exc.details() or "bad placement request") from None
                 await asyncio.sleep(0.2)
                 continue
-            self.stats.placements += 1
-            return Entry(
-                object_id=call.object_id.hex(),
-                binding=call.binding,
-                node=resp.node_id,
-                epoch=resp.epoch,
-                region=resp.region,
-                replicas=tuple(resp.replicas),
-            )
+            out: list[Entry | BaseException] = []
+            for req, r in zip(reqs, resp.results):
+                if r.error_code == "invalid":
+                    out.append(InvalidArgumentError(r.error))
+                elif r.error_code:
+                    out.append(UnavailableError(f"placement: {r.error}"))
+                else:
+                    self.stats.placements += 1
+                    p = r.placed
+                    out.append(Entry(object_id=req.object_id.hex(), binding=req.binding,
+                                     node=p.node_id, epoch=p.epoch, region=p.region,
+                                     replicas=tuple(p.replicas)))
+            return out
         raise UnavailableError(f"placement service unavailable: {last}")
 
     async def _placement_stub(self) -> Any:

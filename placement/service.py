@@ -312,34 +312,56 @@ class _Servicer(placement_pb2_grpc.PlacementServicer):
     async def Place(  # noqa: N802 - gRPC method name
         self, request: placement_pb2.PlaceRequest, context: grpc.aio.ServicerContext
     ) -> placement_pb2.PlaceResponse:
+        result = await self._place_one(request)
+        if result.error_code == "not_leader":
+            await self._abort_not_leader(context, result.error)
+        if result.error_code:
+            status = (grpc.StatusCode.INVALID_ARGUMENT if result.error_code == "invalid"
+                      else grpc.StatusCode.UNAVAILABLE)
+            await context.abort(status, result.error)
+        return result.placed
+
+    async def PlaceMany(  # noqa: N802
+        self, request: placement_pb2.PlaceManyRequest, context: grpc.aio.ServicerContext
+    ) -> placement_pb2.PlaceManyResponse:
+        results = await asyncio.gather(*(self._place_one(r) for r in request.requests))
+        for r in results:
+            if r.error_code == "not_leader":
+                await self._abort_not_leader(context, r.error)
+        return placement_pb2.PlaceManyResponse(results=results)
+
+    async def _abort_not_leader(self, context: grpc.aio.ServicerContext, message: str) -> None:
+        leader = self._svc.election.leader if self._svc.election else None
+        if leader is None or leader.leader_id == self._svc.replica_id:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no placement leader right now")
+        md = ((LEADER_ID_MD, leader.leader_id), (LEADER_ADDRESS_MD, leader.address))
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message, trailing_metadata=md)
+
+    async def _place_one(self, request: placement_pb2.PlaceRequest) -> placement_pb2.PlaceResult:
+        """One placement, with its failure as an error code (shared by Place and PlaceMany)."""
         metrics = self._svc.metrics
-        if len(request.object_id) != 32:
+        if len(request.object_id) != 32 or not request.binding:
             metrics.errors.labels("invalid").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "object_id must be 32 bytes")
-        if not request.binding:
-            metrics.errors.labels("invalid").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "binding is required")
+            why = "object_id must be 32 bytes" if request.binding else "binding is required"
+            return placement_pb2.PlaceResult(error_code="invalid", error=why)
         try:
             placed = await self._svc.place(
                 request.binding, request.object_id.hex(), request.caller_region, request.location_hint
             )
         except NotLeader as exc:
             metrics.errors.labels("not_leader").inc()
-            if exc.leader is None:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no placement leader right now")
-            md = ((LEADER_ID_MD, exc.leader.leader_id), (LEADER_ADDRESS_MD, exc.leader.address))
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc), trailing_metadata=md)
+            return placement_pb2.PlaceResult(error_code="not_leader", error=str(exc))
         except NoLiveNodeError as exc:
             metrics.errors.labels("no_live_node").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return placement_pb2.PlaceResult(error_code="no_live_node", error=str(exc))
         except _ETCD_ERRORS as exc:
             metrics.errors.labels("etcd").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd unavailable: {exc}")
+            return placement_pb2.PlaceResult(error_code="etcd", error=f"etcd unavailable: {exc}")
         e = placed.entry
-        return placement_pb2.PlaceResponse(
+        return placement_pb2.PlaceResult(placed=placement_pb2.PlaceResponse(
             node_id=e.node, address=placed.address, epoch=e.epoch, region=e.region,
             created=placed.created, replicas=list(e.replicas),
-        )  # fmt: skip
+        ))
 
     async def Status(  # noqa: N802
         self, request: placement_pb2.PlacementStatusRequest, context: grpc.aio.ServicerContext

@@ -70,3 +70,25 @@ class PlacementStatusResponse(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     object_count: int
     def __init__(self, replica_id: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., object_count: _Optional[int] = ...) -> None: ...
+
+class PlaceManyRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[PlaceRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PlaceRequest, _Mapping]]] = ...) -> None: ...
+
+class PlaceResult(_message.Message):
+    __slots__ = ("placed", "error_code", "error")
+    PLACED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    placed: PlaceResponse
+    error_code: str
+    error: str
+    def __init__(self, placed: _Optional[_Union[PlaceResponse, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PlaceManyResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PlaceResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PlaceResult, _Mapping]]] = ...) -> None: ...

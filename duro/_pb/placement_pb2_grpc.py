@@ -40,6 +40,11 @@ class PlacementStub:
                 request_serializer=duro_dot_v1_dot_placement__pb2.PlaceRequest.SerializeToString,
                 response_deserializer=duro_dot_v1_dot_placement__pb2.PlaceResponse.FromString,
                 _registered_method=True)
+        self.PlaceMany = channel.unary_unary(
+                '/duro.v1.Placement/PlaceMany',
+                request_serializer=duro_dot_v1_dot_placement__pb2.PlaceManyRequest.SerializeToString,
+                response_deserializer=duro_dot_v1_dot_placement__pb2.PlaceManyResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/duro.v1.Placement/Status',
                 request_serializer=duro_dot_v1_dot_placement__pb2.PlacementStatusRequest.SerializeToString,
@@ -53,6 +58,14 @@ class PlacementServicer:
     def Place(self, request, context):
         """Where does this object live? Returns the existing directory entry, or places the object on
         a live node (caller's region or location hint, by load) and creates its entry with epoch 1.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceMany(self, request, context):
+        """Several at once (routers coalesce the first calls of one loop turn): one result per request,
+        in order. Not-leader answers the whole call as Place does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +85,11 @@ def add_PlacementServicer_to_server(servicer, server):
                     servicer.Place,
                     request_deserializer=duro_dot_v1_dot_placement__pb2.PlaceRequest.FromString,
                     response_serializer=duro_dot_v1_dot_placement__pb2.PlaceResponse.SerializeToString,
+            ),
+            'PlaceMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceMany,
+                    request_deserializer=duro_dot_v1_dot_placement__pb2.PlaceManyRequest.FromString,
+                    response_serializer=duro_dot_v1_dot_placement__pb2.PlaceManyResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -106,6 +124,33 @@ class Placement:
             '/duro.v1.Placement/Place',
             duro_dot_v1_dot_placement__pb2.PlaceRequest.SerializeToString,
             duro_dot_v1_dot_placement__pb2.PlaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/duro.v1.Placement/PlaceMany',
+            duro_dot_v1_dot_placement__pb2.PlaceManyRequest.SerializeToString,
+            duro_dot_v1_dot_placement__pb2.PlaceManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
