@@ -30,9 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 ETCD_PORT, PLACEMENT_PORT, NODE_PORT = 2379, 7000, 7100
 
 
+# Set by a test when the kernel has no netem: the children then inject the delays in their routers.
+ROUTER_DELAYS_ENV = "DURO_NETNS_ROUTER_DELAYS"
+
+
 def _env() -> dict[str, str]:
-    """The children's environment: never the in-process latency simulation (the net delays)."""
+    """The children's environment: the net delays, not the in-process latency simulation — unless
+    netem is missing and the test asked for router-injected delays (ROUTER_DELAYS_ENV)."""
     env = {k: v for k, v in os.environ.items() if k not in (LATENCY_ENV, "DURO_MIGRATION_FAULT")}
+    if os.environ.get(ROUTER_DELAYS_ENV) == "1":
+        env[LATENCY_ENV] = "1"
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.etcd_fixture import pid_alive
-from tests.netns.cluster import NetnsCluster
+from tests.netns.cluster import ROUTER_DELAYS_ENV, NetnsCluster
 from tests.netns.topology import Topology, Unavailable, namespace_pids
 
 APP = Path(__file__).resolve().parents[1] / "cluster" / "apps" / "migapp"
@@ -43,6 +43,18 @@ def netns_topology() -> Iterator[Topology]:
         topo.destroy()
         left = topo.leftovers()
         assert not left, f"namespaces left behind: {left}"
+
+
+def delays_or_router_fallback(topo: Topology, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Real netem delays when the kernel has them; otherwise the same matrix injected by the
+    routers (``DURO_SIMULATE_LATENCY``) while the traffic still crosses the namespaces' real network
+    stack. Returns which one is in force, for the test's output."""
+    if topo.delay_error is None:
+        return "netem"
+    if os.environ.get("DURO_NETNS_REQUIRE_NETEM") == "1":
+        pytest.fail(f"no netem: {topo.delay_error} (DURO_NETNS_REQUIRE_NETEM=1)")
+    monkeypatch.setenv(ROUTER_DELAYS_ENV, "1")
+    return f"router-injected (no netem here: {topo.delay_error})"
 
 
 def need_delays(topo: Topology) -> None:

@@ -21,7 +21,7 @@ import statistics
 import pytest
 
 from tests.netns.cluster import run_client
-from tests.netns.conftest import need_delays
+from tests.netns.conftest import delays_or_router_fallback, need_delays
 from tests.netns.topology import Topology
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -47,10 +47,11 @@ async def test_inter_region_delays_are_real(netns_topology: Topology) -> None:
 
 @pytest.mark.timeout(150)
 async def test_object_follows_its_callers_across_namespaces(
-    netns_topology: Topology, make_netns_cluster
+    netns_topology: Topology, make_netns_cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topo = netns_topology
-    need_delays(topo)
+    delays = delays_or_router_fallback(topo, monkeypatch)
+    print(f"inter-region delays: {delays}")
     cluster = await make_netns_cluster(
         regions=("us-east", "eu-west"),
         placement_args=("--rebalance-interval", "0.5", "--min-dwell", "1", "--min-calls", "5"))
