@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from duro._app import App
 from duro._http import Request, Response
-from duro._namespace import Env, Namespace
+from duro._namespace import Call, CallKind, Env, Namespace
 from duro.edge.config import EdgeConfig
 from duro.edge.metrics import EdgeMetrics
 from duro.edge.sockets import SOCKET_HEADER, EdgeSocket, SocketManager
@@ -197,11 +197,11 @@ class EdgeHttp:
         name = unquote(parts[2])
         if not name:
             raise InvalidArgumentError(f"{req.path!r}: the object name is empty")
-        if name.startswith("@"):
-            stub = ns.get(ns.id_from_string(name[1:]))
-        else:
-            stub = ns.get_by_name(name)
-        return await stub.fetch(req)
+        oid = ns.id_from_string(name[1:]) if name.startswith("@") else ns.id_from_name(name)
+        # What stub.fetch(req) does, without its two tasks per call (this is the hot path).
+        call = Call(binding=ns.binding, object_id=oid.raw, kind=CallKind.FETCH,
+                    payload=req.to_wire(), caller_region=ns.caller_region)
+        return Response.from_wire(await ns.invoker.invoke(call))
 
     # -- the edge's own routes ----------------------------------------------------------------
     def _own(self, path: str) -> web.Response:
