@@ -80,10 +80,15 @@ class NodeOwnership:
             c.serving
             and c.membership is not None
             and c.membership.is_live()
-            and (entry is None or (entry.node == c.node_id and entry.epoch == epoch))
+            and (
+                entry is None
+                or entry.epoch < epoch
+                or (entry.epoch == epoch and entry.node == c.node_id)
+            )
         )
-        # entry None: created by placement, not yet seen by our watch; acquire() read it from
-        # etcd directly, and an entry is never deleted while its node is live.
+        # The watch may lag behind what acquire() read from etcd itself: an entry that is absent
+        # (just created) or older than the activation's epoch says nothing new, since epochs only
+        # grow; only a newer epoch, or this epoch naming another node, means we were superseded.
         if not ok:
             self.fenced_writes += 1
         return ok

@@ -171,7 +171,10 @@ class ObjectHost:
             await asyncio.shield(hold)  # a migration is moving it: wait for the outcome
         moved = self.moved.get(oid)
         if moved is not None:
-            raise _copy_error(moved)
+            if call.epoch <= getattr(moved, "epoch", 0):
+                raise _copy_error(moved)
+            # The caller knows a newer epoch than our redirect (the object came back): re-check.
+            del self.moved[oid]
         epoch = 0
         if self.ownership is not None:
             epoch = await self.ownership.acquire(call)
