@@ -1,0 +1,65 @@
+"""The node's ownership rules that do not need etcd: the commit-time fence against a lagging
+directory watch, and the 'moved' redirect a migration leaves behind."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from duro import _codec
+from duro._namespace import Call, CallKind
+from duro._wire import RedirectError
+from duro.node.cluster import NodeOwnership
+from duro.placement.directory import Entry
+from duro.testing import Testbed
+
+OID = bytes(range(32))
+
+
+def ownership_with(entry: Entry | None) -> NodeOwnership:
+    cache = SimpleNamespace(lookup=lambda _hex: entry)
+    membership = SimpleNamespace(is_live=lambda: True)
+    cluster = SimpleNamespace(serving=True, membership=membership, node_id="me",
+                              router=SimpleNamespace(cache=cache))
+    return NodeOwnership(cluster)  # type: ignore[arg-type]
+
+
+def entry(node: str, epoch: int) -> Entry:
+    return Entry(object_id=OID.hex(), binding="B", node=node, epoch=epoch, region="r")
+
+
+@pytest.mark.parametrize(
+    "cached, activated_epoch, may_write",
+    [
+        (None, 3, True),                  # watch has not seen the entry yet
+        (entry("other", 2), 3, True),     # watch lags: an older epoch says nothing new
+        (entry("me", 3), 3, True),
+        (entry("other", 3), 3, False),    # same epoch, another node: impossible but refused
+        (entry("me", 4), 3, False),       # superseded, even if the new epoch is ours again
+        (entry("other", 4), 3, False),    # moved away
+    ],
+)
+def test_commit_fence_against_a_lagging_watch(cached, activated_epoch, may_write) -> None:
+    own = ownership_with(cached)
+    assert own.still_owner(OID, activated_epoch) is may_write
+    assert own.fenced_writes == (0 if may_write else 1)
+
+
+async def test_moved_redirect_yields_to_a_call_with_a_newer_epoch(tmp_path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from duro import DurableObject\n"
+        "class Box(DurableObject):\n"
+        "    async def ping(self):\n"
+        "        return 'pong'\n"
+    )
+    async with Testbed(app=app, data_dir=tmp_path / "d") as tb:
+        oid = tb.env.BOX.get_by_name("x").id.raw
+        tb.host.moved[oid] = RedirectError(node_id="T", address="t:1", epoch=2)
+        call = Call("BOX", oid, CallKind.RPC, "ping", _codec.encode([[], {}]), epoch=2)
+        with pytest.raises(RedirectError):
+            await tb.host.invoke(call)
+        newer = Call("BOX", oid, CallKind.RPC, "ping", _codec.encode([[], {}]), epoch=3)
+        assert _codec.decode(await tb.host.invoke(newer)) == "pong"
+        assert oid not in tb.host.moved
