@@ -316,7 +316,8 @@ async def run(opts: argparse.Namespace) -> None:
     cols = [("ops/s", "ops_s", 0), ("deliveries/s", "deliveries_s", 0), ("p50 ms", "p50_ms", 2),
             ("p99 ms", "p99_ms", 2), ("sockets held", "sockets_held", 0),
             ("edge B/socket", "bytes_per_socket", 0), ("edge RSS MiB", "edge_rss_mib", 1),
-            ("edge CPU", "edge_cpu", 2), ("node CPU", "node_cpu", 2), ("workerd CPU", "workerd_cpu", 2),
+            ("edge CPU", "edge_cpu", 2), ("node CPU", "node_cpu", 2),
+            ("workerd CPU", "workerd_cpu", 2),
             ("client CPU", "client_cpu", 2)]
     table = Table("Edge", command_line(), cols)
     for label, runs in results.items():

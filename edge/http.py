@@ -209,7 +209,7 @@ class EdgeHttp:
             return web.json_response({
                 "edge_id": self.edge_id, "region": self.config.region, "status": "serving",
                 "sockets": len(self.sockets.sockets),
-                "nodes": {a: l.connected for a, l in self.sockets.links.items()},
+                "nodes": {a: link.connected for a, link in self.sockets.links.items()},
             })
         if path == "/_duro/metrics":
             return web.Response(body=generate_latest(self.metrics.registry),

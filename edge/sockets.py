@@ -6,7 +6,7 @@ The edge terminates every client WebSocket and keeps the authoritative list of i
 message (:class:`NodeLink`)::
 
     client ─▶ serve(): read ─▶ window (per socket) ─▶ NodeLink outbox ─▶ node (web_socket_message)
-    client ◀─ per-socket writer ◀─ bounded queue ◀── NodeLink reader ◀── node (ws.send, output-gated)
+    client ◀─ per-socket writer ◀─ bounded queue ◀── NodeLink reader ◀── node (ws.send, gated)
 
 Flow control, per socket so that one slow party cannot stall the others:
 
@@ -34,7 +34,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
 from grpc import aio
 
@@ -187,15 +186,12 @@ class NodeLink:
             self.mgr.metrics.upstream_batches.inc()
 
     async def _read(self, call: Any) -> None:
-        first = True
         try:
             while True:
                 batch = await call.read()
                 if batch is aio.EOF:
                     return
-                if first:
-                    first = False
-                self.mgr.on_batch(self, batch)
+                self.mgr.on_batch(self, batch)  # the node's first (empty) batch marks it up
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -271,7 +267,7 @@ class SocketManager:
         self._sync_links()
         self._sync_task = asyncio.ensure_future(self._sync_loop())
         # Give the first links a moment, so an ACCEPT rarely waits for a connection.
-        await asyncio.gather(*(l.wait_connected(2.0) for l in self.links.values()))
+        await asyncio.gather(*(link.wait_connected(2.0) for link in self.links.values()))
 
     async def _sync_loop(self) -> None:
         while True:
@@ -309,7 +305,8 @@ class SocketManager:
         )
         # Let the CLOSE frames reach the nodes, then stop the links.
         await asyncio.sleep(0.1)
-        await asyncio.gather(*(l.close() for l in self.links.values()), return_exceptions=True)
+        await asyncio.gather(*(link.close() for link in self.links.values()),
+                             return_exceptions=True)
 
     # -- helpers ------------------------------------------------------------------------------
     def new_socket(self) -> EdgeSocket:
@@ -544,7 +541,9 @@ class SocketManager:
                 tags=s.tags)
             if s.attachment is not None:
                 pb.attachment, pb.has_attachment = s.attachment, True
-            self.link(s.node).push(pb)
+            link = self.links.get(s.node)
+            if link is not None:  # (no link: the node left the cluster, its registry with it)
+                link.push(pb)
 
     async def serve(self, request: web.BaseRequest, s: EdgeSocket) -> web.WebSocketResponse:
         """Complete the upgrade of ``s`` (its object answered 101) and pump its frames."""

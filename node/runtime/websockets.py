@@ -174,7 +174,8 @@ class WebSocket:
         elif isinstance(message, (bytes, bytearray, memoryview)):
             data, text = bytes(message), False
         else:
-            raise InvalidArgumentError(f"ws.send() takes str or bytes, not {type(message).__name__}")
+            raise InvalidArgumentError(
+                f"ws.send() takes str or bytes, not {type(message).__name__}")
         if len(data) > MAX_MESSAGE_BYTES:
             raise InvalidArgumentError(
                 f"WebSocket message is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}"
@@ -185,7 +186,13 @@ class WebSocket:
         self._hub._emit(rec, Frame(Op.MESSAGE, rec.sid, data=data, text=text))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the socket (code 1000 or 3000-4999, reason at most 123 bytes)."""
+        """Close the socket (code 1000 or 3000-4999, reason at most 123 bytes).
+
+        Closing a socket that is already closed (e.g. echoing the client's code back in
+        ``web_socket_close``, as the article does) does nothing.
+        """
+        if not self._rec.open:
+            return
         if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999 or
                                              code in (1001, 1008, 1011, 1012, 1013)):
             raise InvalidArgumentError(f"invalid close code {code!r} (use 1000 or 3000-4999)")
@@ -227,7 +234,8 @@ def _check_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
         if not isinstance(t, str) or not t:
             raise InvalidArgumentError("tags must be non-empty str")
         if len(t) > MAX_TAG_CHARS:
-            raise InvalidArgumentError(f"a tag has at most {MAX_TAG_CHARS} characters, got {len(t)}")
+            raise InvalidArgumentError(
+                f"a tag has at most {MAX_TAG_CHARS} characters, got {len(t)}")
     if len(set(out)) != len(out):
         raise InvalidArgumentError("tags must be distinct")
     return out
@@ -268,7 +276,8 @@ class WebSocketContext(ObjectContext):
         else:
             for what, v in (("request", request), ("response", response)):
                 if not isinstance(v, str) or not v or len(v) > 2048:
-                    raise InvalidArgumentError(f"auto-response {what} must be a str of 1..2048 chars")
+                    raise InvalidArgumentError(
+                        f"auto-response {what} must be a str of 1..2048 chars")
             pair = (request, response)
         self._hub().set_auto_response(self._act, pair)  # type: ignore[arg-type]
 
@@ -330,12 +339,14 @@ class SocketHub:
 
     def accept(self, act: Activation, ws: WebSocket, tags: tuple[str, ...]) -> None:
         if not isinstance(ws, WebSocket) or ws._hub is not self:
-            raise InvalidArgumentError("accept_web_socket() takes the ws of request.web_socket_pair()")
+            raise InvalidArgumentError(
+                "accept_web_socket() takes the ws of request.web_socket_pair()")
         rec = ws._rec
         if rec.accepted:
             raise InvalidArgumentError("this WebSocket was already accepted")
         if rec.oid != act.oid:
-            raise InvalidArgumentError("a WebSocket can only be accepted by the object it was made for")
+            raise InvalidArgumentError(
+                "a WebSocket can only be accepted by the object it was made for")
         obj = self.objects.get(act.oid)
         if obj is None:
             obj = self.objects[act.oid] = _ObjectSockets(act.binding)

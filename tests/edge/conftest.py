@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 
 from duro.dev import LocalCluster

@@ -39,7 +39,8 @@ CLIENT = textwrap.dedent('''
             return {"result": json.loads(r.result_json)}
         out["inc1"] = invoke(binding="COUNTER", name="gw", method="increment")
         out["inc5"] = invoke(binding="COUNTER", name="gw", method="increment", args_json="[4]")
-        out["kw"] = invoke(binding="COUNTER", name="gw", method="increment", kwargs_json='{"by": 2}')
+        out["kw"] = invoke(binding="COUNTER", name="gw", method="increment",
+                           kwargs_json='{"by": 2}')
         out["echo"] = invoke(binding="COUNTER", name="gw", method="echo",
                              args_json='[{"a": [1, 2.5, null, true, "x"]}]')
         out["raised"] = invoke(binding="COUNTER", name="gw", method="fail")
