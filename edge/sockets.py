@@ -258,12 +258,23 @@ class SocketManager:
         self.sockets: dict[int, EdgeSocket] = {}
         self.links: dict[str, NodeLink] = {}
         self.auto: dict[bytes, tuple[str, str]] = {}  # object id -> auto-response pair
+        self.by_object: dict[bytes, set[int]] = {}  # object id -> its socket ids (re-binding)
         self._next_sid = 0
         self._sync_task: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        # Follow the directory: when an object moves (migration), re-bind its sockets to the new
+        # owner at once, so a broadcast there reaches sockets that have not spoken since.
+        previous = self.router.cache._on_change
+
+        def on_change(old: Any, new: Any) -> None:
+            if previous is not None:
+                previous(old, new)
+            self._on_directory_change(new)
+
+        self.router.cache._on_change = on_change
         self._sync_links()
         self._sync_task = asyncio.ensure_future(self._sync_loop())
         # Give the first links a moment, so an ACCEPT rarely waits for a connection.
@@ -358,6 +369,25 @@ class SocketManager:
         info = self.router.nodes.nodes.get(entry.node)
         return info.address if info is not None else ""
 
+    def _on_directory_change(self, new: Any) -> None:
+        if new is None or not self.by_object:
+            return
+        sids = self.by_object.get(bytes.fromhex(new.object_id))
+        if not sids:
+            return
+        info = self.router.nodes.nodes.get(new.node)
+        if info is None:
+            return
+        moved = 0
+        for sid in sids:
+            s = self.sockets.get(sid)
+            if s is not None and not s.closed and s.node != info.address:
+                self._rebind(s, info.address)
+                moved += 1
+        if moved:
+            log.info("object %s moved to %s: %d sockets re-bound", new.object_id[:16],
+                     new.node, moved)
+
     def _rebind(self, s: EdgeSocket, address: str) -> None:
         s.node = address
         self.link(address).push(self.register_frame(s))
@@ -393,6 +423,7 @@ class SocketManager:
                         object_id=f.object_id, code=1006, reason="client is gone"))
                     continue
                 s.binding, s.oid, s.node = f.binding, f.object_id, link.address
+                self.by_object.setdefault(s.oid, set()).add(s.sid)
                 s.tags = tuple(f.tags)
                 s.attachment = f.attachment if f.has_attachment else None
                 if f.auto_request:
@@ -532,6 +563,11 @@ class SocketManager:
             return
         s.closed = True
         self.sockets.pop(s.sid, None)
+        sids = self.by_object.get(s.oid)
+        if sids is not None:
+            sids.discard(s.sid)
+            if not sids:
+                del self.by_object[s.oid]
         _release(s)
         if s.oid and not s.object_closed:
             code = s.close_code or 1006

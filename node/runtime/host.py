@@ -241,6 +241,9 @@ class ObjectHost:
         act = self._acts.get(object_id)
         if act is not None and error is None:
             act.unfreeze()
+        if error is not None and self.sockets is not None:
+            # Moved away: the edges re-bind its sockets to the new owner (docs/edge.md).
+            self.sockets.forget_object(object_id)
 
     def decay_regions(self, factor: float) -> None:
         """Age every object's access counts (called by the stats reporter every period)."""

@@ -457,6 +457,14 @@ class SocketHub:
             self._arm_gone(edge)
         q.append(frame)
 
+    def forget_object(self, oid: bytes) -> None:
+        """The object moved to another node: drop its registry here, without close events (its
+        edges re-register the sockets with the new owner; see duro.edge.sockets)."""
+        obj = self.objects.pop(oid, None)
+        if obj is not None and obj.sockets:
+            log.info("object %s moved away: forgot its %d sockets", oid.hex()[:16],
+                     len(obj.sockets))
+
     # -- transport side -----------------------------------------------------------------------
     def attach(self, edge: str, link: EdgeLink) -> None:
         """An edge's stream is up (first time or again)."""
