@@ -14,7 +14,9 @@ from duro._namespace import Env, Namespace, Stub
 from duro._object import DurableObject
 from duro.errors import (
     BrokenStubError,
+    CallTimeoutError,
     DuroError,
+    FencedError,
     InvalidArgumentError,
     InvalidIdError,
     InvalidValueError,
@@ -47,5 +49,7 @@ __all__ = [
     "OverloadedError",
     "UnavailableError",
     "BrokenStubError",
+    "FencedError",
+    "CallTimeoutError",
     "__version__",
 ]

@@ -21,7 +21,7 @@ about it, as in Cloudflare Durable Objects:
      ├── UnavailableError            the object cannot be reached now (node down, lease lost,
      │    │                          shutting down, too many redirects)            (retryable)
      │    └── FencedError            the node no longer owns the object: a write was refused
-     ├── TimeoutError_               the call took longer than its deadline
+     ├── CallTimeoutError            the call took longer than its deadline
      └── BrokenStubError             the stub failed before; make a new one         (retryable)
 
 Errors cross process boundaries as ``(code, message, retryable, overloaded, remote_type)``;

@@ -15,7 +15,7 @@ DURO_ALL = [
     "DurableObject", "Request", "Response", "Headers", "ObjectId", "Namespace", "Stub", "Env",
     "errors", "DuroError", "InvalidArgumentError", "InvalidIdError", "InvalidValueError",
     "MethodNotFoundError", "ObjectError", "ObjectResetError", "OverloadedError", "UnavailableError",
-    "BrokenStubError", "__version__",
+    "BrokenStubError", "FencedError", "CallTimeoutError", "__version__",
 ]
 
 ERRORS_ALL = [
