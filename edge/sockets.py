@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -422,7 +423,14 @@ class SocketManager:
                         socket_id=f.socket_id, op=_CLOSE, binding=f.binding,
                         object_id=f.object_id, code=1006, reason="client is gone"))
                     continue
-                s.binding, s.oid, s.node = f.binding, f.object_id, link.address
+                sids = self.by_object.get(f.object_id)
+                if sids:  # share one id and binding object among an object's sockets
+                    other = self.sockets.get(next(iter(sids)))
+                    if other is not None:
+                        s.binding, s.oid = other.binding, other.oid
+                if not s.oid:
+                    s.binding, s.oid = sys.intern(f.binding), f.object_id
+                s.node = link.address
                 self.by_object.setdefault(s.oid, set()).add(s.sid)
                 s.tags = tuple(f.tags)
                 s.attachment = f.attachment if f.has_attachment else None
