@@ -172,3 +172,22 @@ async def test_limits(env):
         ctx.set_web_socket_auto_response("ping", "")
     with pytest.raises(InvalidArgumentError, match="upgrade"):
         Request("/x").web_socket_pair()
+
+
+async def test_socket_and_message_limits(env, monkeypatch):
+    from duro.node.runtime import websockets
+
+    tb, hub, link = env
+    monkeypatch.setattr(websockets, "MAX_SOCKETS_PER_OBJECT", 3)
+    monkeypatch.setattr(websockets, "MAX_MESSAGE_BYTES", 1000)
+    for sid in (1, 2, 3):
+        oid = await upgrade(tb, "full", sid, sid)
+    stub = tb.env.ROOM.get_by_name("full")
+    req = Request("/room/full/ws?i=4", headers={"Upgrade": "websocket", "Duro-Socket": "e1 4"})
+    with pytest.raises(InvalidArgumentError, match="the limit is 3"):
+        await tb.host.invoke(Call(binding="ROOM", object_id=stub.id.raw, kind=CallKind.FETCH,
+                                  payload=req.to_wire()))
+    [ws, *_] = tb.host.activation(oid).ctx.get_web_sockets()
+    with pytest.raises(InvalidArgumentError, match="limit is 1000"):
+        ws.send("x" * 1001)
+    ws.send("x" * 1000)
