@@ -39,6 +39,7 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
     port = free_port()
     dev = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "duro.cli", "dev", "--data-dir", str(data), "--base-port", str(port),
+        "--http-port", "0",  # free edge ports: never collide with a developer's duro dev on 8787
         cwd=ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
