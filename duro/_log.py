@@ -45,6 +45,7 @@ __all__ = [
     "ContextAdapter",
     "StructuredFormatter",
     "configure_logging",
+    "set_process_context",
 ]
 
 NODE = "duro.node"
@@ -193,3 +194,26 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+class _ProcessContext(logging.Filter):
+    """Adds fields that hold for the whole process (a node's id) to records that lack them."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
+
+def set_process_context(**fields: Any) -> None:
+    """Stamp ``fields`` (e.g. ``node_id``) on every record the installed handler prints."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _DuroHandler):
+            for f in [f for f in handler.filters if isinstance(f, _ProcessContext)]:
+                handler.removeFilter(f)
+            handler.addFilter(_ProcessContext(fields))

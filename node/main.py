@@ -19,6 +19,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from duro._app import App, load_app
+from duro._log import set_process_context
 from duro._metrics import start_metrics_server, stop_metrics_server
 from duro.node.config import NodeConfig
 from duro.node.metrics import NodeCollector
@@ -160,6 +161,7 @@ async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     node = NodeProcess(config)
+    set_process_context(node_id=node.node_id, region=config.region)
     await node.start()
     if ready_line:
         # One machine-readable line for supervisors and tests.

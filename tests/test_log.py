@@ -147,3 +147,25 @@ def test_metrics_server_free_port_and_stop() -> None:
     stop_metrics_server(port)  # idempotent
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_process_context_stamps_every_record_and_object_context_wins() -> None:
+    import io
+    import logging
+
+    from duro._log import configure_logging, set_process_context
+
+    buf = io.StringIO()
+    handler = configure_logging("INFO", stream=buf)
+    try:
+        set_process_context(node_id="n1", region="eu-west")
+        logging.getLogger("duro.node.runtime").info(
+            "object reset: %s", "boom", extra={"object_id": "ab" * 4, "binding": "COUNTER"})
+        logging.getLogger("duro.node").info("plain", extra={"node_id": "override"})
+        lines = buf.getvalue().splitlines()
+        assert "object reset: boom" in lines[0]
+        assert "node_id=n1" in lines[0] and "object_id=abababab" in lines[0]
+        assert "binding=COUNTER" in lines[0] and "region=eu-west" in lines[0]
+        assert "node_id=override" in lines[1]
+    finally:
+        logging.getLogger().removeHandler(handler)

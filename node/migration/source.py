@@ -76,6 +76,9 @@ class _Move:
         self.result = MoveResult("aborted")
         self.held_at = 0.0
 
+    def _ctx(self) -> dict[str, str]:
+        return {"object_id": self.hex, "binding": self.binding}
+
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> MoveResult:
         await self._prepare()
@@ -199,7 +202,7 @@ class _Move:
         except NotLeaderError:
             return P.SwitchRefused(*await self._read_entry())
         except Exception as exc:  # timeout, etcd unreachable: the outcome is unknown
-            log.warning("migration of %s: directory switch outcome unknown: %r", self.hex, exc)
+            log.warning("migration: directory switch outcome unknown: %r", exc, extra=self._ctx())
             return P.SwitchUnknown()
         self.result.new_epoch = new.epoch
         return P.SwitchApplied()
@@ -218,7 +221,7 @@ class _Move:
                 timeout=5.0, max_attempts=1,
             )
         except Exception as exc:
-            log.warning("migration of %s: fence outcome unknown: %r", self.hex, exc)
+            log.warning("migration: fence outcome unknown: %r", exc, extra=self._ctx())
             return P.FenceUnknown()
         if resp.succeeded:
             return P.FenceApplied()
@@ -252,8 +255,8 @@ class _Move:
         self.held_at, held = 0.0, time.perf_counter() - self.held_at
         self.result.held_ms = held * 1000
         delete_local_copy(host.engine, self.oid)
-        log.info("moved %s to %s (epoch %s, %s keys, held %.1f ms)", self.hex, action.target,
-                 action.new_epoch, self.result.keys, self.result.held_ms)
+        log.info("moved to %s (epoch %s, %s keys, held %.1f ms)", action.target,
+                 action.new_epoch, self.result.keys, self.result.held_ms, extra=self._ctx())
 
     async def _abort(self, action: P.Abort) -> None:
         self.result = replace(self.result, outcome="aborted", detail=action.reason)
@@ -269,7 +272,7 @@ class _Move:
         if self.held_at:
             self.result.held_ms = (time.perf_counter() - self.held_at) * 1000
             self.held_at = 0.0
-        log.warning("migration of %s to %s aborted: %s", self.hex, self.target, action.reason)
+        log.warning("migration to %s aborted: %s", self.target, action.reason, extra=self._ctx())
         asyncio.get_running_loop().create_task(self._drop_at_target())
 
     async def _drop_at_target(self) -> None:

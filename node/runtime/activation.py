@@ -292,7 +292,7 @@ class Activation:
         except DuroError as exc:
             err = exc
         except Exception as exc:  # the object's own exception
-            log.debug("object %s raised %r", self.oid.hex(), exc)
+            log.debug("object raised %r", exc, extra=self._log_ctx())
             err = ObjectError(str(exc), remote_type=type(exc).__name__)
         finally:
             current_activation.reset(token)
@@ -400,14 +400,12 @@ class Activation:
                 if retry < ALARM_MAX_RETRIES:
                     delay = ALARM_BACKOFF_S * (2**retry)
                     st._write_alarm_internal(now_ms() + int(delay * 1000), retry + 1)
-                    log.warning(
-                        "alarm of %s raised %r; retry %s in %.0f s",
-                        self.oid.hex(), exc, retry + 1, delay,
-                    )
+                    log.warning("alarm raised %r; retry %s in %.0f s", exc, retry + 1, delay,
+                                extra=self._log_ctx())
                 else:
                     st._write_alarm_internal(None)
-                    log.error("alarm of %s raised %r; gave up after %s retries",
-                              self.oid.hex(), exc, retry)
+                    log.error("alarm raised %r; gave up after %s retries", exc, retry,
+                              extra=self._log_ctx())
             raise
         else:
             if st._error is None and st._alarm_version == version:
@@ -463,7 +461,7 @@ class Activation:
             if not fut.done():
                 fut.set_exception(err)
                 _retrieve(fut)
-        log.info("object %s reset: %s", self.oid.hex(), err)
+        log.info("object reset: %s", err, extra=self._log_ctx())
 
     def reset_by_user(self, reason: str) -> None:
         self.reset(ObjectResetError(f"object aborted: {reason}"))
@@ -472,6 +470,10 @@ class Activation:
         if self.error is not None:
             return self.error
         return ObjectResetError("object instance is gone (evicted or reset); call again")
+
+    def _log_ctx(self) -> dict[str, str]:
+        """Context fields for log records about this object (see duro._log)."""
+        return {"object_id": self.oid.hex(), "binding": self.binding}
 
     # -- storage owner hooks ----------------------------------------------------------------
     def _check_fence(self) -> None:
