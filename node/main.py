@@ -117,7 +117,7 @@ class NodeProcess:
         if self.cluster is not None:
             await self.cluster.start(self.address, self.host)
         if cfg.metrics_port >= 0:
-            self.registry.register(NodeCollector(self.host, self.node_id))
+            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster))
             host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
             self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
         self.status = Status.RUNNING

@@ -14,15 +14,17 @@ from prometheus_client.registry import Collector
 from duro._metrics import metric_name
 
 if TYPE_CHECKING:
+    from duro.node.cluster import NodeCluster
     from duro.node.runtime.host import ObjectHost
 
 __all__ = ["NodeCollector"]
 
 
 class NodeCollector(Collector):
-    def __init__(self, host: ObjectHost, node_id: str) -> None:
+    def __init__(self, host: ObjectHost, node_id: str, cluster: NodeCluster | None = None) -> None:
         self.host = host
         self.node_id = node_id
+        self.cluster = cluster
 
     def collect(self) -> Iterator[object]:
         h = self.host
@@ -52,3 +54,34 @@ class NodeCollector(Collector):
         yield counter("storage", "committed_writes", "keys written or deleted", c.writes)
         yield counter("storage", "commit_failures", "group commits that failed", c.failures)
         yield counter("runtime", "alarms_fired", "alarm events delivered", h.alarms.fired)
+        yield counter("runtime", "alarms_retried", "due alarms retried: object unavailable",
+                      h.alarms.retried)
+        c = self.cluster
+        if c is None:
+            return
+        r = c.router.stats
+        yield counter("client", "directory_cache_hits", "routed calls whose owner was cached",
+                      r.cache_hits)
+        yield counter("client", "directory_cache_misses", "routed calls that asked placement",
+                      r.cache_misses)
+        yield counter("client", "redirects", "redirects followed by this node's router",
+                      r.redirects)
+        yield counter("node", "redirects_sent", "calls answered with a redirect to the owner",
+                      c.ownership.redirects)
+        yield counter("node", "fenced_writes", "write batches refused: ownership lost",
+                      c.ownership.fenced_writes)
+        m = c.membership
+        if m is not None:
+            yield counter("node", "lease_renewals", "etcd lease keepalives acknowledged",
+                          m.renewals)
+            yield counter("node", "self_fencings", "times the node stopped serving: lease "
+                          "not renewed in time", m.fencings)
+            yield gauge("node", "serving", "1 while the node may serve objects",
+                        1 if c.serving else 0)
+        mig = c.migration
+        yield counter("migration", "moves_released", "objects moved away from this node",
+                      mig.moves_released)
+        yield counter("migration", "moves_aborted", "moves that left the object here",
+                      mig.moves_aborted)
+        yield counter("migration", "ingested", "objects received from another node",
+                      mig.ingested)
