@@ -69,6 +69,8 @@ _ATTACH = node_pb2.SOCKET_OP_ATTACH
 _AUTO = node_pb2.SOCKET_OP_AUTO_RESPONSE
 _ACK = node_pb2.SOCKET_OP_ACK
 _UNKNOWN = node_pb2.SOCKET_OP_UNKNOWN
+_BARRIER = node_pb2.SOCKET_OP_BARRIER
+_REDELIVERY_BACKOFF = 0.05  # s, doubled per round, when the node that bounced is still named owner
 
 
 _DIRECT_WRITE_LIMIT = 64 * 1024
@@ -90,7 +92,8 @@ class EdgeSocket:
     __slots__ = (
         "sid", "binding", "oid", "node", "tags", "attachment", "ws", "transport", "pre",
         "out", "out_bytes", "writer", "unacked", "credit", "accepted", "closed",
-        "close_code", "close_reason", "object_closed", "redeliveries",
+        "close_code", "close_reason", "object_closed", "redeliveries", "up", "seq", "held",
+        "bounced", "hint",
     )
 
     def __init__(self, sid: int) -> None:
@@ -113,7 +116,19 @@ class EdgeSocket:
         self.close_code = 0
         self.close_reason = ""
         self.object_closed = False
-        self.redeliveries = 0
+        self.redeliveries = 0  # rounds of re-delivery since the last ACK
+        # Client -> object messages in flight (``unacked`` of them) all went to one node, ``up``;
+        # ``seq`` numbers them. While ``held`` is not None the socket is *paused*: its object
+        # moved (or a message bounced) while messages were in flight to the old owner, so new
+        # client messages wait in ``held`` until each in-flight one is ACKed (ran there) or
+        # bounced (UNKNOWN: did not run; kept in ``bounced`` with its number). Then the bounced
+        # ones go to the new owner in their original order, then the held ones: every message
+        # runs exactly once, in the order the client sent it, across a move.
+        self.up = ""
+        self.seq = 0
+        self.held: deque[tuple[bytes, bool]] | None = None
+        self.bounced: list[tuple[int, bytes, bool]] | None = None
+        self.hint = ""  # the owner an UNKNOWN named
 
 
 class NodeLink:
@@ -143,9 +158,7 @@ class NodeLink:
             try:
                 # Re-register every socket this edge holds on that node before anything else.
                 regs = [self.mgr.register_frame(s) for s in self.mgr.sockets_on(self.address)]
-                for s in self.mgr.sockets_on(self.address):
-                    s.unacked = 0  # in-flight messages of a broken stream are not acked
-                    _release(s)
+                self.mgr.stream_lost(self.address)
                 self._outbox[:0] = regs
                 await self._write(call, reader)
             except asyncio.CancelledError:
@@ -260,6 +273,7 @@ class SocketManager:
         self.links: dict[str, NodeLink] = {}
         self.auto: dict[bytes, tuple[str, str]] = {}  # object id -> auto-response pair
         self.by_object: dict[bytes, set[int]] = {}  # object id -> its socket ids (re-binding)
+        self._resume_timers: dict[int, asyncio.TimerHandle] = {}
         self._next_sid = 0
         self._sync_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -334,6 +348,16 @@ class SocketManager:
     def sockets_on(self, address: str) -> list[EdgeSocket]:
         return [s for s in self.sockets.values() if s.node == address and not s.closed]
 
+    def stream_lost(self, address: str) -> None:
+        """A (new) stream to ``address`` starts: messages in flight on the old one are lost
+        (at-most-once), so they no longer count against the window or keep a socket paused."""
+        for s in list(self.sockets.values()):
+            if s.up == address and s.unacked and not s.closed:
+                s.unacked = 0
+                _release(s)
+                if s.held is not None:
+                    self._resume(s)
+
     def register_frame(self, s: EdgeSocket) -> node_pb2.SocketFrame:
         pb = node_pb2.SocketFrame(socket_id=s.sid, op=_REGISTER, binding=s.binding,
                                   object_id=s.oid, tags=s.tags)
@@ -392,6 +416,10 @@ class SocketManager:
     def _rebind(self, s: EdgeSocket, address: str) -> None:
         s.node = address
         self.link(address).push(self.register_frame(s))
+        if s.unacked and s.up != address and s.held is None:
+            # Messages are in flight to the old owner: pause until each is ACKed or bounced, so
+            # that none is overtaken by a later one sent straight to the new owner.
+            s.held = deque()
 
     # -- frames from nodes --------------------------------------------------------------------
     def on_batch(self, link: NodeLink, batch: node_pb2.SocketBatch) -> None:
@@ -405,6 +433,12 @@ class SocketManager:
             if op == _MESSAGE:
                 if s is None or s.closed:
                     continue
+                if s.node != link.address and s.oid and s.accepted is None:
+                    # The first frame from the object's new owner (it got the socket registry in
+                    # the migration snapshot): talk to it from now on, even before our directory
+                    # watch shows the move. (The old owner's frames all arrived before it let go:
+                    # its BARRIER, below, was answered before the directory switch.)
+                    self._rebind(s, link.address)
                 frames += 1
                 nbytes += len(f.data)
                 if s.pre is not None:
@@ -416,6 +450,8 @@ class SocketManager:
                     s.unacked = max(0, s.unacked - f.count)
                     s.redeliveries = 0
                     _release(s)
+                    if s.held is not None and not s.unacked:
+                        self._resume(s)
             elif op == _ACCEPT:
                 if s is None or s.closed:
                     # Not ours (any more): tell the node the client is gone.
@@ -458,25 +494,65 @@ class SocketManager:
                 if s is None or s.closed:
                     continue
                 s.unacked = max(0, s.unacked - 1)
-                _release(s)
-                self._redeliver(s, f)
+                # It did not run there: keep it (with its number) for the owner, and pause.
+                if s.bounced is None:
+                    s.bounced = []
+                s.bounced.append((f.seq, f.data, f.text))
+                if f.owner:
+                    s.hint = f.owner
+                if s.held is None:
+                    s.held = deque()
+                if not s.unacked:
+                    self._resume(s)
+            elif op == _BARRIER:
+                # Every frame before it on this stream is handled (queued for its client, in
+                # order): say so on the same link (a migration's source waits for this).
+                link.push(node_pb2.SocketFrame(op=_BARRIER, seq=f.seq))
         if frames:
             self.metrics.frames_out.inc(frames)
             self.metrics.bytes_out.inc(nbytes)
 
-    def _redeliver(self, s: EdgeSocket, f: node_pb2.SocketFrame) -> None:
-        s.redeliveries += 1
-        if s.redeliveries > _MAX_REDELIVERIES:
-            log.warning("socket %s: object %s unreachable (%s); closing", s.sid,
-                        s.oid.hex()[:16], f.reason)
-            self._close_client(s, CLOSE_INTERNAL, "object unreachable")
+    def _resume(self, s: EdgeSocket, *, retry: bool = False) -> None:
+        """Unpause ``s`` once nothing is in flight: bounced messages first, in the order the client
+        sent them, to the owner; then the messages held meanwhile."""
+        timer = self._resume_timers.pop(s.sid, None)
+        if timer is not None:
+            timer.cancel()
+        if s.closed or s.held is None or s.unacked:
             return
-        owner = self._owner_address(s) or s.node
-        s.node = owner
-        link = self.link(owner)
-        link.push(self.register_frame(s))
-        if f.data or f.text:
-            self._send_up(s, link, f.data, f.text)
+        bounced = s.bounced
+        if bounced:
+            owner = ""
+            if s.hint:
+                info = self.router.nodes.nodes.get(s.hint)
+                owner = info.address if info is not None else ""
+            owner = owner or self._owner_address(s) or s.node
+            if owner == s.up and not retry:
+                # The node that bounced them is still the owner as far as we know (our watch
+                # lags, or it was briefly unavailable): try again a little later.
+                delay = _REDELIVERY_BACKOFF * (2 ** min(s.redeliveries, 5))
+                self._resume_timers[s.sid] = asyncio.get_running_loop().call_later(
+                    delay, lambda: self._resume(s, retry=True))
+                return
+            s.hint = ""
+            s.redeliveries += 1
+            if s.redeliveries > _MAX_REDELIVERIES:
+                log.warning("socket %s: object %s unreachable; closing", s.sid, s.oid.hex()[:16])
+                s.held = s.bounced = None
+                self._close_client(s, CLOSE_INTERNAL, "object unreachable")
+                return
+            s.node = owner
+            link = self.link(owner)
+            link.push(self.register_frame(s))
+            bounced.sort(key=lambda m: m[0])
+            for _seq, data, text in bounced:
+                self._send_up(s, link, data, text)
+        held, s.held, s.bounced = s.held, None, None
+        if held:
+            link = self.link(s.node)
+            for data, text in held:
+                self._send_up(s, link, data, text)
+        _release(s)
 
     # -- towards the client -------------------------------------------------------------------
     def _enqueue(self, s: EdgeSocket, data: bytes, text: bool) -> None:
@@ -562,8 +638,10 @@ class SocketManager:
     # -- towards the object -------------------------------------------------------------------
     def _send_up(self, s: EdgeSocket, link: NodeLink, data: bytes, text: bool) -> None:
         s.unacked += 1
+        s.seq += 1
+        s.up = link.address
         link.push(node_pb2.SocketFrame(socket_id=s.sid, op=_MESSAGE, binding=s.binding,
-                                       object_id=s.oid, data=data, text=text))
+                                       object_id=s.oid, data=data, text=text, seq=s.seq))
 
     def _gone(self, s: EdgeSocket) -> None:
         """The client is gone: tell the object (unless it closed the socket itself)."""
@@ -571,6 +649,10 @@ class SocketManager:
             return
         s.closed = True
         self.sockets.pop(s.sid, None)
+        timer = self._resume_timers.pop(s.sid, None)
+        if timer is not None:
+            timer.cancel()
+        s.held = s.bounced = None
         sids = self.by_object.get(s.oid)
         if sids is not None:
             sids.discard(s.sid)
@@ -659,12 +741,15 @@ class SocketManager:
                     break
                 metrics.frames_in.inc()
                 metrics.bytes_in.inc(len(raw))
-                if s.unacked >= window:
+                if s.unacked + (len(s.held) if s.held else 0) >= window:
                     s.credit = asyncio.get_running_loop().create_future()
                     await s.credit
                     s.credit = None
                     if s.closed:
                         break
+                if s.held is not None:  # paused (its object is moving): keep the order
+                    s.held.append((raw, text))
+                    continue
                 self._send_up(s, self.link(s.node), raw, text)
         finally:
             self.metrics.ws_open.dec()

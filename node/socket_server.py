@@ -57,6 +57,10 @@ def frame_to_pb(f: Frame) -> node_pb2.SocketFrame:
         pb.auto_request, pb.auto_response = f.auto
     if f.count:
         pb.count = f.count
+    if f.seq:
+        pb.seq = f.seq
+    if f.owner:
+        pb.owner = f.owner
     return pb
 
 
@@ -64,7 +68,8 @@ def frame_from_pb(pb: node_pb2.SocketFrame) -> Frame:
     return Frame(
         Op(pb.op), pb.socket_id, pb.binding, pb.object_id, pb.data, pb.text, pb.code, pb.reason,
         pb.was_clean, tuple(pb.tags), pb.attachment if pb.has_attachment else None,
-        (pb.auto_request, pb.auto_response) if pb.auto_request else None, pb.count,
+        (pb.auto_request, pb.auto_response) if pb.auto_request else None, pb.count, pb.seq,
+        pb.owner,
     )
 
 

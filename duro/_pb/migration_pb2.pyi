@@ -56,20 +56,40 @@ class KeyValue(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class IngestChunk(_message.Message):
-    __slots__ = ("object_id", "binding", "source_node", "new_epoch", "items", "last")
+    __slots__ = ("object_id", "binding", "source_node", "new_epoch", "items", "last", "sockets", "auto_request", "auto_response")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
     NEW_EPOCH_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     binding: str
     source_node: str
     new_epoch: int
     items: _containers.RepeatedCompositeFieldContainer[KeyValue]
     last: bool
-    def __init__(self, object_id: _Optional[bytes] = ..., binding: _Optional[str] = ..., source_node: _Optional[str] = ..., new_epoch: _Optional[int] = ..., items: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., last: _Optional[bool] = ...) -> None: ...
+    sockets: _containers.RepeatedCompositeFieldContainer[SocketRecord]
+    auto_request: str
+    auto_response: str
+    def __init__(self, object_id: _Optional[bytes] = ..., binding: _Optional[str] = ..., source_node: _Optional[str] = ..., new_epoch: _Optional[int] = ..., items: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., last: _Optional[bool] = ..., sockets: _Optional[_Iterable[_Union[SocketRecord, _Mapping]]] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ...) -> None: ...
+
+class SocketRecord(_message.Message):
+    __slots__ = ("edge", "socket_id", "tags", "attachment", "has_attachment")
+    EDGE_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    HAS_ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    edge: str
+    socket_id: int
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    attachment: bytes
+    has_attachment: bool
+    def __init__(self, edge: _Optional[str] = ..., socket_id: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ...) -> None: ...
 
 class IngestAck(_message.Message):
     __slots__ = ("keys", "bytes")

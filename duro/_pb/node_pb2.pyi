@@ -26,6 +26,7 @@ class SocketOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOCKET_OP_AUTO_RESPONSE: _ClassVar[SocketOp]
     SOCKET_OP_ACK: _ClassVar[SocketOp]
     SOCKET_OP_UNKNOWN: _ClassVar[SocketOp]
+    SOCKET_OP_BARRIER: _ClassVar[SocketOp]
 CALL_KIND_RPC: CallKind
 CALL_KIND_FETCH: CallKind
 CALL_KIND_ALARM: CallKind
@@ -39,6 +40,7 @@ SOCKET_OP_ATTACH: SocketOp
 SOCKET_OP_AUTO_RESPONSE: SocketOp
 SOCKET_OP_ACK: SocketOp
 SOCKET_OP_UNKNOWN: SocketOp
+SOCKET_OP_BARRIER: SocketOp
 
 class Call(_message.Message):
     __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops")
@@ -127,7 +129,7 @@ class HealthResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., active_objects: _Optional[int] = ...) -> None: ...
 
 class SocketFrame(_message.Message):
-    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count")
+    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count", "seq", "owner")
     SOCKET_ID_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +145,8 @@ class SocketFrame(_message.Message):
     AUTO_REQUEST_FIELD_NUMBER: _ClassVar[int]
     AUTO_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     socket_id: int
     op: SocketOp
     binding: str
@@ -158,7 +162,9 @@ class SocketFrame(_message.Message):
     auto_request: str
     auto_response: str
     count: int
-    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+    seq: int
+    owner: str
+    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ..., seq: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SocketBatch(_message.Message):
     __slots__ = ("frames",)

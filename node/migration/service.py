@@ -65,6 +65,10 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         oid: bytes | None = None
         alarm_key = prefix = b""
         keys = size = 0
+        binding = ""
+        new_epoch = 0
+        sockets: list[tuple[str, int, tuple[str, ...], bytes | None]] = []
+        auto: tuple[str, str] | None = None
         batch = rocksdict.WriteBatch(raw_mode=True)
         async for chunk in request_iterator:
             if oid is None:
@@ -75,6 +79,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 if entry is not None and entry.node == self.c.node_id:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                         "target already owns this object")
+                binding, new_epoch = chunk.binding, chunk.new_epoch
                 clear_object(engine, oid, batch)  # a staged copy of an earlier attempt goes first
                 alarm_key, prefix = layout.alarm_key(oid), layout.data_prefix(oid)
             elif chunk.object_id != oid:
@@ -90,6 +95,11 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 batch.put(k, v)
                 keys += 1
                 size += len(k) + len(v)
+            for r in chunk.sockets:
+                sockets.append((r.edge, r.socket_id, tuple(r.tags),
+                                r.attachment if r.has_attachment else None))
+            if chunk.auto_request:
+                auto = (chunk.auto_request, chunk.auto_response)
             if chunk.last:
                 break
             # Each chunk goes to RocksDB as it arrives, without fsync: memory stays bounded by the
@@ -103,6 +113,10 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         # Synced (the node's mode): it also syncs the WAL records of the chunks written above, so
         # the whole copy is durable before the ack, on which the source switches the directory.
         engine.write(batch)
+        if host.sockets is not None:
+            # Before the ack (and so before the directory switch): from the moment this node owns
+            # the object, a broadcast reaches every socket, silent ones included.
+            host.sockets.install(oid, binding, sockets, auto, new_epoch)
         self.ingested += 1
         if os.environ.get("DURO_MIGRATION_FAULT") == "target_before_ack":
             os._exit(137)  # test-only: the target dies with the copy on disk, before acking
@@ -116,6 +130,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         if len(oid) != 32 or (entry is not None and entry.node == self.c.node_id):
             return migration_pb2.DropResponse(dropped=False)  # never drop what we own
         delete_local_copy(host.engine, oid)
+        if host.sockets is not None:
+            host.sockets.forget_object(oid)
         return migration_pb2.DropResponse(dropped=True)
 
     # -- statistics ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def _fault(step: str) -> None:
         os._exit(137)
 
 DRAIN_TIMEOUT = 10.0
+SOCKET_FLUSH_TIMEOUT = 2.0
 TRANSFER_TIMEOUT = 30.0
 FENCE_RETRY = 0.2
 
@@ -58,6 +59,7 @@ class MoveResult:
     held_ms: float = 0.0
     keys: int = 0
     bytes: int = 0
+    sockets: int = 0
 
 
 class _Move:
@@ -152,6 +154,11 @@ class _Move:
                 if act is not None and act.storage.has_unflushed():
                     await act.storage.sync()
                     continue
+                hub = self.host.sockets
+                if hub is not None:
+                    # The object's frames must reach its edges before the new owner can send
+                    # any (they travel on other streams): part of the flush (docs/migration.md).
+                    await hub.flush_frames(self.oid, SOCKET_FLUSH_TIMEOUT)
                 return P.Drained()
             if time.monotonic() > deadline:
                 return P.DrainFailed(f"admitted events still running after {DRAIN_TIMEOUT} s")
@@ -187,6 +194,23 @@ class _Move:
                 yield chunk
                 chunk, size = migration_pb2.IngestChunk(object_id=self.oid), 0
                 await asyncio.sleep(0)  # let the stream drain: bounded memory for large objects
+        # The socket registry travels too (no event runs while held, so it is final here but for
+        # clients that close meanwhile): the target knows every socket as soon as it owns it.
+        hub = self.host.sockets
+        if hub is not None:
+            records, auto = hub.export(self.oid)
+            for edge, sid, tags, attachment in records:
+                rec = chunk.sockets.add(edge=edge, socket_id=sid, tags=tags)
+                if attachment is not None:
+                    rec.attachment, rec.has_attachment = attachment, True
+                size += 64 + len(attachment or b"") + sum(len(t) for t in tags)
+                if size >= CHUNK_BYTES:
+                    yield chunk
+                    chunk, size = migration_pb2.IngestChunk(object_id=self.oid), 0
+                    await asyncio.sleep(0)
+            if auto is not None:
+                chunk.auto_request, chunk.auto_response = auto
+            self.result.sockets = len(records)
         chunk.last = True
         yield chunk
 

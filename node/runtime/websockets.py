@@ -91,6 +91,7 @@ class Op(IntEnum):
     AUTO_RESPONSE = 7
     ACK = 8
     UNKNOWN = 9
+    BARRIER = 10
 
 
 @dataclass(slots=True)
@@ -110,6 +111,8 @@ class Frame:
     attachment: bytes | None = None
     auto: tuple[str, str] | None = None
     count: int = 0
+    seq: int = 0  # MESSAGE: the edge's per-socket number (echoed by UNKNOWN); BARRIER: the token
+    owner: str = ""  # UNKNOWN: the object's owner now, when this node knows it
 
 
 class EdgeLink(Protocol):
@@ -137,10 +140,14 @@ class _Record:
 
 
 class _ObjectSockets:
-    __slots__ = ("binding", "sockets", "auto", "outq", "gate_seq")
+    __slots__ = ("binding", "sockets", "auto", "outq", "gate_seq", "epoch")
 
     def __init__(self, binding: str) -> None:
         self.binding = binding
+        # The epoch a migration handed the registry over with (0: none): socket events carry it,
+        # so a new owner whose directory view still lags reads its entry from etcd instead of
+        # redirecting them back to the old owner.
+        self.epoch = 0
         self.sockets: dict[tuple[str, int], _Record] = {}
         self.auto: tuple[str, str] | None = None
         # Frames waiting for the output gate: (gate future or None, edge, frame), in send order.
@@ -306,6 +313,8 @@ class SocketHub:
         self._orphans: dict[str, deque[Frame]] = {}
         self._gone: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Future] = set()
+        self._barriers: dict[int, tuple[str, asyncio.Future]] = {}  # token -> (edge, answered)
+        self._barrier_seq = 0
 
     def make_context(self, act: Activation) -> ObjectContext:
         return WebSocketContext(act)
@@ -457,6 +466,81 @@ class SocketHub:
             self._arm_gone(edge)
         q.append(frame)
 
+    # -- migration ----------------------------------------------------------------------------
+    def export(self, oid: bytes) -> tuple[list[tuple[str, int, tuple[str, ...], bytes | None]],
+                                          tuple[str, str] | None]:
+        """The object's registry for a migration snapshot: open sockets and the auto-response."""
+        obj = self.objects.get(oid)
+        if obj is None:
+            return [], None
+        return ([(r.edge, r.sid, r.tags, r.attachment) for r in obj.sockets.values() if r.open],
+                obj.auto)
+
+    def install(
+        self, oid: bytes, binding: str,
+        records: Iterable[tuple[str, int, tuple[str, ...], bytes | None]],
+        auto: tuple[str, str] | None, epoch: int,
+    ) -> int:
+        """Migration target: take over the registry the source had (replacing a stale one), so
+        the object knows every socket from the moment it owns it, before any edge re-registers."""
+        self.objects.pop(oid, None)
+        obj = _ObjectSockets(binding)
+        obj.auto, obj.epoch = auto, epoch
+        for edge, sid, tags, attachment in records:
+            rec = _Record(edge, sid, oid)
+            rec.tags, rec.attachment = tuple(tags), attachment
+            rec.accepted = rec.open = True
+            obj.sockets[(edge, sid)] = rec
+        if obj.sockets or auto is not None:
+            self.objects[oid] = obj
+        return len(obj.sockets)
+
+    async def flush_frames(self, oid: bytes, timeout: float) -> bool:
+        """Migration drain: wait until every frame the object made has passed its output gate and
+        every connected edge holding one of its sockets has handled everything this node sent it
+        before (a BARRIER answered on the same stream). The new owner's frames travel on other
+        streams; once this returns, they can only reach the clients after the old owner's.
+
+        False if some edge did not answer within ``timeout`` (its stream is broken or stuck:
+        frames on a broken stream are at-most-once anyway; docs/edge.md).
+        """
+        obj = self.objects.get(oid)
+        if obj is None:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while obj.outq:  # the drain made every write durable: the gates are done or about to be
+            self._flush(obj)
+            if not obj.outq:
+                break
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.001)
+        waits = []
+        for edge in {rec.edge for rec in obj.sockets.values()}:
+            link = self._links.get(edge)
+            if link is None:
+                continue  # not connected: what it missed waits in its orphan queue
+            self._barrier_seq += 1
+            fut = loop.create_future()
+            self._barriers[self._barrier_seq] = (edge, fut)
+            link.push(Frame(Op.BARRIER, 0, seq=self._barrier_seq))
+            waits.append((self._barrier_seq, fut))
+        if not waits:
+            return True
+        _done, pending = await asyncio.wait([f for _, f in waits],
+                                            timeout=max(0.0, deadline - loop.time()))
+        for token, _ in waits:
+            self._barriers.pop(token, None)
+        if pending:
+            log.warning("object %s: %d edges did not confirm its frames before the move",
+                        oid.hex()[:16], len(pending))
+        return not pending
+
+    def _owner_hint(self, oid: bytes) -> str:
+        moved = self.host.moved.get(oid)
+        return getattr(moved, "node_id", "") or ""
+
     def forget_object(self, oid: bytes) -> None:
         """The object moved to another node: drop its registry here, without close events (its
         edges re-register the sockets with the new owner; see duro.edge.sockets)."""
@@ -480,6 +564,9 @@ class SocketHub:
         if self._links.get(edge) is link:
             del self._links[edge]
             self._arm_gone(edge)
+            for token, (e, fut) in list(self._barriers.items()):
+                if e == edge and not fut.done():  # its stream broke: nothing more to wait for
+                    fut.set_result(None)
             log.info("edge %s disconnected; its sockets close in %.0f s unless it returns",
                      edge, self.edge_grace)
 
@@ -508,6 +595,11 @@ class SocketHub:
         if op == Op.REGISTER:
             self._register(edge, f)
             return
+        if op == Op.BARRIER:
+            waiting = self._barriers.get(f.seq)
+            if waiting is not None and not waiting[1].done():
+                waiting[1].set_result(None)
+            return
         obj = self.objects.get(f.object_id)
         rec = obj.sockets.get((edge, f.socket_id)) if obj is not None else None
         if op == Op.MESSAGE:
@@ -515,11 +607,13 @@ class SocketHub:
                 self.stats.unknown += 1
                 self._reply(edge, Frame(Op.UNKNOWN, f.socket_id, binding=f.binding,
                                         object_id=f.object_id, data=f.data, text=f.text,
-                                        reason="no such socket here"))
+                                        reason="no such socket here", seq=f.seq,
+                                        owner=self._owner_hint(f.object_id)))
                 return
             self.stats.messages_in += 1
             payload: str | bytes = f.data.decode() if f.text else f.data
-            self._deliver(edge, obj, rec, "message", (payload,), ack=True)  # type: ignore[arg-type]
+            self._deliver(edge, obj, rec, "message", (payload,), ack=True,  # type: ignore[arg-type]
+                          seq=f.seq)
         elif op == Op.CLOSE:
             if rec is None:
                 if not f.binding:
@@ -569,12 +663,15 @@ class SocketHub:
             link.push(frame)
 
     def _deliver(
-        self, edge: str, obj: _ObjectSockets, rec: _Record, kind: str, args: tuple, *, ack: bool
+        self, edge: str, obj: _ObjectSockets, rec: _Record, kind: str, args: tuple, *, ack: bool,
+        seq: int = 0,
     ) -> None:
         if rec.ws is None:
             rec.ws = WebSocket(self, rec, obj.binding)
         call = Call(binding=obj.binding, object_id=rec.oid, kind=CallKind.RPC,
                     method="web_socket_" + kind, meta={"ws": (kind, rec.ws, args)})
+        if obj.epoch:
+            call.epoch = obj.epoch
         task = asyncio.ensure_future(self.host.invoke(call))
         self._tasks.add(task)
 
@@ -584,12 +681,13 @@ class SocketHub:
             if kind == "message" and isinstance(exc, UnavailableError):
                 # Not the owner (any more), or the node is fencing/stopping: the edge re-resolves
                 # the owner, re-registers the socket there and resends (see duro.edge.sockets).
-                # The UNKNOWN answer stands for the ACK.
+                # The UNKNOWN answer stands for the ACK; the message did not run here.
                 data = args[0]
                 self._reply(edge, Frame(
                     Op.UNKNOWN, rec.sid, binding=obj.binding, object_id=rec.oid,
                     data=data.encode() if isinstance(data, str) else data,
-                    text=isinstance(data, str), reason=str(exc)))
+                    text=isinstance(data, str), reason=str(exc), seq=seq,
+                    owner=getattr(exc, "node_id", "") or ""))
                 return
             if ack:
                 link = self._links.get(edge)

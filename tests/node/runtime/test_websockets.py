@@ -191,3 +191,40 @@ async def test_socket_and_message_limits(env, monkeypatch):
     with pytest.raises(InvalidArgumentError, match="limit is 1000"):
         ws.send("x" * 1001)
     ws.send("x" * 1000)
+
+
+async def test_registry_travels_with_a_migration(env, tmp_path):
+    """export() on the source, install() on the target: the target's first broadcast reaches
+    every socket with its attachment and tags, with no REGISTER from any edge."""
+    tb, hub, link = env
+    for sid in range(1, 6):
+        oid = await upgrade(tb, "moving", sid, sid * 10, tags=f"g{sid % 2}")
+    link.take(Op.ACCEPT)
+    link.take()
+    records, auto = hub.export(oid)
+    assert sorted(r[1] for r in records) == [1, 2, 3, 4, 5]
+    async with Testbed(app=APP, data_dir=tmp_path / "target") as tb2:
+        hub2 = SocketHub(tb2.host, edge_grace=0.2)
+        tb2.host.sockets = hub2
+        link2 = FakeLink()
+        hub2.attach("e1", link2)
+        assert hub2.install(oid, "ROOM", records, auto, 7) == 5
+        hub2.receive("e1", message(oid, 2, "broadcast:g1"))
+        await settle(hub2)
+        out = {f.socket_id: json.loads(f.data) for f in link2.take()}
+        assert sorted(out) == [1, 3, 5]
+        assert all(out[sid]["att"] == sid * 10 for sid in out)
+        await hub2.close()
+
+
+async def test_flush_frames_waits_for_the_edges_barrier(env):
+    tb, hub, link = env
+    oid = await upgrade(tb, "flush", 1, 1)
+    task = asyncio.ensure_future(hub.flush_frames(oid, 1.0))
+    await asyncio.sleep(0.01)
+    (barrier,) = link.take(Op.BARRIER)
+    assert link.frames == [] or all(f.op != Op.BARRIER for f in link.frames)
+    assert not task.done()
+    hub.receive("e1", Frame(Op.BARRIER, 0, seq=barrier.seq))  # the edge's answer
+    assert await task is True
+    assert await hub.flush_frames(oid, 0.05) is False  # no answer: gives up, says so
