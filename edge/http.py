@@ -5,7 +5,8 @@ One request, in order:
 1. ``/_duro/health`` and ``/_duro/metrics`` are the edge's own; ``GET /`` and ``/static/<file>``
    serve the app's static directory (``static_dir``, default ``<app>/static`` or the first
    ``<app>/*/static``).
-2. The request becomes a :class:`duro.Request` (absolute URL, headers, body). A WebSocket upgrade
+2. The request becomes a :class:`duro.Request` (absolute URL, headers, body; for the default
+   route only its wire form, encoded once, with no Request/Response objects). A WebSocket upgrade
    (``Upgrade: websocket``) gets a socket id from the :class:`~duro.edge.sockets.SocketManager`,
    carried to the object in the ``Duro-Socket`` header (a client's own ``Duro-Socket`` header is
    dropped, so it cannot be forged).
@@ -24,11 +25,13 @@ import mimetypes
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from duro import _codec
 from duro._app import App
 from duro._http import Request, Response
 from duro._namespace import Call, CallKind, Env, Namespace
@@ -145,63 +148,78 @@ class EdgeHttp:
             if static is not None:
                 return static
         rh = request.headers
-        upgrade = rh.get("Upgrade", "").lower() == "websocket"
-        headers = [(k, v) for k, v in rh.items() if k.lower() != "duro-socket"]
+        # What duro.Headers keeps of them (one entry per name, later wins, first position), built
+        # in one pass: the default route encodes these pairs as they are, with no Request object.
+        items = {k.lower(): (k, v) for k, v in rh.items()}
+        items.pop("duro-socket", None)  # a client's own is dropped: it cannot be forged
         sock = None
-        if upgrade:
+        if rh.get("Upgrade", "").lower() == "websocket":
             sock = self.sockets.new_socket()
-            headers.append((SOCKET_HEADER, self.sockets.upgrade_mark(sock)))
+            items["duro-socket"] = (SOCKET_HEADER, self.sockets.upgrade_mark(sock))
         try:
             body = await request.read() if request.body_exists else b""
             url = f"{request.scheme}://{request.host}{request.raw_path}"
-            req = Request(url, method=request.method, headers=headers, body=body)
             started = time.perf_counter()
             try:
-                resp = await self._route(req)
+                if self.app.worker_fetch is not None:
+                    req = Request(url, method=request.method, headers=list(items.values()),
+                                  body=body)
+                    resp = await self._worker(req)
+                    status, headers, resp_body = resp.status, resp.headers.items(), resp.body
+                else:
+                    # One msgpack encode of exactly what Request.to_wire() would produce.
+                    payload = _codec.encode(
+                        [url, request.method.upper(), list(items.values()), body])
+                    answer = await self._default_route(url, payload)
+                    status, headers, resp_body = _codec.decode(answer)
+                out = None if status == 101 else _to_aiohttp(status, headers, resp_body)
             except DuroError as exc:
                 code, message, retryable, overloaded, remote_type = to_wire(exc)
                 return error_response(code, message, error_status(exc), retryable=retryable,
                                       overloaded=overloaded, remote_type=remote_type)
             finally:
                 self._upstream.observe(time.perf_counter() - started)
-            if sock is not None and resp.status == 101:
-                served = sock
-                sock = None  # handle() serves it
-                return served
-            if resp.status == 101:
+            if status == 101:
+                if sock is not None:
+                    served = sock
+                    sock = None  # handle() serves it
+                    return served
                 return error_response("invalid_argument",
                                       "the object answered 101 to a request that is not a "
                                       "WebSocket upgrade", 502)
-            return _to_aiohttp(resp)
+            return out
         finally:
             if sock is not None:  # not upgraded: forget the socket id
                 sock.closed = True
                 self.sockets.sockets.pop(sock.sid, None)
 
-    async def _route(self, req: Request) -> Response:
-        worker = self.app.worker_fetch
-        if worker is not None:
-            resp = await worker(req, self.env)
-            if not isinstance(resp, Response):
-                raise InvalidArgumentError(
-                    f"the worker's fetch must return a duro.Response, got {type(resp).__name__}"
-                )
-            return resp
-        parts = req.path.split("/", 3)
+    async def _worker(self, req: Request) -> Response:
+        assert self.app.worker_fetch is not None
+        resp = await self.app.worker_fetch(req, self.env)
+        if not isinstance(resp, Response):
+            raise InvalidArgumentError(
+                f"the worker's fetch must return a duro.Response, got {type(resp).__name__}"
+            )
+        return resp
+
+    async def _default_route(self, url: str, payload: bytes) -> bytes:
+        """``/<binding>/<name>/<rest>``: the object's encoded answer to the encoded request."""
+        path = urlsplit(url).path or "/"  # as Request.path (urlsplit caches repeated URLs)
+        parts = path.split("/", 3)
         if len(parts) < 3 or not parts[1]:
             known = ", ".join(f"/{b}/<name>/..." for b in sorted(self.routes))
-            raise _NotFound(f"no route for {req.path!r}; this app serves {known}")
+            raise _NotFound(f"no route for {path!r}; this app serves {known}")
         ns = self.routes.get(parts[1].lower())
         if ns is None:
             raise _NotFound(f"unknown binding {parts[1]!r}; known: {sorted(self.routes)}")
         name = unquote(parts[2])
         if not name:
-            raise InvalidArgumentError(f"{req.path!r}: the object name is empty")
+            raise InvalidArgumentError(f"{path!r}: the object name is empty")
         oid = ns.id_from_string(name[1:]) if name.startswith("@") else ns.id_from_name(name)
         # What stub.fetch(req) does, without its two tasks per call (this is the hot path).
         call = Call(binding=ns.binding, object_id=oid.raw, kind=CallKind.FETCH,
-                    payload=req.to_wire(), caller_region=ns.caller_region)
-        return Response.from_wire(await ns.invoker.invoke(call))
+                    payload=payload, caller_region=ns.caller_region)
+        return await ns.invoker.invoke(call)
 
     # -- the edge's own routes ----------------------------------------------------------------
     def _own(self, path: str) -> web.Response:
@@ -235,12 +253,21 @@ class _NotFound(DuroError):
     code = "not_found"
 
 
-def _to_aiohttp(resp: Response) -> web.Response:
-    out = web.Response(status=resp.status, body=resp.body)
-    for name, value in resp.headers.items():
-        if name.lower() not in _SKIP_RESPONSE_HEADERS:
-            out.headers[name] = value
-    if resp.body and "content-type" not in resp.headers:
+def _to_aiohttp(status: int, headers: list, body: bytes) -> web.Response:
+    """An aiohttp response from a duro response's parts (``Response.to_wire``'s order)."""
+    if type(status) is not int or not 100 <= status <= 599:
+        raise InvalidArgumentError(f"status must be an int in 100..599, got {status!r}")
+    if type(body) is not bytes:
+        body = Response(body).body  # as Response.from_wire: str -> UTF-8, else refused
+    hdrs: CIMultiDict[str] = CIMultiDict()
+    typed = False
+    for name, value in headers:
+        low = name.lower()
+        if low not in _SKIP_RESPONSE_HEADERS:
+            hdrs[name] = value
+        if low == "content-type":
+            typed = True
+    if body and not typed:
         # As Workers do for `new Response(string)`: duro's Response does not keep the body's type.
-        out.headers["Content-Type"] = "text/plain;charset=UTF-8"
-    return out
+        hdrs["Content-Type"] = "text/plain;charset=UTF-8"
+    return web.Response(status=status, body=body, headers=hdrs)
