@@ -21,6 +21,7 @@ import contextlib
 import os
 import shutil
 import signal
+import random
 import socket
 import subprocess
 import time
@@ -72,9 +73,26 @@ def find_etcd_binary(env: dict[str, str] | None = None) -> str:
     )
 
 
+_PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768-60999 by default)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on *host* a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Return a TCP port that was free on *host* a moment ago.
+
+    The port is chosen below the kernel's ephemeral range: a port the kernel picked with
+    ``bind(0)`` can be handed to any outgoing connection of any process before the server that
+    was meant to take it binds it (seen as flaky "address in use" in a busy test run).
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*_PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: let the kernel pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

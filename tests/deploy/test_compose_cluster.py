@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -77,9 +76,9 @@ def _compose_command() -> list[str] | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from duro._etcd import free_port  # outside the ephemeral range: see its docstring
+
+    return free_port()
 
 
 def _offline_env() -> dict[str, str]:
