@@ -22,7 +22,7 @@ from typing import Any
 
 from duro._etcd import EtcdProcess, free_port
 
-__all__ = ["LocalCluster", "ProcSpec", "main"]
+__all__ = ["LocalCluster", "ProcSpec", "main", "read_ready"]
 
 DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
 
@@ -47,6 +47,21 @@ class ProcSpec:
     @property
     def address(self) -> str:
         return self.ready.get("address", "")
+
+
+async def read_ready(spec: ProcSpec, marker: str, timeout: float) -> dict[str, str]:
+    """Wait for the child's ``MARKER key=value ...`` line on stdout and return its fields;
+    RuntimeError (with the tail of its log) if it does not come within ``timeout``."""
+    assert spec.proc is not None and spec.proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)
+    except asyncio.TimeoutError:
+        line = b""
+    text = line.decode().strip()
+    if not text.startswith(marker):
+        tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
+        raise RuntimeError(f"{spec.role} {spec.name} did not start ({text!r}); log:\n{tail}")
+    return dict(f.split("=", 1) for f in text.split()[1:])
 
 
 class LocalCluster:
@@ -182,39 +197,21 @@ class LocalCluster:
         self, i: int, timeout: float = 60.0, env: dict[str, str] | None = None
     ) -> ProcSpec:
         """Start node ``i`` (again); ``env`` adds environment variables for this run only."""
-        spec = self.nodes[i]
+        return await self._start_ready(self.nodes[i], "DURO-NODE-READY", timeout, env)
+
+    async def start_edge(self, i: int, timeout: float = 60.0) -> ProcSpec:
+        return await self._start_ready(self.edges[i], "DURO-EDGE-READY", timeout)
+
+    async def _start_ready(self, spec: ProcSpec, marker: str, timeout: float,
+                           env: dict[str, str] | None = None) -> ProcSpec:
         if spec.running:
             raise RuntimeError(f"{spec.name} is already running")
         await self._spawn(spec, env)
-        assert spec.proc is not None and spec.proc.stdout is not None
         try:
-            line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith("DURO-NODE-READY"):
+            spec.ready = await read_ready(spec, marker, timeout)
+        except RuntimeError:
             await self._terminate(spec, 1.0)
-            tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
-            raise RuntimeError(f"node {spec.name} did not start ({text!r}); log:\n{tail}")
-        spec.ready = dict(f.split("=", 1) for f in text.split()[1:])
-        return spec
-
-    async def start_edge(self, i: int, timeout: float = 60.0) -> ProcSpec:
-        spec = self.edges[i]
-        if spec.running:
-            raise RuntimeError(f"{spec.name} is already running")
-        await self._spawn(spec)
-        assert spec.proc is not None and spec.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith("DURO-EDGE-READY"):
-            await self._terminate(spec, 1.0)
-            tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
-            raise RuntimeError(f"edge {spec.name} did not start ({text!r}); log:\n{tail}")
-        spec.ready = dict(f.split("=", 1) for f in text.split()[1:])
+            raise
         return spec
 
     async def stop_edge(self, i: int, grace: float = 10.0) -> None:

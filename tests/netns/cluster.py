@@ -20,7 +20,7 @@ from typing import Any
 
 from duro._etcd import EtcdProcess
 from duro.client.latency import ENV as LATENCY_ENV
-from duro.dev import ProcSpec
+from duro.dev import ProcSpec, read_ready
 from tests.netns.topology import Topology
 
 __all__ = ["NetnsCluster", "run_client"]
@@ -106,17 +106,11 @@ class NetnsCluster:
         if spec.running:
             raise RuntimeError(f"{spec.name} is already running")
         await self._spawn(spec, env)
-        assert spec.proc is not None and spec.proc.stdout is not None
         try:
-            line = await asyncio.wait_for(spec.proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith("DURO-NODE-READY"):
+            spec.ready = await read_ready(spec, "DURO-NODE-READY", timeout)
+        except RuntimeError:
             await self._terminate(spec, 1.0)
-            tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
-            raise RuntimeError(f"node {spec.name} did not start ({text!r}); log:\n{tail}")
-        spec.ready = dict(f.split("=", 1) for f in text.split()[1:])
+            raise
         return spec
 
     async def stop_node(self, i: int, grace: float = 10.0) -> None:
