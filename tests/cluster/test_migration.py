@@ -270,3 +270,41 @@ async def _ge(aw, expected) -> bool:  # noqa: ANN001
     except DuroError:
         return False
 
+
+
+@pytest.mark.timeout(180)
+async def test_target_killed_right_after_the_switch_serves_everything_when_back(
+        make_cluster) -> None:
+    """The target owns the object once the switch applied; if it dies then, the object waits for
+    it (retryable errors, never another owner) and comes back with every acknowledged write."""
+    cluster = await make_cluster(app=str(APP), regions=TWO_REGIONS,
+                                 placement_args=("--rebalance", "false"))
+    e = cluster.etcd.endpoint
+    async with duro.client.connect(etcd=e, region="us-east") as c:
+        stub = c.namespace("ACC").get_by_name("target-dies")
+        for _ in range(15):
+            acked = await stub.add()
+        await stub.arm(6.0)
+        src = cluster.node_by_id((await owner_of(cluster, c, stub))[0])
+        dst = 1 - src
+        res = await migrate(e, cluster.cluster, str(APP), "ACC", "target-dies",
+                            to_node=cluster.nodes[dst].name)
+        assert res["outcome"] == "released", res
+        await cluster.kill_node(dst)
+        with pytest.raises(DuroError) as err:
+            await c.namespace("ACC").get_by_name("target-dies").get()
+        assert err.value.retryable
+        assert await serving_nodes(cluster, stub) == []  # the source does not take it back
+        await cluster.start_node(dst)
+
+        async def value() -> int | None:
+            try:
+                return await c.namespace("ACC").get_by_name("target-dies").get()
+            except DuroError as exc:
+                assert exc.retryable, exc
+                return None
+
+        await wait_until(lambda: _eq(value(), acked), 30, 0.2, "every acknowledged write present")
+        assert await serving_nodes(cluster, stub) == [cluster.nodes[dst].name]
+        await wait_until(lambda: _ge(c.namespace("ACC").get_by_name("target-dies").fired(), 1),
+                         40, 0.3, "the alarm fired at the new owner after its restart")
