@@ -23,6 +23,8 @@ from duro import _codec
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
+from duro.client.etcdkv import get_value
+from duro.node.membership import NodeInfo, node_key
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
 from duro.placement.directory import EpochConflictError, Entry, LeaderGuard, NotLeaderError
@@ -110,6 +112,9 @@ class _Move:
         if self.target == c.node_id:
             raise InvalidArgumentError("the object is already on the target node")
         info = c.router.nodes.nodes.get(self.target)
+        if info is None:  # our watch may not have seen it register yet: ask etcd itself
+            raw = await get_value(c.etcd, node_key(c.config.cluster, self.target))
+            info = NodeInfo.from_json(raw) if raw is not None else None
         if info is None:
             raise UnavailableError(f"target node {self.target!r} is not live")
         self.target_address, self.target_region = info.address, info.region
