@@ -1,7 +1,7 @@
 """A TCP proxy that can silently stop forwarding: a network partition between two processes.
 
-Copied from ``tests/node/test_membership.py`` so that cluster tests can put it between a node
-process and etcd (``--etcd 127.0.0.1:<proxy.port>``).
+Used by the membership tests and by cluster tests, which put it between a node process and etcd
+(``--etcd 127.0.0.1:<proxy.port>``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from etcd3aio import Etcd3Client
 from duro._etcd import EtcdProcess
 from duro.node.membership import Membership, MembershipStatus, NodeInfo, node_key
 from tests.cluster.etcd_fixture import assert_eventually, etcd, etcd_client  # noqa: F401
+from tests.helpers.proxy import BlackholeProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
@@ -35,47 +36,6 @@ class Events:
 
     def on_unfenced(self) -> None:
         self.unfenced.append(time.monotonic())
-
-
-class BlackholeProxy:
-    """A TCP proxy to etcd that can silently stop forwarding (a network partition)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.blocked = False
-        self.port = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> BlackholeProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._writers):
-            w.close()
-        await self._server.wait_closed()
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await r.read(65536):
-                while self.blocked:
-                    await asyncio.sleep(0.05)  # hold the bytes: the peer hears nothing
-                w.write(data)
-                await w.drain()
-        w.close()
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            w.close()
-            return
-        self._writers.update((w, uw))
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
 
 
 @contextlib.asynccontextmanager
