@@ -351,16 +351,7 @@ class Membership:
             t.add_done_callback(self._callbacks.discard)
 
     async def _keepalive_once(self, lease_id: int, deadline: float) -> int:
-        """Send one keepalive; return the TTL etcd answered (<= 0: the lease is gone)."""
-        call = self._client.lease.keep_alive(lease_id)
-        try:
-            async with asyncio.timeout(max(0.01, deadline - self._clock())):
-                resp = await call.read()
-        finally:
-            call.cancel()
-        if resp is grpc.aio.EOF:
-            raise EtcdError("keepalive stream closed")
-        return int(resp.TTL)
+        return await keepalive_once(self._client, lease_id, deadline, self._clock)
 
     async def _renew_until_failure(self) -> None:
         """Renew every interval; on failure retry quickly until the deadline, then fence."""
@@ -417,6 +408,23 @@ class Membership:
         except _ETCD_ERRORS as exc:  # the renewal path notices a lasting problem
             log.debug("membership %s: load update failed: %r", self.node_id, exc)
             self._load_dirty.set()
+
+
+async def keepalive_once(
+    client: Etcd3Client, lease_id: int, deadline: float, clock: Callable[[], float]
+) -> int:
+    """Send one keepalive for ``lease_id``, waiting until ``deadline`` (on ``clock``) at most;
+    return the TTL etcd answered (<= 0: the lease is gone). Shared by node membership and the
+    placement election, which renew their leases the same way."""
+    call = client.lease.keep_alive(lease_id)
+    try:
+        async with asyncio.timeout(max(0.01, deadline - clock())):
+            resp = await call.read()
+    finally:
+        call.cancel()
+    if resp is grpc.aio.EOF:
+        raise EtcdError("keepalive stream closed")
+    return int(resp.TTL)
 
 
 def _compare_lease(key: str, lease_id: int) -> Any:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import grpc
 from etcd3aio import Etcd3Client, EtcdError
 
+from duro.node.membership import keepalive_once
 from duro.placement.directory import LeaderGuard
 
 __all__ = ["Election", "ElectionStatus", "LeaderInfo", "leader_key"]
@@ -227,15 +228,7 @@ class Election:
 
     async def _keepalive(self, deadline: float) -> int:
         assert self._lease is not None
-        call = self._client.lease.keep_alive(self._lease)
-        try:
-            async with asyncio.timeout(max(0.01, deadline - self._clock())):
-                resp = await call.read()
-        finally:
-            call.cancel()
-        if resp is grpc.aio.EOF:
-            raise EtcdError("keepalive stream closed")
-        return int(resp.TTL)
+        return await keepalive_once(self._client, self._lease, deadline, self._clock)
 
     async def _watch_until_vacant(self, rev: int) -> None:
         """Follow the leader key from *rev*; return when it is deleted (or to re-check)."""
