@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
-import random
 import socket
 import subprocess
 import time
@@ -74,6 +74,18 @@ def find_etcd_binary(env: dict[str, str] | None = None) -> str:
 
 
 _PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768-60999 by default)
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def supervised(args: list[str]) -> list[str]:
+    """``args`` wrapped so that the child gets SIGTERM when its supervisor (``duro dev``, a test
+    cluster) dies, even by SIGKILL: no orphaned nodes, edges or etcd. ``setpriv --pdeathsig``
+    (util-linux) sets the parent-death signal and execs the command, so the pid stays the
+    command's own. (``preexec_fn`` would do it in Python, but it forces a plain fork(), which is
+    unsafe with gRPC's threads in the parent.) Without setpriv, the supervisor's stop() is all."""
+    return [_SETPRIV, "--pdeathsig", "TERM", "--", *args] if _SETPRIV else list(args)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -184,7 +196,7 @@ class EtcdProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self._proc = subprocess.Popen(
-            self.command(),
+            supervised(self.command()),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

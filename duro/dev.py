@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duro._etcd import EtcdProcess, free_port
+from duro._etcd import EtcdProcess, free_port, supervised
 
 __all__ = ["LocalCluster", "ProcSpec", "main", "read_ready"]
 
@@ -184,7 +184,7 @@ class LocalCluster:
         log = open(spec.log_path, "ab")  # noqa: SIM115 - the child holds it
         try:
             spec.proc = await asyncio.create_subprocess_exec(
-                *spec.args, stdin=asyncio.subprocess.DEVNULL,
+                *supervised(spec.args), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if spec.role in ("node", "edge") else log,
                 stderr=log, start_new_session=True,
                 env={**self.env, **(env or {})},

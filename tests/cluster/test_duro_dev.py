@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,29 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
 async def _drain(stream: asyncio.StreamReader, lines: list[str]) -> None:
     while raw := await stream.readline():
         lines.append(raw.decode())
+
+
+@pytest.mark.timeout(120)
+async def test_duro_dev_killed_leaves_no_orphans(tmp_path: Path) -> None:
+    """Even SIGKILL of ``duro dev`` (no chance to clean up) takes its cluster down with it: every
+    child has a parent-death signal."""
+    data = tmp_path / "dev"
+    dev = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "duro.cli", "dev", "--data-dir", str(data),
+        "--base-port", str(free_port()), "--http-port", "0",
+        cwd=ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert dev.stdout is not None
+    while True:
+        raw = await asyncio.wait_for(dev.stdout.readline(), 60)
+        assert raw, "duro dev exited before it was ready"
+        if raw.startswith(b"DURO-DEV-READY"):
+            break
+    assert processes_mentioning(str(data)), "the cluster's processes are running"
+    dev.kill()
+    await dev.wait()
+    deadline = time.monotonic() + 30
+    while processes_mentioning(str(data)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert not processes_mentioning(str(data)), processes_mentioning(str(data))
