@@ -29,7 +29,7 @@ from duro._wire import RedirectError
 from duro.client.connection import ConnectionPool
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
-from duro.errors import DuroError, InvalidArgumentError, UnavailableError
+from duro.errors import InvalidArgumentError, UnavailableError
 from duro.placement.directory import DirectoryCache, Entry
 from duro.placement.election import leader_key
 from duro.placement.nodes import NodeView
@@ -276,6 +276,3 @@ class Router:
             channel = self._placement_channels[address] = grpc.aio.insecure_channel(address)
         self._placement = (address, placement_pb2_grpc.PlacementStub(channel))
 
-
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DuroError) and exc.retryable

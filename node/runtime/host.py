@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from duro import _codec
 from duro._namespace import Call, CallKind, Env, Invoker, Namespace
+from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.config import RuntimeConfig
 from duro.node.runtime.activation import Activation, State, current_activation
@@ -114,7 +115,7 @@ class ObjectHost:
         # Migration: objects whose admission is held (-> future resolved on release/abort), and
         # objects that moved away (-> the redirect to answer until the directory view catches up).
         self.holds: dict[bytes, asyncio.Future] = {}
-        self.moved: dict[bytes, Exception] = {}
+        self.moved: dict[bytes, RedirectError] = {}
         gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)
         self.env = Env(
             {
@@ -171,7 +172,7 @@ class ObjectHost:
             await asyncio.shield(hold)  # a migration is moving it: wait for the outcome
         moved = self.moved.get(oid)
         if moved is not None:
-            if call.epoch <= getattr(moved, "epoch", 0):
+            if call.epoch <= moved.epoch:
                 raise _copy_error(moved)
             # The caller knows a newer epoch than our redirect (the object came back): re-check.
             del self.moved[oid]
