@@ -50,7 +50,7 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
         endpoint = ""
         while not endpoint:
             raw = await asyncio.wait_for(dev.stdout.readline(), 60)
-            assert raw, "duro dev exited before it was ready:\n" + "".join(lines)
+            assert raw, "duro dev exited before it was ready:\n" + "".join(lines) + _logs(data)
             line = raw.decode()
             lines.append(line)
             if line.startswith("DURO-DEV-READY"):
@@ -111,6 +111,15 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _logs(data: Path) -> str:
+    """The tail of every log ``duro dev`` left under ``data``, for a failure message."""
+    parts = []
+    for log in sorted((data / "logs").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"--- {log.name}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 async def _drain(stream: asyncio.StreamReader, lines: list[str]) -> None:
     while raw := await stream.readline():
         lines.append(raw.decode())
@@ -128,9 +137,11 @@ async def test_duro_dev_killed_leaves_no_orphans(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     assert dev.stdout is not None
+    lines: list[str] = []
     while True:
         raw = await asyncio.wait_for(dev.stdout.readline(), 60)
-        assert raw, "duro dev exited before it was ready"
+        assert raw, "duro dev exited before it was ready:\n" + "".join(lines) + _logs(data)
+        lines.append(raw.decode())
         if raw.startswith(b"DURO-DEV-READY"):
             break
     assert processes_mentioning(str(data)), "the cluster's processes are running"
