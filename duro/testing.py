@@ -183,6 +183,8 @@ class Testbed:
         for act in list(host._acts.values()):
             act.close()
         host._acts.clear()
+        await host.committer.drain()  # a batch the writer thread holds lands or fails first
+        host.committer.close()
         self.host = None
         assert self.engine is not None
         self.engine.close()

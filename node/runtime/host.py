@@ -145,10 +145,11 @@ class ObjectHost:
         while any(not a.is_idle() for a in self._acts.values()) and time.monotonic() < deadline:
             self.committer.flush()
             await asyncio.sleep(0.01)
-        self.committer.flush()
+        await self.committer.drain()
         for act in list(self._acts.values()):
             act.close()
         self._acts.clear()
+        self.committer.close()
 
     @property
     def active_count(self) -> int:

@@ -373,6 +373,7 @@ class ObjectStorage(_Ops):
         "_owner",
         "_max_value",
         "_pending",
+        "_inflight",
         "_write_seq",
         "_durable_seq",
         "_waiters",
@@ -398,6 +399,7 @@ class ObjectStorage(_Ops):
         self._owner = owner
         self._max_value = max_value_bytes
         self._pending: Layer | None = None
+        self._inflight: Layer | None = None  # taken by the group committer, not yet durable
         self._write_seq = 0
         self._durable_seq = 0
         self._waiters: deque[tuple[int, asyncio.Future]] | None = None
@@ -417,8 +419,11 @@ class ObjectStorage(_Ops):
         self._set_alarm_record(self._write_layer(), when_ms, retry)
         self._wrote()
 
-    def _layers(self) -> Iterable[Layer]:
-        return (self._pending,) if self._pending is not None else ()
+    def _layers(self) -> Iterable[Layer]:  # newest first
+        pending, inflight = self._pending, self._inflight
+        if inflight is None:
+            return (pending,) if pending is not None else ()
+        return (pending, inflight) if pending is not None else (inflight,)
 
     def _write_layer(self) -> Layer:
         if self._pending is None:
@@ -480,13 +485,18 @@ class ObjectStorage(_Ops):
 
     # -- called by the group committer ------------------------------------------------------
     def _take_pending(self) -> Layer | None:
+        """Hand the pending layer to the committer; it stays readable until it is durable."""
         layer, self._pending = self._pending, None
+        if layer is not None:
+            self._inflight = layer
         return layer
 
     def _check_fence(self) -> None:
         self._owner._check_fence()
 
     def _commit_succeeded(self, layer: Layer) -> None:
+        if self._inflight is layer:
+            self._inflight = None
         self._durable_seq = max(self._durable_seq, layer.seq)
         if layer.alarm is not _UNCHANGED:
             self._owner._on_alarm_committed(layer.alarm)
@@ -501,6 +511,7 @@ class ObjectStorage(_Ops):
     def _commit_failed(self, layer: Layer, exc: DuroError) -> None:
         self._error = exc
         self._pending = None
+        self._inflight = None
         waiters, self._waiters = self._waiters, None
         for _, fut in waiters or ():
             if not fut.done():
