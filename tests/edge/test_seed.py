@@ -132,6 +132,24 @@ async def test_edge_health_and_metrics(examples_cluster):
                          "duro_edge_upstream_latency_seconds_bucket",
                          "duro_edge_websocket_frames_in_total"):
                 assert name in text
+    # The access log: one line per request, with the request line, status and duration.
+    marker = "/counter/access-log-probe/get?q=1"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}{marker}") as r:
+            assert r.status == 200
+        async with http.get(f"{url}/nobinding/x/get") as r:
+            assert r.status == 404
+    log_path = examples_cluster.edges[0].log_path
+    for _ in range(100):
+        lines = log_path.read_text(errors="replace").splitlines()
+        hits = [ln for ln in lines if "duro.edge.access" in ln and marker in ln]
+        misses = [ln for ln in lines if "duro.edge.access" in ln and "/nobinding/x/get" in ln]
+        if hits and misses:
+            break
+        await asyncio.sleep(0.05)
+    assert len(hits) == 1 and len(misses) == 1, lines[-5:]
+    assert f'"GET {marker} HTTP/1.1" 200 ' in hits[0] and " INFO " in hits[0]
+    assert '"GET /nobinding/x/get HTTP/1.1" 404 ' in misses[0]
     for spec in examples_cluster.nodes:  # nodes still healthy
         conn = NodeConnection(spec.address)
         try:
