@@ -27,6 +27,7 @@ from duro.node.config import RuntimeConfig
 from duro.node.runtime.activation import Activation, State, current_activation
 from duro.node.runtime.alarms import AlarmScheduler
 from duro.node.storage.engine import GroupCommitter, StorageEngine
+from duro.node.storage.object_storage import ObjectStorage
 
 __all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec"]
 
@@ -116,6 +117,8 @@ class ObjectHost:
         # objects that moved away (-> the redirect to answer until the directory view catches up).
         self.holds: dict[bytes, asyncio.Future] = {}
         self.moved: dict[bytes, RedirectError] = {}
+        # Reset activations whose writes the group committer still holds (see invoke).
+        self._unsettled: dict[bytes, ObjectStorage] = {}
         gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)
         self.env = Env(
             {
@@ -181,10 +184,19 @@ class ObjectHost:
         if self.ownership is not None:
             epoch = await self.ownership.acquire(call)
         act = self._acts.get(oid)
-        if act is None or act.state is not State.ACTIVE or (epoch and act.epoch != epoch):
+        while act is None or act.state is not State.ACTIVE or (epoch and act.epoch != epoch):
             if act is not None and act.state is State.ACTIVE:
                 act.reset(UnavailableError("object moved to a new epoch; call again"))
-            act = self._activate(call.binding, binding.cls, oid, epoch)
+            prev = self._unsettled.get(oid)
+            if prev is None:
+                act = self._activate(call.binding, binding.cls, oid, epoch)
+                break
+            # A reset predecessor still has writes on their way to the disk: the new instance
+            # must not read around them. Others may activate it meanwhile: look again after.
+            await prev.settled()
+            if self._unsettled.get(oid) is prev:
+                del self._unsettled[oid]
+            act = self._acts.get(oid)
         else:
             self._acts.move_to_end(oid)
         self.stats.events += 1
@@ -211,6 +223,8 @@ class ObjectHost:
         """Called by an activation that was reset."""
         if self._acts.get(act.oid) is act:
             del self._acts[act.oid]
+            if not act.storage.is_settled():
+                self._unsettled[act.oid] = act.storage
         self.stats.resets += 1
 
     async def _fire_alarm(self, binding: str, oid: bytes) -> object:
@@ -287,6 +301,8 @@ class ObjectHost:
 
     def sweep(self) -> int:
         """Evict objects idle longer than ``idle_timeout`` and enforce the memory budget."""
+        for oid in [o for o, st in self._unsettled.items() if st.is_settled()]:
+            del self._unsettled[oid]
         now = time.monotonic()
         cutoff = now - self.config.idle_timeout
         victims = []

@@ -374,6 +374,7 @@ class ObjectStorage(_Ops):
         "_max_value",
         "_pending",
         "_inflight",
+        "_settle_waiters",
         "_write_seq",
         "_durable_seq",
         "_waiters",
@@ -400,6 +401,7 @@ class ObjectStorage(_Ops):
         self._max_value = max_value_bytes
         self._pending: Layer | None = None
         self._inflight: Layer | None = None  # taken by the group committer, not yet durable
+        self._settle_waiters: list[asyncio.Future] | None = None
         self._write_seq = 0
         self._durable_seq = 0
         self._waiters: deque[tuple[int, asyncio.Future]] | None = None
@@ -483,6 +485,29 @@ class ObjectStorage(_Ops):
         if fut is not None:
             await fut
 
+    def is_settled(self) -> bool:
+        """Whether the committer holds nothing of this storage: no batch of it is being written,
+        and no pending layer of it is waiting to be (or it failed, and never will be)."""
+        return self._inflight is None and (self._pending is None or self._error is not None)
+
+    async def settled(self) -> None:
+        """Wait until :meth:`is_settled` (never raises: a failed write is settled too). A new
+        activation of the same object waits for this before it reads anything, so that it never
+        reads around a batch of its predecessor that is still on its way to the disk."""
+        while not self.is_settled():
+            fut = asyncio.get_running_loop().create_future()
+            if self._settle_waiters is None:
+                self._settle_waiters = []
+            self._settle_waiters.append(fut)
+            await fut
+
+    def _notify_settled(self) -> None:
+        if self._settle_waiters is not None and self.is_settled():
+            waiters, self._settle_waiters = self._settle_waiters, None
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
     # -- called by the group committer ------------------------------------------------------
     def _take_pending(self) -> Layer | None:
         """Hand the pending layer to the committer; it stays readable until it is durable."""
@@ -507,16 +532,20 @@ class ObjectStorage(_Ops):
                 fut.set_result(None)
         if waiters is not None and not waiters:
             self._waiters = None  # an idle object keeps no empty deque
+        if self._settle_waiters is not None:
+            self._notify_settled()
 
     def _commit_failed(self, layer: Layer, exc: DuroError) -> None:
         self._error = exc
         self._pending = None
-        self._inflight = None
+        if self._inflight is layer:
+            self._inflight = None  # else an earlier batch is still being written: it lands or fails
         waiters, self._waiters = self._waiters, None
         for _, fut in waiters or ():
             if not fut.done():
                 fut.set_exception(exc)
         self._owner._on_storage_failed(exc)
+        self._notify_settled()
 
 
 class Transaction(_Ops):

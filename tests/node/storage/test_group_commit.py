@@ -110,3 +110,23 @@ async def test_a_failed_write_in_the_thread_fails_every_waiting_caller(tb, kv):
     # new activation, which reads what is on disk: only what was acknowledged.
     assert oks(await run(tb.env.KV.get_by_name("kv-under-test"), op("list"))) == [{"kept": 1}]
     assert tb.storage(kv) == {"kept": 1}
+
+
+async def test_a_new_instance_waits_for_its_reset_predecessors_writes(tb, kv):
+    """An object that aborts while its batch is still being written is activated again at
+    once by the next call; that instance must read the predecessor's writes, not the disk
+    from before them."""
+    held = HeldWrites(tb.engine)
+    aborted = asyncio.ensure_future(kv.put_then_abort({"x": 1, "y": 2}))
+    await _until(held.started)
+    assert tb.host.activation(tb._raw(kv)) is None  # the instance is gone already
+    fresh = tb.env.KV.get_by_name("kv-under-test")
+    read = asyncio.ensure_future(run(fresh, op("get_many", ["x", "y"])))
+    await asyncio.sleep(0.05)
+    assert not read.done()  # waits for the batch in flight rather than read around it
+    held.release.set()
+    assert oks(await read) == [{"x": 1, "y": 2}]
+    with pytest.raises(DuroError, match="test abort"):
+        await aborted  # its error reply, too, waited for its writes
+    assert tb.storage(kv) == {"x": 1, "y": 2}
+    assert not tb.host._unsettled

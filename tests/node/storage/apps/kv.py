@@ -65,3 +65,9 @@ class KV(DurableObject):
     async def run_raising(self, op, args, kwargs):
         """One operation whose error propagates to the caller."""
         return await getattr(self.ctx.storage, op)(*_materialise(args), **_materialise(kwargs))
+
+    async def put_then_abort(self, entries):
+        """Write ``entries`` (one put each, one layer) and reset the object in the same event."""
+        for key, value in entries.items():
+            self.ctx.storage.put(key, value)
+        self.ctx.abort("test abort after writing")
