@@ -117,8 +117,11 @@ class GroupCommitter:
         self.engine = engine
         self._dirty: list[ObjectStorage] = []
         self._scheduled = False
+        # Unsynced, a write is a memtable insert and a write(2) to the WAL: cheaper than the two
+        # thread handoffs, so it stays on the loop.
         self._executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="duro-commit") if threaded else None)
+            ThreadPoolExecutor(1, thread_name_prefix="duro-commit")
+            if threaded and engine.sync else None)
         self._inflight: asyncio.Future | None = None
         self.stats = CommitStats()
         self.on_commit: list = []  # callbacks(n_objects, n_writes) for metrics

@@ -130,3 +130,19 @@ async def test_a_new_instance_waits_for_its_reset_predecessors_writes(tb, kv):
         await aborted  # its error reply, too, waited for its writes
     assert tb.storage(kv) == {"x": 1, "y": 2}
     assert not tb.host._unsettled
+
+
+async def test_unsynced_wal_commits_on_the_loop(tmp_path):
+    """Without fsync a write costs less than the handoff: every batch stays on the loop, and
+    what it wrote survives a restart (process-crash durability)."""
+    from duro.testing import Testbed
+    from tests.node.storage.conftest import KV_APP
+
+    async with Testbed(app=KV_APP, data_dir=tmp_path / "data", sync_wal=False) as tb:
+        kv = tb.env.KV.get_by_name("unsynced")
+        held = HeldWrites(tb.engine)
+        held.release.set()
+        assert oks(await run(kv, op("put", "a", 1), op("put", "b", 2))) == [None, None]
+        assert held.threads == [threading.get_ident()]
+        await tb.restart()
+        assert tb.storage(kv) == {"a": 1, "b": 2}
