@@ -5,8 +5,8 @@ directly: each object's storage collects its writes in a pending layer
 (:mod:`duro.node.storage.object_storage`) and asks the :class:`GroupCommitter` to commit it. The
 committer runs once per event-loop turn in which any object became dirty: it takes every dirty
 object's pending layer, checks each object's fence (placement epoch), and writes all of them in ONE
-``WriteBatch`` with one WAL sync. Only then are the objects told their writes are durable, which is
-what opens their output gates.
+``WriteBatch`` with one WAL sync, in a writer thread while the loop goes on (see GroupCommitter).
+Only then are the objects told their writes are durable, which is what opens their output gates.
 
 ``sync=True`` (the default) fsyncs the WAL on every group commit: an acknowledged write survives
 power loss. ``sync=False`` ("unsynced WAL") writes the WAL to the OS without fsync: durable against a
