@@ -198,6 +198,10 @@ class EtcdProcess:
             "--logger", "zap",
             "--log-level", "warn",
             "--log-outputs", "stderr",
+            # Keep one hour of history (watchers resume from their revision, or re-read after a
+            # compaction: docs/cluster.md); without it a long ``duro dev`` grows without bound.
+            "--auto-compaction-mode", "periodic",
+            "--auto-compaction-retention", "1h",
         ]  # fmt: skip
         if self.unsafe_no_fsync:
             cmd.append("--unsafe-no-fsync")
