@@ -110,18 +110,17 @@ class GroupCommitter:
     while a batch is in flight wait (readable, in the objects' in-flight layers) and go out in the
     next batch as soon as the writer returns; batches never overlap, so they reach the disk in the
     order they were built. A batch of a single write (no concurrency to overlap with) is written
-    on the loop; ``threaded=False`` writes every batch on the loop.
+    on the loop, and so is every batch of an unsynced engine.
     """
 
-    def __init__(self, engine: StorageEngine, *, threaded: bool = True) -> None:
+    def __init__(self, engine: StorageEngine) -> None:
         self.engine = engine
         self._dirty: list[ObjectStorage] = []
         self._scheduled = False
         # Unsynced, a write is a memtable insert and a write(2) to the WAL: cheaper than the two
         # thread handoffs, so it stays on the loop.
         self._executor = (
-            ThreadPoolExecutor(1, thread_name_prefix="duro-commit")
-            if threaded and engine.sync else None)
+            ThreadPoolExecutor(1, thread_name_prefix="duro-commit") if engine.sync else None)
         self._inflight: asyncio.Future | None = None
         self.stats = CommitStats()
         self.on_commit: list = []  # callbacks(n_objects, n_writes) for metrics
@@ -172,11 +171,9 @@ class GroupCommitter:
     async def drain(self) -> None:
         """Commit everything dirty and wait until nothing is in flight (shutdown, tests)."""
         while self.busy:
-            self.flush()
+            self.flush()  # with no batch in flight, this empties the dirty list
             if self._inflight is not None:
                 await asyncio.wait([self._inflight])
-            elif self._dirty:  # only objects whose layers were already taken: nothing to write
-                self._dirty.clear()
 
     def close(self) -> None:
         if self._executor is not None:
