@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from duro.errors import DuroError
+from tests.cluster.conftest import wait_until
 from tests.node.storage.test_storage_ops import oks, op, run
 
 pytestmark = pytest.mark.timeout(30)
@@ -39,11 +40,7 @@ class HeldWrites:
 
 
 async def _until(flag: threading.Event) -> None:
-    for _ in range(2000):
-        if flag.is_set():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the writer never started")
+    await wait_until(flag.is_set, timeout=10, interval=0.005, message="the writer never started")
 
 
 async def test_writes_made_during_an_inflight_commit_are_visible_and_land_in_order(tb, kv):
@@ -60,10 +57,9 @@ async def test_writes_made_during_an_inflight_commit_are_visible_and_land_in_ord
         kv, op("get", "a"), op("get_many", ["a", "b"]), op("put", "b", 20), op("put", "c", 3),
         op("list"), op("get", "b"),
     ))
-    for _ in range(200):
-        if second.done() or tb.host.activation(tb._raw(kv)).running == 0:
-            break
-        await asyncio.sleep(0.005)
+    storage = tb.host.activation(tb._raw(kv)).storage
+    await wait_until(lambda: storage._pending is not None, timeout=10, interval=0.005,
+                     message="the second event never wrote")
     assert not second.done()  # ran, but its reply waits behind its own batch
     third = asyncio.ensure_future(run(kv, op("delete_all"), op("put", "d", 4), op("list"),
                                       op("get", "a")))
