@@ -48,6 +48,18 @@ class ProcSpec:
     def address(self) -> str:
         return self.ready.get("address", "")
 
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM the process if it runs; SIGKILL it if it has not exited after ``grace`` s."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
 
 async def read_ready(spec: ProcSpec, marker: str, timeout: float) -> dict[str, str]:
     """Wait for the child's ``MARKER key=value ...`` line on stdout and return its fields;
@@ -155,9 +167,9 @@ class LocalCluster:
 
     async def stop(self, grace: float = 10.0) -> None:
         # Edges first: they close client sockets (1001) while the objects can still hear it.
-        await asyncio.gather(*(self._terminate(p, grace) for p in self.edges))
-        await asyncio.gather(*(self._terminate(p, grace) for p in self.nodes))
-        await asyncio.gather(*(self._terminate(p, grace) for p in self.placements))
+        await asyncio.gather(*(p.terminate(grace) for p in self.edges))
+        await asyncio.gather(*(p.terminate(grace) for p in self.nodes))
+        await asyncio.gather(*(p.terminate(grace) for p in self.placements))
         if self.etcd.running():
             await self.etcd.stop_async()
 
@@ -210,12 +222,12 @@ class LocalCluster:
         try:
             spec.ready = await read_ready(spec, marker, timeout)
         except RuntimeError:
-            await self._terminate(spec, 1.0)
+            await spec.terminate(1.0)
             raise
         return spec
 
     async def stop_edge(self, i: int, grace: float = 10.0) -> None:
-        await self._terminate(self.edges[i], grace)
+        await self.edges[i].terminate(grace)
 
     def edge_url(self, i: int = 0) -> str:
         """``http://host:port`` of edge ``i``."""
@@ -229,7 +241,7 @@ class LocalCluster:
         await spec.proc.wait()
 
     async def stop_node(self, i: int, grace: float = 10.0) -> None:
-        await self._terminate(self.nodes[i], grace)
+        await self.nodes[i].terminate(grace)
 
     async def kill_placement(self, i: int, sig: int = signal.SIGKILL) -> None:
         spec = self.placements[i]
@@ -240,17 +252,6 @@ class LocalCluster:
 
     async def start_placement(self, i: int) -> None:
         await self._spawn(self.placements[i])
-
-    async def _terminate(self, spec: ProcSpec, grace: float) -> None:
-        proc = spec.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
 
     # -- views --------------------------------------------------------------------------------
     async def wait_leader(self, timeout: float = 30.0) -> dict[str, Any]:

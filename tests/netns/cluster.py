@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,28 +108,17 @@ class NetnsCluster:
         try:
             spec.ready = await read_ready(spec, "DURO-NODE-READY", timeout)
         except RuntimeError:
-            await self._terminate(spec, 1.0)
+            await spec.terminate(1.0)
             raise
         return spec
 
     async def stop_node(self, i: int, grace: float = 10.0) -> None:
-        await self._terminate(self.nodes[i], grace)
-
-    async def _terminate(self, spec: ProcSpec, grace: float) -> None:
-        proc = spec.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await self.nodes[i].terminate(grace)
 
     async def stop(self, grace: float = 10.0) -> None:
-        await asyncio.gather(*(self._terminate(n, grace) for n in self.nodes))
-        await self._terminate(self.placement, grace)
-        await self._terminate(self.etcd_spec, grace)
+        await asyncio.gather(*(n.terminate(grace) for n in self.nodes))
+        await self.placement.terminate(grace)
+        await self.etcd_spec.terminate(grace)
 
     def all_pids(self) -> list[int]:
         return [p for s in (self.etcd_spec, self.placement, *self.nodes) for p in s.pids]
