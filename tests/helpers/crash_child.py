@@ -26,6 +26,9 @@ from pathlib import Path
 
 from duro.testing import Testbed
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: find tests/
+from tests.helpers.commits import delay_commits  # noqa: E402
+
 APP = Path(__file__).resolve().parent.parent / "node" / "runtime" / "apps" / "objs.py"
 OBJECTS = 4
 KEYS = 16
@@ -59,16 +62,9 @@ async def ack(tb: Testbed) -> None:
 
 
 def _tamper(tb: Testbed) -> None:
-    committer = tb.host.committer
     delay = float(os.environ.get("DURO_COMMIT_DELAY", "0"))
     if delay:
-        def mark_dirty(storage):
-            committer._dirty.append(storage)
-            if not committer._scheduled:
-                committer._scheduled = True
-                asyncio.get_running_loop().call_later(delay, committer.flush)
-
-        committer.mark_dirty = mark_dirty
+        delay_commits(tb.host.committer, delay)
     sabotage = os.environ.get("DURO_SABOTAGE")
     if sabotage == "nogate":
         from duro.node.storage.object_storage import ObjectStorage

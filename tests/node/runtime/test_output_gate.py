@@ -12,6 +12,7 @@ import pytest
 
 from duro.errors import ObjectError, ObjectResetError, UnavailableError
 from duro.node.storage import layout
+from tests.helpers.commits import delay_commits
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,14 +32,8 @@ def slow_commits(tb):
         real_write(batch)
         written.append(time.monotonic())
 
-    def mark_dirty(storage):
-        committer._dirty.append(storage)
-        if not committer._scheduled:
-            committer._scheduled = True
-            asyncio.get_running_loop().call_later(COMMIT_DELAY, committer.flush)
-
     engine.write = write
-    committer.mark_dirty = mark_dirty
+    delay_commits(committer, COMMIT_DELAY)
     return written
 
 
