@@ -142,11 +142,7 @@ async def start_cluster(root: Path) -> tuple[LocalCluster, int]:
     cluster = LocalCluster(root, app=APP, **kw)  # etcd with fsync, synced node WALs
     mport = free_port()
     cluster.placements[0].args += ["--metrics-port", str(mport)]
-    try:
-        await cluster.start()
-    except BaseException:
-        await cluster.stop()
-        raise
+    await cluster.start()  # stops what it started if it fails
     return cluster, mport
 
 

@@ -65,11 +65,7 @@ def pct(values: list[float], q: float) -> float:
 async def start(root: Path, regions: tuple[str, ...]) -> LocalCluster:
     cluster = LocalCluster(root, app=APP, regions=regions, edges=False,
                            placement_args=("--rebalance", "false"))
-    try:
-        await cluster.start()
-    except BaseException:
-        await cluster.stop()
-        raise
+    await cluster.start()  # stops what it started if it fails
     return cluster
 
 

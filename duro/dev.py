@@ -157,13 +157,18 @@ class LocalCluster:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, timeout: float = 60.0) -> None:
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        await self.etcd.start_async()
-        for p in self.placements:
-            await self._spawn(p)
-        await self.wait_leader(timeout)
-        await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
-        await asyncio.gather(*(self.start_edge(i, timeout) for i in range(len(self.edges))))
+        """Start everything; if any part fails (or this is cancelled), stop what did start."""
+        try:
+            (self.root / "logs").mkdir(parents=True, exist_ok=True)
+            await self.etcd.start_async()
+            for p in self.placements:
+                await self._spawn(p)
+            await self.wait_leader(timeout)
+            await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
+            await asyncio.gather(*(self.start_edge(i, timeout) for i in range(len(self.edges))))
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self, grace: float = 10.0) -> None:
         # Edges first: they close client sockets (1001) while the objects can still hear it.
@@ -174,11 +179,7 @@ class LocalCluster:
             await self.etcd.stop_async()
 
     async def __aenter__(self) -> LocalCluster:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

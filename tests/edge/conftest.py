@@ -20,11 +20,7 @@ async def start_cluster(root: Path, **kw) -> LocalCluster:
     kw.setdefault("etcd_no_fsync", True)
     kw.setdefault("regions", ("us-east", "eu-west"))
     cluster = LocalCluster(root, **kw)
-    try:
-        await cluster.start()
-    except BaseException:
-        await cluster.stop()
-        raise
+    await cluster.start()  # stops what it started if it fails
     return cluster
 
 
