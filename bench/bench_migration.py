@@ -76,7 +76,7 @@ def addresses(cluster: LocalCluster) -> dict[str, str]:
 async def owner(client: Any, cluster: LocalCluster, stub: Any) -> str:
     entry = await Directory(client.invoker.etcd, cluster.cluster).get(stub.id.hex())
     assert entry is not None
-    return entry.node
+    return (await client.invoker.await_owner(entry, None))[0]
 
 
 # -- 1. unavailability window -------------------------------------------------------------------
@@ -196,7 +196,7 @@ async def bulk_run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             d = Directory(client.invoker.etcd, cluster.cluster)
             for n in names:
                 e = await d.get(stubs[n].id.hex())
-                owners[n] = e.node
+                owners[n] = (await client.invoker.await_owner(e, None))[0]
             adds = {n: 0 for n in names}
             failures: list[str] = []
             suspect: dict[str, int] = {}  # object -> failed calls on it

@@ -13,8 +13,11 @@ from duro.client.etcdkv import etcd_client, get_prefix, get_value
 from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
 from duro.node.membership import NodeInfo, nodes_prefix
+from duro.node.replication.groups import GroupConfig, groups_prefix
+from duro.node.replication.settings import ReplicationSettings, read_settings
 from duro.placement.directory import Directory, Entry, dir_prefix
 from duro.placement.election import leader_key
+from duro.placement.groups import primary_gone
 
 __all__ = ["status", "where"]
 
@@ -28,30 +31,69 @@ async def _bindings(client: Etcd3Client, cluster: str, app: Any) -> dict[str, st
     return dict(json.loads(value)) if value is not None else {}
 
 
+async def _groups(client: Etcd3Client, cluster: str) -> dict[int, GroupConfig]:
+    return {g.gid: g for g in (GroupConfig.from_json(v) for _, v in
+                               await get_prefix(client, groups_prefix(cluster)))}
+
+
+def _group_view(g: GroupConfig, nodes: dict[str, NodeInfo], floor: int) -> dict[str, Any]:
+    gone = primary_gone(g, nodes)
+    return {
+        "gid": g.gid, "epoch": g.epoch, "primary": g.primary, "serving": gone is None,
+        "replicas": [{"node": m, "in_sync": g.sid_of(m) is not None, "live": m in nodes}
+                     for m in g.replicas],
+        "in_sync": len(g.in_sync), "under_replicated": len(g.in_sync) < len(g.replicas),
+        "writable": gone is None and len(g.in_sync) >= floor,
+        **({"why_not_serving": gone} if gone else {}),
+    }
+
+
 async def status(etcd: str, cluster: str) -> dict[str, Any]:
-    """Nodes (with region and object count), the placement leader, objects per region."""
+    """Nodes (region, objects they serve), replica groups (members, sync), the placement leader,
+    and which groups are under-replicated or have no serving primary."""
     async with etcd_client(etcd) as client:
-        nodes = [NodeInfo.from_json(v) for _, v in await get_prefix(client, nodes_prefix(cluster))]
+        nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
+                                         await get_prefix(client, nodes_prefix(cluster)))}
         leader = await get_value(client, leader_key(cluster))
-        per_node: Counter[str] = Counter()
+        groups = await _groups(client, cluster)
+        settings = await read_settings(client, cluster) or ReplicationSettings()
+        per_group: Counter[int] = Counter()
+        legacy: Counter[str] = Counter()
         prefix = dir_prefix(cluster)
         total = 0
         for key, value in await get_prefix(client, prefix):
             e = Entry.from_json(key[len(prefix):], value)
-            per_node[e.node] += 1
+            if e.group:
+                per_group[e.group] += 1
+            else:
+                legacy[e.node] += 1
             total += 1
-    live = {n.node_id for n in nodes}
+    per_node: Counter[str] = Counter(legacy)
+    for gid, n in per_group.items():
+        g = groups.get(gid)
+        if g is not None:
+            per_node[g.primary] += n
+    views = [_group_view(g, nodes, settings.floor) for g in sorted(groups.values(),
+                                                                   key=lambda g: g.gid)]
+    for v in views:
+        v["objects"] = per_group.get(v["gid"], 0)
     return {
         "cluster": cluster,
         "leader": json.loads(leader) if leader else None,
         "objects": total,
+        "replication": {"replicas": settings.replicas, "min_in_sync": settings.min_in_sync},
         "nodes": [
             {"node_id": n.node_id, "address": n.address, "region": n.region, "zone": n.zone,
-             "load": n.load, "capacity": n.capacity, "objects": per_node.get(n.node_id, 0)}
-            for n in sorted(nodes, key=lambda n: (n.region, n.node_id))
+             "load": n.load, "capacity": n.capacity, "objects": per_node.get(n.node_id, 0),
+             "leads": sorted(g.gid for g in groups.values() if g.primary == n.node_id),
+             "draining": n.draining}
+            for n in sorted(nodes.values(), key=lambda n: (n.region, n.node_id))
         ],
-        "down_nodes_with_objects": sorted(k for k in per_node if k not in live),
-        "regions": sorted({n.region for n in nodes}),
+        "groups": views,
+        "under_replicated_groups": [v["gid"] for v in views if v["under_replicated"]],
+        "groups_without_primary": [v["gid"] for v in views if not v["serving"]],
+        "down_nodes_with_objects": sorted(k for k in legacy if k not in nodes),
+        "regions": sorted({n.region for n in nodes.values()}),
     }
 
 
@@ -65,14 +107,20 @@ async def where(etcd: str, cluster: str, app: Any, binding: str, name: str) -> d
         entry = await Directory(client, cluster).get(oid.hex())
         nodes = {n.node_id: n for n in
                  (NodeInfo.from_json(v) for _, v in await get_prefix(client, nodes_prefix(cluster)))}
+        groups = await _groups(client, cluster)
+        settings = await read_settings(client, cluster) or ReplicationSettings()
     if entry is None:
         return {"binding": binding, "name": name, "id": oid.hex(), "node": None}
-    node = nodes.get(entry.node)
-    return {
-        "binding": binding, "name": name, "id": oid.hex(), "node": entry.node,
-        "region": entry.region, "epoch": entry.epoch, "live": node is not None,
-        "address": node.address if node else None,
-    }
+    out: dict[str, Any] = {"binding": binding, "name": name, "id": oid.hex(),
+                           "region": entry.region, "epoch": entry.epoch}
+    g = groups.get(entry.group)
+    node_id = g.primary if g is not None else entry.node
+    if g is not None:
+        out["group"] = _group_view(g, nodes, settings.floor)
+    node = nodes.get(node_id)
+    live = node is not None and (g is None or primary_gone(g, nodes) is None)
+    out.update(node=node_id, live=live, address=node.address if node and live else None)
+    return out
 
 
 # -- moving objects ------------------------------------------------------------------------------

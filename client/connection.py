@@ -30,7 +30,7 @@ from grpc import aio
 
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._wire import call_to_pb, chunk_by_size, error_from_pb, error_from_status
+from duro._wire import RedirectError, call_to_pb, chunk_by_size, error_from_pb, error_from_status
 from duro.errors import CallTimeoutError, DuroError, InvalidValueError, UnavailableError
 
 __all__ = ["NodeConnection", "ConnectionPool", "NodeHealth", "channel_options"]
@@ -80,6 +80,7 @@ class _CallStream:
         "broken",
         "_writer",
         "_reader",
+        "connected",
     )
 
     def __init__(self, address: str, stub: node_pb2_grpc.NodeStub) -> None:
@@ -91,6 +92,7 @@ class _CallStream:
         self._abandoned = 0  # calls given up by their caller while possibly still in the outbox
         self._wake = asyncio.Event()
         self.broken: DuroError | None = None
+        self.connected = False  # the transport to the node was established
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
@@ -109,6 +111,10 @@ class _CallStream:
 
     async def _write(self) -> None:
         try:
+            # Nothing is written before the node is reached: if it cannot be, no call of this
+            # stream was delivered, and the router may send them elsewhere (a failover).
+            await self._rpc.wait_for_connection()
+            self.connected = True
             while True:
                 if not self._outbox:
                     self._wake.clear()
@@ -171,11 +177,12 @@ class _CallStream:
         for seq, fut in pending.items():
             if fut.done():
                 continue
-            if seq in unsent:
-                what = "the call was not sent"
+            if seq in unsent or not self.connected:
+                # Never delivered: a redirect without an owner, which a router follows by
+                # re-resolving the object (it is an UnavailableError, retryable, for others).
+                err: DuroError = RedirectError(f"{cause}; the call was not sent")
             else:
-                what = "the call may or may not have executed"
-            err = UnavailableError(f"{cause}; {what}")
+                err = UnavailableError(f"{cause}; the call may or may not have executed")
             err.__cause__ = cause
             fut.set_exception(err)
         for task in (self._writer, self._reader):

@@ -1,16 +1,19 @@
-"""``Router``: send a call to the node that owns its object, wherever the caller is.
+"""``Router``: send a call to the node that serves its object, wherever the caller is.
 
 Used by ``duro.client`` (external callers), by nodes (calls between objects) and by edges. It keeps
-two watch-fed views from etcd: the directory (object → node, epoch; ``DirectoryCache``) and the live
-nodes (node → address, region; ``NodeView``). One call:
+three watch-fed views from etcd: the directory (object → replica group, epoch; ``DirectoryCache``),
+the replica groups (group → primary and its lease; ``GroupView``, docs/replication.md) and the live
+nodes (node → address, lease; ``NodeView``). One call:
 
 1. look the object up in the directory cache; if absent, ask the placement leader to place it
    (``Placement.Place``: returns the existing entry or creates one, epoch 1);
-2. if the owner node is not live (its lease expired), fail with a retryable ``UnavailableError``:
-   its objects wait for it (their storage is on its disk), never served elsewhere;
-3. send the call on the long-lived stream to the owner (``ConnectionPool``), carrying the epoch;
-4. on a redirect from the node (it is not the owner, by its newer view), go where the redirect
-   says, at most ``max_hops`` times.
+2. find its group's primary; while the group has none that is live under the lease the
+   configuration names (its node died and the group is failing over), wait for the views to show
+   the new one, up to ``failover_wait`` seconds, then fail with a retryable ``UnavailableError``;
+3. send the call on the long-lived stream to the primary (``ConnectionPool``), carrying the epoch;
+4. on a redirect from the node (it is not the owner by its newer view, or not serving yet), go
+   where the redirect says (at most ``max_hops`` times), or wait for the views to move and route
+   again. A redirect means the call did not run, so following it is always safe.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from duro.client.connection import ConnectionPool
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
 from duro.errors import InvalidArgumentError, UnavailableError
+from duro.node.replication.groups import GroupView
 from duro.placement.directory import DirectoryCache, Entry
 from duro.placement.election import leader_key
 from duro.placement.nodes import NodeView
@@ -40,6 +44,8 @@ log = logging.getLogger("duro.client")
 
 MAX_HOPS = 4
 PLACE_BATCH = 512  # first calls per PlaceMany RPC
+FAILOVER_WAIT = 10.0  # seconds a call waits for its group to have a serving primary again
+RETRY_PAUSE = 0.05
 
 
 def app_key(cluster: str) -> str:
@@ -70,6 +76,7 @@ class Router:
         pool: ConnectionPool | None = None,
         max_hops: int = MAX_HOPS,
         call_timeout: float | None = 30.0,
+        failover_wait: float = FAILOVER_WAIT,
     ) -> None:
         self._own_client = not isinstance(etcd, Etcd3Client)
         self.etcd = etcd_client(etcd) if isinstance(etcd, str) else etcd
@@ -78,8 +85,10 @@ class Router:
         self.pool = pool or ConnectionPool()
         self.max_hops = max_hops
         self.call_timeout = call_timeout
+        self.failover_wait = failover_wait
         self.cache = DirectoryCache(self.etcd, cluster)
         self.nodes = NodeView(self.etcd, cluster)
+        self.groups = GroupView(self.etcd, cluster)
         self.stats = RouterStats()
         self.latency = LatencyMatrix.from_env()
         self._placement: tuple[str, Any] | None = None  # (address, stub)
@@ -97,7 +106,8 @@ class Router:
             return
         if self._own_client:
             await self.etcd.connect()
-        await asyncio.gather(self.cache.start(timeout), self.nodes.start(timeout))
+        await asyncio.gather(self.cache.start(timeout), self.nodes.start(timeout),
+                             self.groups.start(timeout))
         self._started = True
 
     async def close(self) -> None:
@@ -105,6 +115,7 @@ class Router:
             task.cancel()
         await self.cache.stop()
         await self.nodes.stop()
+        await self.groups.stop()
         await self.pool.close()
         self._placement = None
         channels, self._placement_channels = list(self._placement_channels.values()), {}
@@ -137,23 +148,72 @@ class Router:
             entry = await self.place(call)
         else:
             self.stats.cache_hits += 1
-        address = self._address_of(entry)
-        node_id = entry.node
         call.epoch = entry.epoch
-        for hop in range(self.max_hops + 1):
-            call.hops = hop
+        owner = self.owner_of(entry)
+        node_id, address = owner if owner is not None else await self.await_owner(entry, None)
+        hops = 0
+        deadline: float | None = None
+        while True:
+            call.hops = hops
             try:
                 if self.latency is None:
                     return await self.pool.invoke(address, call, timeout=self.call_timeout)
                 return await self._delayed(node_id, address, call)
             except RedirectError as r:
                 self.stats.redirects += 1
-                if not r.address:
+                hops += 1
+                call.epoch = max(call.epoch, r.epoch)
+                if r.address and r.address != address and hops <= self.max_hops:
+                    address, node_id = r.address, r.node_id
+                    continue
+                # Not served there now (the group is failing over, or its new primary is still
+                # reconciling): the call did not run. Wait for the views to move, route again.
+                loop = asyncio.get_running_loop()
+                if deadline is None:
+                    deadline = loop.time() + self.failover_wait
+                if loop.time() > deadline:
                     raise UnavailableError(
-                        f"object {oid[:16]}… is owned by node {r.node_id!r}, which is not live"
-                    ) from None
-                address, call.epoch, node_id = r.address, r.epoch, r.node_id
-        raise UnavailableError(f"object {oid[:16]}…: more than {self.max_hops} redirects")
+                        f"object {oid[:16]}…: no node served it within {self.failover_wait:g} s "
+                        f"(last: {r})") from None
+                await asyncio.sleep(RETRY_PAUSE)
+                entry = self.cache.lookup(oid) or entry
+                node_id, address = await self.await_owner(entry, deadline)
+
+    def owner_of(self, entry: Entry) -> tuple[str, str] | None:
+        """(node id, address) of the node serving the entry's object now, as far as the views
+        know; None while its group has no primary registered under the configuration's lease."""
+        node_id = entry.node
+        if entry.group:
+            g = self.groups.get(entry.group)
+            if g is None:
+                return None
+            info = self.nodes.nodes.get(g.primary)
+            if info is None or (info.lease and info.lease != g.lease):
+                return None
+            return g.primary, info.address
+        info = self.nodes.nodes.get(node_id)
+        return (node_id, info.address) if info is not None else None
+
+    def owner_address(self, entry: Entry) -> str:
+        owner = self.owner_of(entry)
+        return owner[1] if owner is not None else ""
+
+    async def await_owner(self, entry: Entry, deadline: float | None) -> tuple[str, str]:
+        """Wait (polling the views) until the entry's object has a serving primary."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.failover_wait
+        while True:
+            owner = self.owner_of(entry)
+            if owner is not None:
+                return owner
+            if loop.time() > deadline:
+                self.stats.unavailable += 1
+                where = f"group {entry.group}" if entry.group else f"node {entry.node!r}"
+                raise UnavailableError(
+                    f"object {entry.object_id[:16]}… lives in {where}, which has no live primary "
+                    f"(waited {self.failover_wait:g} s for a failover); retry")
+            await asyncio.sleep(RETRY_PAUSE)
 
     async def _delayed(self, node_id: str, address: str, call: Call) -> bytes:
         """One hop with the simulated one-way delay each way (see duro.client.latency)."""
@@ -167,16 +227,6 @@ class Router:
         finally:
             if delay:
                 await asyncio.sleep(delay)
-
-    def _address_of(self, entry: Entry) -> str:
-        info = self.nodes.nodes.get(entry.node)
-        if info is None:
-            self.stats.unavailable += 1
-            raise UnavailableError(
-                f"object {entry.object_id[:16]}… lives on node {entry.node!r}, which is not live "
-                "(its lease expired); retry when it is back"
-            )
-        return info.address
 
     async def place(self, call: Call) -> Entry:
         """The object's entry from the placement leader (placing it if new).
@@ -246,8 +296,9 @@ class Router:
                     self.stats.placements += 1
                     p = r.placed
                     out.append(Entry(object_id=req.object_id.hex(), binding=req.binding,
-                                     node=p.node_id, epoch=p.epoch, region=p.region,
-                                     replicas=tuple(p.replicas)))
+                                     node="" if p.group else p.node_id, epoch=p.epoch,
+                                     region=p.region,
+                                     replicas=tuple(p.replicas), group=p.group))
             return out
         raise UnavailableError(f"placement service unavailable: {last}")
 

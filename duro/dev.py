@@ -93,6 +93,8 @@ class LocalCluster:
         etcd_no_fsync: bool = False,
         etcd_port: int | None = None,
         simulate_latency: bool | str = False,
+        replicas: int = 3,
+        min_in_sync: int = 2,
         placement_args: tuple[str, ...] = (),
         python: str = sys.executable,
         edges: bool = True,
@@ -104,6 +106,7 @@ class LocalCluster:
         self.regions = regions
         self.cluster = cluster
         self.lease_ttl = lease_ttl
+        self.replicas = replicas
         self.python = python
         # Children inherit the latency simulation (duro.client.latency), as do routers made here.
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -121,6 +124,7 @@ class LocalCluster:
                 "placement", f"placement-{i}",
                 [python, "-m", "duro.placement", "--etcd", self.etcd.endpoint, "--cluster", cluster,
                  "--listen", f"127.0.0.1:{free_port()}", "--id", f"placement-{i}",
+                 "--replicas", str(replicas), "--min-in-sync", str(min_in_sync),
                  "--log-level", "WARNING", *placement_args],
                 self.root / "logs" / f"placement-{i}.log",
             ))
@@ -165,6 +169,8 @@ class LocalCluster:
                 await self._spawn(p)
             await self.wait_leader(timeout)
             await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
+            if self.nodes:
+                await self.wait_replicated(timeout)
             await asyncio.gather(*(self.start_edge(i, timeout) for i in range(len(self.edges))))
         except BaseException:
             await self.stop()
@@ -269,6 +275,31 @@ class LocalCluster:
                     return json.loads(value)
                 await asyncio.sleep(0.1)
         raise TimeoutError("no placement leader was elected")
+
+    async def groups(self) -> list[Any]:
+        """Every replica group's configuration, from etcd (docs/replication.md)."""
+        from duro.client.etcdkv import etcd_client, get_prefix
+        from duro.node.replication.groups import GroupConfig, groups_prefix
+
+        async with etcd_client(self.etcd.endpoint) as client:
+            return [GroupConfig.from_json(v, 0)
+                    for _, v in await get_prefix(client, groups_prefix(self.cluster))]
+
+    async def wait_replicated(self, timeout: float = 60.0, *, nodes: int | None = None) -> None:
+        """Wait until every running node leads its home group and every group has
+        ``min(replicas, nodes)`` members, all in sync: the steady state after a start."""
+        running = {n.ready.get("node_id", n.name) for n in self.nodes if n.running}
+        want = min(self.replicas, nodes if nodes is not None else len(running))
+        deadline = time.monotonic() + timeout
+        while True:
+            groups = await self.groups()
+            homes = {g.home: g for g in groups}
+            if all(n in homes and homes[n].primary == n for n in running) and all(
+                    len(g.in_sync) >= want for g in groups if g.home in running):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica groups not in sync after {timeout} s: {groups}")
+            await asyncio.sleep(0.05)
 
     def node_by_id(self, node_id: str) -> int:
         for i, spec in enumerate(self.nodes):

@@ -132,7 +132,7 @@ class Testbed:
         act = self._host().activation(oid)
         if act is not None:
             return act.binding
-        raw = self._host().engine.get(layout.alarm_key(oid))
+        raw = self._host().engine.get(layout.alarm_key(0, oid))
         if raw is not None:
             return _codec.decode(raw)[1]
         for name, b in self.app.bindings.items():  # the id's tag says which namespace it is in
@@ -195,7 +195,7 @@ class Testbed:
         """The object's durable keys and values (what is on disk now), in key order."""
         host = self._host()
         oid = self._raw(target)
-        prefix = layout.data_prefix(oid)
+        prefix = layout.data_prefix(0, oid)
         return {
             layout.user_key(k): _codec.decode(v)
             for k, v in host.engine.scan(prefix, layout.prefix_end(prefix))
@@ -203,5 +203,5 @@ class Testbed:
 
     def alarm(self, target: Stub | ObjectId | str) -> float | None:
         """The object's durable alarm time (seconds), or None."""
-        raw = self._host().engine.get(layout.alarm_key(self._raw(target)))
+        raw = self._host().engine.get(layout.alarm_key(0, self._raw(target)))
         return None if raw is None else _codec.decode(raw)[0] / 1000.0

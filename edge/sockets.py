@@ -290,6 +290,10 @@ class SocketManager:
             self._on_directory_change(new)
 
         self.router.cache._on_change = on_change
+        # A replica group failed over: its objects' sockets re-bind to the new primary at once
+        # (re-registering rebuilds the object's socket registry there: docs/replication.md).
+        self.router.groups.callbacks.append(self._on_group_change)
+        self.router.nodes.callbacks.append(self._on_node_change)
         self._sync_links()
         self._sync_task = asyncio.ensure_future(self._sync_loop())
         # Give the first links a moment, so an ACCEPT rarely waits for a connection.
@@ -391,8 +395,7 @@ class SocketManager:
         entry = self.router.cache.lookup(s.oid.hex())
         if entry is None:
             return ""
-        info = self.router.nodes.nodes.get(entry.node)
-        return info.address if info is not None else ""
+        return self.router.owner_address(entry)
 
     def _on_directory_change(self, new: Any) -> None:
         if new is None or not self.by_object:
@@ -400,18 +403,41 @@ class SocketManager:
         sids = self.by_object.get(bytes.fromhex(new.object_id))
         if not sids:
             return
-        info = self.router.nodes.nodes.get(new.node)
-        if info is None:
+        address = self.router.owner_address(new)
+        if not address:
             return
         moved = 0
         for sid in sids:
             s = self.sockets.get(sid)
-            if s is not None and not s.closed and s.node != info.address:
-                self._rebind(s, info.address)
+            if s is not None and not s.closed and s.node != address:
+                self._rebind(s, address)
                 moved += 1
         if moved:
             log.info("object %s moved to %s: %d sockets re-bound", new.object_id[:16],
-                     new.node, moved)
+                     address, moved)
+
+    def _on_group_change(self, _name: str, old: Any, new: Any) -> None:
+        if new is not None and (old is None or (old.primary, old.lease) != (new.primary, new.lease)):
+            self._rebind_stale()
+
+    def _on_node_change(self, _name: str, old: Any, new: Any) -> None:
+        if new is not None and (old is None or (old.lease, old.address) != (new.lease,
+                                                                             new.address)):
+            self._rebind_stale()  # a (new) primary registered: it may serve a group now
+
+    def _rebind_stale(self) -> None:
+        """Re-bind every socket whose object is now served by another node than the one it is
+        bound to (a group failed over, or its new primary just registered)."""
+        moved = 0
+        for s in list(self.sockets.values()):
+            if s.closed or not s.oid or s.accepted is not None:
+                continue
+            address = self._owner_address(s)
+            if address and address != s.node:
+                self._rebind(s, address)
+                moved += 1
+        if moved:
+            log.info("%d sockets re-bound to their objects' new primaries", moved)
 
     def _rebind(self, s: EdgeSocket, address: str) -> None:
         s.node = address

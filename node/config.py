@@ -55,6 +55,14 @@ class NodeConfig(RuntimeConfig):
     etcd: str = field(default="", metadata={"help": "etcd endpoint host:port ('' = standalone)"})
     cluster: str = field(default="duro", metadata={"help": "cluster name (etcd key prefix)"})
     lease_ttl: float = field(default=5.0, metadata={"help": "membership lease TTL in seconds"})
+    replica_ack_timeout: float = field(
+        default=1.0,
+        metadata={"help": "seconds an in-sync follower may leave a batch unacknowledged before "
+                          "it is removed from in_sync (docs/replication.md)"},
+    )
+    replica_log_mb: int = field(
+        default=16, metadata={"help": "recent batches kept per replica group for catch-up, MiB"}
+    )
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
     log_json: bool = field(default=False, metadata={"help": "JSON log lines"})

@@ -111,7 +111,7 @@ class NodeProcess:
         self.host.sockets = SocketHub(self.host)
         self.server = NodeGrpcServer(
             self.host, cfg.listen, health=self._health, sockets=self.host.sockets,
-            extra=[self.cluster.migration.add_to] if self.cluster is not None else [],
+            extra=[self.cluster.add_to] if self.cluster is not None else [],
         )
         await self.server.start()
         if self.cluster is not None:

@@ -69,6 +69,8 @@ class NodeInfo:
     load: int = 0
     started_at: float = 0.0  # wall-clock seconds (informational)
     draining: bool = False  # being emptied (duro drain): placement puts no new object here
+    storage_id: str = ""  # the node's RocksDB identity: a wiped data directory gets a new one
+    lease: int = 0  # the etcd lease this registration is held by (set when written and read)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -85,6 +87,8 @@ class NodeInfo:
             load=int(d.get("load", 0)),
             started_at=float(d.get("started_at", 0.0)),
             draining=bool(d.get("draining", False)),
+            storage_id=str(d.get("storage_id", "")),
+            lease=int(d.get("lease", 0)),
         )
 
 
@@ -241,7 +245,7 @@ class Membership:
         grant = await self._client.lease.grant(self.ttl, timeout=self.interval, max_attempts=1)
         lease_id = int(grant.ID)
         kv = self._client.kv
-        value = self._info.to_json()
+        value = replace(self._info, lease=lease_id).to_json()
         try:
             while True:
                 resp = await kv.txn(
@@ -283,6 +287,7 @@ class Membership:
                 await self._client.lease.revoke(lease_id, timeout=0.5, max_attempts=1)
             raise
         self.lease_id = lease_id
+        self._info = replace(self._info, lease=lease_id)
         self._last_load_put = self._clock()
         self._load_dirty.clear()
         if not self._renewed(sent):

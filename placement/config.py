@@ -8,10 +8,13 @@ TOML file (``--config``), section ``[placement]`` or top level::
     replica_id = "placement-1"
     leader_ttl = 3
     metrics_port = 9400
+    replicas = 3          # copies of each replica group (docs/replication.md)
+    min_in_sync = 2
 
 Environment: ``DURO_ETCD`` (comma-separated), ``DURO_CLUSTER``, ``DURO_PLACEMENT_LISTEN``,
 ``DURO_PLACEMENT_ADVERTISE``, ``DURO_PLACEMENT_ID``, ``DURO_PLACEMENT_LEADER_TTL``,
-``DURO_PLACEMENT_METRICS_PORT``, ``DURO_PLACEMENT_METRICS_HOST``.
+``DURO_PLACEMENT_METRICS_PORT``, ``DURO_PLACEMENT_METRICS_HOST``, ``DURO_REPLICAS``,
+``DURO_MIN_IN_SYNC``.
 """
 
 from __future__ import annotations
@@ -48,8 +51,17 @@ class PlacementConfig:
     cooldown: float = 60.0
     max_moves: int = 16
     no_migrate: str = ""  # comma-separated bindings that never move
+    # Replication (docs/replication.md): written to etcd for the whole cluster by the leader
+    replicas: int = 3  # copies of each replica group (1 is allowed and explicit)
+    min_in_sync: int = 2  # writes are refused below this many in-sync copies
+    replace_after: float = 30.0  # seconds a member may be gone before another node replaces it
+    group_interval: float = 0.5  # seconds between two rounds of the group manager (at most)
 
     def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        if self.min_in_sync < 1:
+            raise ValueError("min_in_sync must be at least 1")
         if not self.etcd:
             raise ValueError("at least one etcd endpoint is required")
         if self.leader_ttl < 2:
@@ -89,9 +101,11 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         return tuple(str(v).strip() for v in value)
-    if name in ("leader_ttl", "max_batch", "max_inflight_txns", "max_moves"):
+    if name in ("leader_ttl", "max_batch", "max_inflight_txns", "max_moves", "replicas",
+                "min_in_sync"):
         return int(value)
-    if name in ("rebalance_interval", "min_share", "min_calls", "min_dwell", "cooldown"):
+    if name in ("rebalance_interval", "min_share", "min_calls", "min_dwell", "cooldown",
+                "replace_after", "group_interval"):
         return float(value)
     if name == "rebalance":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
@@ -116,6 +130,8 @@ _ENV = {
     "DURO_PLACEMENT_LEADER_TTL": "leader_ttl",
     "DURO_PLACEMENT_METRICS_PORT": "metrics_port",
     "DURO_PLACEMENT_METRICS_HOST": "metrics_host",
+    "DURO_REPLICAS": "replicas",
+    "DURO_MIN_IN_SYNC": "min_in_sync",
 }
 
 
@@ -153,5 +169,12 @@ def build_parser(prog: str = "python -m duro.placement") -> argparse.ArgumentPar
     p.add_argument("--cooldown", help="seconds between two moves of one object")
     p.add_argument("--max-moves", dest="max_moves", help="moves per round at most")
     p.add_argument("--no-migrate", dest="no_migrate", help="bindings that never move (a,b)")
+    p.add_argument("--replicas", type=int, help="copies of each replica group (default 3)")
+    p.add_argument("--min-in-sync", dest="min_in_sync", type=int,
+                   help="refuse writes below this many in-sync copies (default 2)")
+    p.add_argument("--replace-after", dest="replace_after",
+                   help="seconds before a gone member is replaced (default 30)")
+    p.add_argument("--group-interval", dest="group_interval",
+                   help="seconds between group manager rounds (default 0.5)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p

@@ -1,7 +1,9 @@
-"""The directory in etcd: object id -> (binding, node, epoch, region, replicas).
+"""The directory in etcd: object id -> (binding, replica group, epoch, region).
 
 Key ``/duro/<cluster>/dir/<object_id_hex>``; value JSON
-``{"binding", "node", "epoch", "region", "replicas": []}``.
+``{"binding", "group", "epoch", "region", "node", "replicas": []}``: an object lives on the
+serving primary of its replica group (docs/replication.md); ``node`` and ``replicas`` are
+written empty (entries from before replica groups name the node instead of a group).
 
 Writes are etcd transactions only:
 
@@ -76,14 +78,16 @@ class Entry:
     region: str
     replicas: tuple[str, ...] = _NO_REPLICAS
     revision: int = 0  # etcd mod_revision of the stored value (0: not stored yet)
+    group: int = 0  # the replica group (0: an entry from before groups, naming ``node``)
 
     def to_json(self) -> bytes:
         return json.dumps(
             {
                 "binding": self.binding,
-                "node": self.node,
+                "group": self.group,
                 "epoch": self.epoch,
                 "region": self.region,
+                "node": self.node,
                 "replicas": list(self.replicas),
             },
             separators=(",", ":"),
@@ -101,14 +105,12 @@ class Entry:
             region=sys.intern(str(d.get("region", ""))),
             replicas=tuple(sys.intern(str(r)) for r in reps) if reps else _NO_REPLICAS,
             revision=revision,
+            group=int(d.get("group", 0)),
         )
 
     def same_binding(self, other: Entry | None) -> bool:
-        return other is not None and (self.node, self.epoch, self.replicas) == (
-            other.node,
-            other.epoch,
-            other.replicas,
-        )
+        return other is not None and (self.group, self.node, self.epoch) == (
+            other.group, other.node, other.epoch)
 
 
 class NotLeaderError(RuntimeError):
@@ -226,8 +228,9 @@ class Directory:
         self,
         current: Entry,
         *,
-        node: str,
+        node: str = "",
         region: str,
+        group: int = 0,
         replicas: tuple[str, ...] | None = None,
         guard: LeaderGuard | None = None,
         timeout: float | None = 5.0,
@@ -241,6 +244,7 @@ class Directory:
             current,
             node=sys.intern(node),
             region=sys.intern(region),
+            group=group,
             epoch=current.epoch + 1,
             replicas=current.replicas if replicas is None else replicas,
         )

@@ -23,6 +23,7 @@ __all__ = [
     "NoLiveNodeError",
     "RegionDistances",
     "choose_node",
+    "choose_followers",
 ]
 
 DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
@@ -99,3 +100,32 @@ def choose_node(
     origin = location_hint or caller_region
     region = min(by_region, key=lambda r: (distances.distance(origin, r) if origin else 0, r))
     return _least_loaded(by_region[region]).node_id
+
+
+def choose_followers(
+    primary: Candidate,
+    live: Sequence[Candidate],
+    n: int,
+    *,
+    exclude: Iterable[str] = (),
+    memberships: Mapping[str, int] | None = None,
+    distances: RegionDistances = DEFAULT_DISTANCES,
+) -> list[str]:
+    """Up to ``n`` nodes to hold copies of a group whose primary is ``primary``.
+
+    Preference: the primary's region in another zone, then its region in its zone, then the
+    nearest other regions; among equals, the node holding the fewest copies (``memberships``),
+    then node id. ``exclude`` (the group's current members) is never chosen.
+    """
+    skip = set(exclude) | {primary.node_id}
+    held = memberships or {}
+
+    def rank(c: Candidate) -> tuple:
+        if c.region == primary.region:
+            tier = 0 if c.zone != primary.zone else 1
+            dist = 0
+        else:
+            tier, dist = 2, distances.distance(primary.region, c.region)
+        return (tier, dist, held.get(c.node_id, 0), c.node_id)
+
+    return [c.node_id for c in sorted((c for c in live if c.node_id not in skip), key=rank)[:n]]

@@ -31,8 +31,10 @@ from duro._pb import placement_pb2, placement_pb2_grpc
 from duro.node.membership import NodeInfo
 from duro.placement.config import PlacementConfig
 from duro.client.etcdkv import etcd_client
+from duro.node.replication.settings import ReplicationSettings
 from duro.placement.directory import Directory, Entry, NotLeaderError
 from duro.placement.election import Election, LeaderInfo
+from duro.placement.groups import GroupManager, primary_gone
 from duro.placement.planner import PlannerConfig
 from duro.placement.rebalancer import Rebalancer
 from duro.placement.nodes import NodeView
@@ -61,6 +63,7 @@ class Placed:
     entry: Entry
     address: str  # "" if the owner is not live now
     created: bool
+    node: str = ""  # the node serving it now (its group's primary)
 
 
 class PlacementServiceStatus(enum.Enum):
@@ -113,6 +116,7 @@ class PlacementService:
         self._workers: list[asyncio.Task[None]] = []
         self._assigned: dict[str, int] = {}  # placements since the node's last load report
         self.rebalancer: Rebalancer | None = None
+        self.groups: GroupManager | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -134,6 +138,15 @@ class PlacementService:
             on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
         )
         await self.election.start()
+        election = self.election
+        self.groups = GroupManager(
+            self._client, self.config.cluster, self.nodes,
+            guard=lambda: election.guard if election.is_leader() else None,
+            settings=ReplicationSettings(self.config.replicas, self.config.min_in_sync),
+            replica_id=self.replica_id, interval=self.config.group_interval,
+            replace_after=self.config.replace_after,
+        )
+        await self.groups.start()
         self._workers = [
             asyncio.create_task(self._batch_worker(), name=f"placement-txn-{i}")
             for i in range(self.config.max_inflight_txns)
@@ -167,6 +180,8 @@ class PlacementService:
         self.status = PlacementServiceStatus.STOPPING
         if self.rebalancer is not None:
             await self.rebalancer.stop()
+        if self.groups is not None:
+            await self.groups.stop()
         if self.election is not None:
             await self.election.stop()
         if self._server is not None:
@@ -201,15 +216,33 @@ class PlacementService:
         self.metrics.nodes.set(len(self.nodes.nodes))
 
     def _candidates(self) -> Iterator[Candidate]:
+        """Nodes that serve a replica group now (its primary, with its lease)."""
         for n in self.nodes.nodes.values():
-            if n.draining:
-                continue  # being emptied by `duro drain`: no new objects
+            if n.draining or n.node_id not in self._led:
+                continue  # being emptied by `duro drain`, or leading no group: no new objects
             load = n.load + self._assigned.get(n.node_id, 0)
             yield Candidate(n.node_id, n.region, n.zone, load, n.capacity)
 
-    def _address_of(self, node_id: str) -> str:
+    @property
+    def _led(self) -> dict[str, int]:
+        """node id -> the group new objects placed on it go to (its home group if it leads it,
+        else the lowest gid it leads)."""
+        out: dict[str, int] = {}
+        nodes = self.nodes.nodes
+        groups = self.groups.groups.all() if self.groups is not None else []
+        for g in sorted(groups, key=lambda g: (g.home != g.primary, g.gid)):
+            if g.primary not in out and primary_gone(g, nodes) is None:
+                out[g.primary] = g.gid
+        return out
+
+    def _placed(self, entry: Entry, created: bool) -> Placed:
+        """The answer for ``entry``, with the node serving its object now ("" if none)."""
+        node_id = entry.node
+        if entry.group and self.groups is not None:
+            g = self.groups.groups.get(entry.group)
+            node_id = g.primary if g is not None else ""
         info = self.nodes.nodes.get(node_id)
-        return info.address if info else ""
+        return Placed(entry, info.address if info else "", created, node_id)
 
     async def place(
         self, binding: str, object_id_hex: str, caller_region: str = "", location_hint: str = ""
@@ -218,21 +251,22 @@ class PlacementService:
         election = self.election
         if election is None or not election.is_leader():
             raise NotLeader(election.leader if election else None)
+        led = self._led
         try:
             node_id = choose_node(list(self._candidates()), caller_region, location_hint)
         except NoLiveNodeError:
             existing = await self.directory.get(object_id_hex)
             if existing is None:
                 raise
-            return Placed(existing, self._address_of(existing.node), False)
+            return self._placed(existing, False)
         region = self.nodes.nodes[node_id].region
         self._assigned[node_id] = self._assigned.get(node_id, 0) + 1
-        want = Entry(object_id_hex, sys.intern(binding), node_id, 1, region)
+        want = Entry(object_id_hex, sys.intern(binding), "", 1, region, group=led[node_id])
         entry, created = await self._submit(want)
         if not created:
             self._assigned[node_id] = max(0, self._assigned.get(node_id, 0) - 1)
         self.metrics.decisions.labels("created" if created else "existing").inc()
-        return Placed(entry, self._address_of(entry.node), created)
+        return self._placed(entry, created)
 
     def _submit(self, entry: Entry) -> asyncio.Future[tuple[Entry, bool]]:
         fut: asyncio.Future[tuple[Entry, bool]] = asyncio.get_running_loop().create_future()
@@ -359,8 +393,8 @@ class _Servicer(placement_pb2_grpc.PlacementServicer):
             return placement_pb2.PlaceResult(error_code="etcd", error=f"etcd unavailable: {exc}")
         e = placed.entry
         return placement_pb2.PlaceResult(placed=placement_pb2.PlaceResponse(
-            node_id=e.node, address=placed.address, epoch=e.epoch, region=e.region,
-            created=placed.created, replicas=list(e.replicas),
+            node_id=placed.node, address=placed.address, epoch=e.epoch, region=e.region,
+            created=placed.created, replicas=list(e.replicas), group=e.group,
         ))
 
     async def Status(  # noqa: N802

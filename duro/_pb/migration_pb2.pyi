@@ -92,12 +92,14 @@ class SocketRecord(_message.Message):
     def __init__(self, edge: _Optional[str] = ..., socket_id: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("keys", "bytes")
+    __slots__ = ("keys", "bytes", "gid")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
     keys: int
     bytes: int
-    def __init__(self, keys: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+    gid: int
+    def __init__(self, keys: _Optional[int] = ..., bytes: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
 
 class DropRequest(_message.Message):
     __slots__ = ("object_id",)

@@ -20,20 +20,22 @@ class PlaceRequest(_message.Message):
     def __init__(self, binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ...) -> None: ...
 
 class PlaceResponse(_message.Message):
-    __slots__ = ("node_id", "address", "epoch", "region", "created", "replicas")
+    __slots__ = ("node_id", "address", "epoch", "region", "created", "replicas", "group")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     epoch: int
     region: str
     created: bool
     replicas: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., region: _Optional[str] = ..., created: _Optional[bool] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
+    group: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., region: _Optional[str] = ..., created: _Optional[bool] = ..., replicas: _Optional[_Iterable[str]] = ..., group: _Optional[int] = ...) -> None: ...
 
 class PlacementStatusRequest(_message.Message):
     __slots__ = ()

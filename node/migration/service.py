@@ -8,14 +8,14 @@ import os
 from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
-import rocksdict
 from grpc import aio
 
 from duro import _codec
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
-from duro.node.migration.source import clear_object, delete_local_copy, run_move
+from duro.node.migration.source import clear_ops, run_move
 from duro.node.storage import layout
+from duro.node.storage.object_storage import PUT
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["MigrationServicer", "candidates_of"]
 
 log = logging.getLogger("duro.node.migration")
-
-_NO_SYNC = rocksdict.WriteOptions()
-_NO_SYNC.sync = False
 
 _STATUS = {True: grpc.StatusCode.UNAVAILABLE, False: grpc.StatusCode.FAILED_PRECONDITION}
 
@@ -58,41 +55,64 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         )
 
     # -- target -------------------------------------------------------------------------------
+    def _target_group(self) -> int:
+        """The group a moved-in object joins: one this node serves (its home group first)."""
+        rep = self.c.replication
+        if rep is not None:
+            served = sorted(rep.primaries.values(),
+                            key=lambda p: (p.config.home != self.c.node_id, p.gid))
+            for prim in served:
+                if prim.serving and not prim.stopped:
+                    return prim.gid
+        return 0
+
     async def Ingest(self, request_iterator: AsyncIterator, context):  # noqa: N802, ANN001
+        """Take a moving object's copy into a group this node serves, replicated like any write
+        (each chunk is one batch of the group), and answer once all of it is durable on every
+        in-sync copy. The copy is not served before the source switches the directory."""
         host = self.c.host
         assert host is not None
-        engine = host.engine
+        gid = self._target_group()
+        if not gid:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "this node serves no replica group right now")
         oid: bytes | None = None
-        alarm_key = prefix = b""
+        alarm_rel = data_rel = b""
         keys = size = 0
         binding = ""
         new_epoch = 0
         sockets: list[tuple[str, int, tuple[str, ...], bytes | None]] = []
         auto: tuple[str, str] | None = None
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        prefix = layout.group_prefix(gid)
+        ops: list[list] = []
         async for chunk in request_iterator:
             if oid is None:
                 oid = chunk.object_id
                 if len(oid) != 32:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad object_id")
                 entry = self.c.router.cache.lookup(oid.hex())
-                if entry is not None and entry.node == self.c.node_id:
+                if entry is not None and entry.group == gid:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                         "target already owns this object")
                 binding, new_epoch = chunk.binding, chunk.new_epoch
-                clear_object(engine, oid, batch)  # a staged copy of an earlier attempt goes first
-                alarm_key, prefix = layout.alarm_key(oid), layout.data_prefix(oid)
+                ops = clear_ops(host.engine, gid, oid)  # a staged copy of an earlier attempt
+                rel = layout.GROUP_PREFIX_BYTES
+                alarm_rel = layout.alarm_key(gid, oid)[rel:]
+                data_rel = layout.data_prefix(gid, oid)[rel:]
             elif chunk.object_id != oid:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of two objects")
             for item in chunk.items:
                 k, v = item.key, item.value
-                if k == alarm_key:
-                    when, binding, _retry = _codec.decode(v)
-                    batch.put(layout.alarm_index_key(when, oid), binding.encode())
-                elif not k.startswith(prefix):
+                if k == alarm_rel:
+                    try:
+                        when, binding, _retry = _codec.decode(v)
+                    except Exception:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad alarm record")
+                    ops.append([PUT, layout.alarm_index_key(gid, when, oid), binding.encode()])
+                elif not k.startswith(data_rel):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")
-                batch.put(k, v)
+                ops.append([PUT, prefix + k, v])
                 keys += 1
                 size += len(k) + len(v)
             for r in chunk.sockets:
@@ -102,17 +122,12 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 auto = (chunk.auto_request, chunk.auto_response)
             if chunk.last:
                 break
-            # Each chunk goes to RocksDB as it arrives, without fsync: memory stays bounded by the
-            # chunk size, and the memtable inserts overlap the source reading the next chunk. The
-            # staged copy is never served before the synced write below and the directory switch
-            # (a partial one is cleared by the next ingest), so it needs no sync of its own.
-            engine.db.write(batch, _NO_SYNC)
-            batch = rocksdict.WriteBatch(raw_mode=True)
+            # One replicated batch per chunk: memory stays bounded by the chunk size.
+            await self._write(context, gid, ops)
+            ops = []
         if oid is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
-        # Synced (the node's mode): it also syncs the WAL records of the chunks written above, so
-        # the whole copy is durable before the ack, on which the source switches the directory.
-        engine.write(batch)
+        await self._write(context, gid, ops)
         if host.sockets is not None:
             # Before the ack (and so before the directory switch): from the moment this node owns
             # the object, a broadcast reaches every socket, silent ones included.
@@ -120,19 +135,39 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         self.ingested += 1
         if os.environ.get("DURO_MIGRATION_FAULT") == "target_before_ack":
             os._exit(137)  # test-only: the target dies with the copy on disk, before acking
-        return migration_pb2.IngestAck(keys=keys, bytes=size)
+        return migration_pb2.IngestAck(keys=keys, bytes=size, gid=gid)
+
+    async def _write(self, context, gid: int, ops: list[list]) -> None:  # noqa: ANN001
+        host = self.c.host
+        assert host is not None
+        try:
+            await host.committer.write_raw(gid, ops)
+        except DuroError as exc:
+            await context.abort(_STATUS[exc.retryable], f"ingest not durable: {exc}")
 
     async def Drop(self, request, context):  # noqa: N802, ANN001
         host = self.c.host
         assert host is not None
         oid = request.object_id
+        rep = self.c.replication
         entry = self.c.router.cache.lookup(oid.hex()) if len(oid) == 32 else None
-        if len(oid) != 32 or (entry is not None and entry.node == self.c.node_id):
-            return migration_pb2.DropResponse(dropped=False)  # never drop what we own
-        delete_local_copy(host.engine, oid)
+        if len(oid) != 32 or rep is None:
+            return migration_pb2.DropResponse(dropped=False)
+        dropped = False
+        for gid, prim in list(rep.primaries.items()):
+            if not prim.serving or (entry is not None and entry.group == gid):
+                continue  # never drop what we own
+            if host.engine.get(layout.alarm_key(gid, oid)) is None and not any(
+                    True for _ in host.engine.scan(*_range(layout.data_prefix(gid, oid)))):
+                continue
+            try:
+                await host.committer.write_raw(gid, clear_ops(host.engine, gid, oid))
+                dropped = True
+            except DuroError:
+                pass  # best effort: a later ingest clears the range anyway
         if host.sockets is not None:
             host.sockets.forget_object(oid)
-        return migration_pb2.DropResponse(dropped=True)
+        return migration_pb2.DropResponse(dropped=dropped)
 
     # -- statistics ---------------------------------------------------------------------------
     async def Candidates(self, request, context):  # noqa: N802, ANN001
@@ -149,11 +184,12 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         return migration_pb2.DrainingResponse(draining=request.draining)
 
     async def Owned(self, request, context):  # noqa: N802, ANN001
-        me = self.c.node_id
+        rep = self.c.replication
+        led = {g for g, p in rep.primaries.items() if p.serving} if rep is not None else set()
         limit = request.limit or 1_000_000
         out = []
         for entry in list(self.c.router.cache._entries.values()):
-            if entry.node == me:
+            if entry.group in led:
                 out.append(migration_pb2.Candidate(object_id=bytes.fromhex(entry.object_id),
                                                    binding=entry.binding))
                 if len(out) >= limit:
@@ -181,6 +217,6 @@ def candidates_of(host, region: str, min_share: float, min_calls: float, limit: 
     return out
 
 
-def _belongs(key: bytes, oid: bytes) -> bool:
-    return key == layout.alarm_key(oid) or key.startswith(layout.data_prefix(oid))
+def _range(prefix: bytes) -> tuple[bytes, bytes]:
+    return prefix, layout.prefix_end(prefix)
 

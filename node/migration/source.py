@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
-import rocksdict
 
 from duro import _codec
 from duro._pb import migration_pb2, migration_pb2_grpc
@@ -27,12 +26,13 @@ from duro.client.etcdkv import get_value
 from duro.node.membership import NodeInfo, node_key
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
+from duro.node.storage.object_storage import DELETE, DELETE_RANGE
 from duro.placement.directory import EpochConflictError, Entry, LeaderGuard, NotLeaderError
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
 
-__all__ = ["run_move", "MoveResult", "CHUNK_BYTES"]
+__all__ = ["run_move", "MoveResult", "CHUNK_BYTES", "clear_ops"]
 
 log = logging.getLogger("duro.node.migration")
 
@@ -76,6 +76,8 @@ class _Move:
         self.target_address = ""
         self.target_region = ""
         self.entry: Entry | None = None
+        self.gid = 0  # the object's replica group here
+        self.target_gid = 0  # and at the target (its IngestAck says)
         self.guard: LeaderGuard | None = None
         self.result = MoveResult("aborted")
         self.held_at = 0.0
@@ -119,10 +121,12 @@ class _Move:
             raise UnavailableError(f"target node {self.target!r} is not live")
         self.target_address, self.target_region = info.address, info.region
         entry = await c.directory.get(self.hex)
-        if entry is None or entry.node != c.node_id:
-            owner = entry.node if entry else "nobody"
-            raise InvalidArgumentError(f"this node does not own the object (owner: {owner})")
+        rep = c.replication
+        if entry is None or rep is None or rep.serving(entry.group) is None:
+            owner = f"group {entry.group}" if entry else "nobody"
+            raise InvalidArgumentError(f"this node does not serve the object (owner: {owner})")
         self.entry = entry
+        self.gid = entry.group
         # Guard every directory write with this node's registration: if the node restarted or
         # re-registered meanwhile, a delayed transaction of this move cannot apply.
         key = c.membership.key if c.membership else ""
@@ -178,6 +182,9 @@ class _Move:
         except grpc.aio.AioRpcError as exc:
             return P.TransferFailed(f"{exc.code().name}: {exc.details()}")
         self.result.keys, self.result.bytes = ack.keys, ack.bytes
+        self.target_gid = ack.gid
+        if not ack.gid:
+            return P.TransferFailed("the target did not say which group holds the copy")
         return P.TransferAcked()
 
     async def _chunks(self) -> AsyncIterator[migration_pb2.IngestChunk]:
@@ -188,12 +195,14 @@ class _Move:
             new_epoch=self.entry.epoch + 1,
         )
         chunk, size = first, 0
-        alarm = engine.get(layout.alarm_key(self.oid))
+        rel = layout.GROUP_PREFIX_BYTES  # keys travel relative to the group
+        alarm_key = layout.alarm_key(self.gid, self.oid)
+        alarm = engine.get(alarm_key)
         if alarm is not None:
-            chunk.items.add(key=layout.alarm_key(self.oid), value=alarm)
-        prefix = layout.data_prefix(self.oid)
+            chunk.items.add(key=alarm_key[rel:], value=alarm)
+        prefix = layout.data_prefix(self.gid, self.oid)
         for k, v in engine.scan(prefix, layout.prefix_end(prefix)):
-            chunk.items.add(key=k, value=v)
+            chunk.items.add(key=k[rel:], value=v)
             size += len(k) + len(v)
             if size >= CHUNK_BYTES:
                 yield chunk
@@ -223,7 +232,7 @@ class _Move:
         assert self.entry is not None and self.guard is not None
         try:
             new = await self.c.directory.reassign(
-                self.entry, node=self.target, region=self.target_region, guard=self.guard,
+                self.entry, group=self.target_gid, region=self.target_region, guard=self.guard,
             )
         except EpochConflictError as exc:
             now = exc.current
@@ -283,7 +292,10 @@ class _Move:
         host.release_hold(self.oid, redirect)
         self.held_at, held = 0.0, time.perf_counter() - self.held_at
         self.result.held_ms = held * 1000
-        delete_local_copy(host.engine, self.oid)
+        try:  # replicated, like the object's writes; a leftover is found and dropped later
+            await host.committer.write_raw(self.gid, clear_ops(host.engine, self.gid, self.oid))
+        except Exception as exc:
+            log.warning("moved, but the local copy was not deleted: %r", exc, extra=self._ctx())
         log.info("moved to %s (epoch %s, %s keys, held %.1f ms)", action.target,
                  action.new_epoch, self.result.keys, self.result.held_ms, extra=self._ctx())
 
@@ -341,21 +353,17 @@ def _mod_compare(key: str, revision: int):  # noqa: ANN202
                    mod_revision=revision)
 
 
-def clear_object(engine, oid: bytes, batch: rocksdict.WriteBatch) -> None:  # noqa: ANN001
-    """Add to ``batch`` the deletion of an object's keys, alarm and alarm index entry."""
-    alarm = engine.get(layout.alarm_key(oid))
+def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001
+    """The write operations deleting an object's keys, alarm and alarm index entry in group
+    ``gid`` (committed with ``GroupCommitter.write_raw``: replicated like any write)."""
+    ops: list[list] = []
+    alarm = engine.get(layout.alarm_key(gid, oid))
     if alarm is not None:
-        batch.delete(layout.alarm_index_key(_codec.decode(alarm)[0], oid))
-        batch.delete(layout.alarm_key(oid))
-    prefix = layout.data_prefix(oid)
-    batch.delete_range(prefix, layout.prefix_end(prefix))
-
-
-def delete_local_copy(engine, oid: bytes) -> None:  # noqa: ANN001
-    """Delete an object's keys, alarm and alarm index entry in one synced batch."""
-    batch = rocksdict.WriteBatch(raw_mode=True)
-    clear_object(engine, oid, batch)
-    engine.write(batch)
+        ops.append([DELETE, layout.alarm_index_key(gid, _codec.decode(alarm)[0], oid)])
+        ops.append([DELETE, layout.alarm_key(gid, oid)])
+    prefix = layout.data_prefix(gid, oid)
+    ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
+    return ops
 
 
 async def run_move(c: NodeCluster, oid: bytes, binding: str, target: str) -> MoveResult:

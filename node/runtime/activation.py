@@ -47,6 +47,8 @@ from duro.node.storage.object_storage import ObjectStorage, now_ms
 if TYPE_CHECKING:
     from duro.node.runtime.host import ObjectHost
 
+from duro.node.runtime.grant import Grant
+
 __all__ = ["Activation", "State", "current_activation"]
 
 log = logging.getLogger("duro.node.runtime")
@@ -80,6 +82,8 @@ class Activation:
         "oid",
         "binding",
         "epoch",
+        "gid",
+        "group_epoch",
         "instance",
         "ctx",
         "storage",
@@ -96,16 +100,18 @@ class Activation:
         "__weakref__",
     )
 
-    def __init__(self, host: ObjectHost, oid: bytes, binding: str, epoch: int) -> None:
+    def __init__(self, host: ObjectHost, oid: bytes, binding: str, grant: Grant = Grant()) -> None:
         self.host = host
         self.oid = oid
         self.binding = binding
-        self.epoch = epoch
+        self.epoch = grant.epoch  # the object's directory epoch
+        self.gid = grant.gid  # its replica group, and that group's epoch (primary term)
+        self.group_epoch = grant.group_epoch
         self.instance: Any = None
         hub = host.sockets
         self.ctx = ObjectContext(self) if hub is None else hub.make_context(self)
         self.storage = ObjectStorage(
-            oid, binding, host.engine, host.committer, self, host.config.max_value_bytes
+            oid, binding, host.engine, host.committer, self, host.config.max_value_bytes, self.gid
         )
         self.state = State.ACTIVE
         self.error: DuroError | None = None
@@ -478,10 +484,15 @@ class Activation:
     # -- storage owner hooks ----------------------------------------------------------------
     def _check_fence(self) -> None:
         own = self.host.ownership
-        if own is not None and not own.still_owner(self.oid, self.epoch):
+        if own is not None and not own.still_owner(self.oid, self.grant):
             raise FencedError(
-                f"node no longer owns object {self.oid.hex()} (epoch {self.epoch}); write refused"
+                f"node no longer owns object {self.oid.hex()} (epoch {self.epoch}, group "
+                f"{self.gid} epoch {self.group_epoch}); write refused"
             )
+
+    @property
+    def grant(self) -> Grant:
+        return Grant(self.epoch, self.gid, self.group_epoch)
 
     def _on_storage_failed(self, exc: DuroError) -> None:
         self.host.stats.storage_failures += 1
@@ -489,7 +500,7 @@ class Activation:
 
     def _on_alarm_committed(self, when_ms: int | None) -> None:
         if when_ms is not None:
-            self.host.alarms.schedule(self.oid, self.binding, when_ms)
+            self.host.alarms.schedule(self.oid, self.binding, when_ms, self.gid)
 
 
 def _retrieve(fut: asyncio.Future) -> None:

@@ -1,7 +1,9 @@
 """The node's alarm scheduler.
 
-Alarms are stored with their object (``0x02|id``) and indexed by time (``0x03|when|id``), so after a
-restart the scheduler reads only the index entries due within the next window, never every object.
+Alarms are stored with their object and indexed by time in the object's replica group
+(``node/storage/layout.py``), so after a restart the scheduler reads only the index entries due
+within the next window, never every object. It follows the groups this node serves as primary
+(``add_group`` / ``remove_group``): an alarm fires on its group's primary only.
 Wake-ups are at-least-once: a due alarm is delivered as an ALARM event; the activation re-reads the
 stored alarm and runs ``alarm()`` only if it is still due, and deletes it (or schedules a retry)
 through the ordinary, durable write path. A crash anywhere before that commit leaves the alarm in
@@ -39,9 +41,10 @@ class AlarmScheduler:
         self._engine = engine
         self._fire = fire
         self._window_ms = int(window_s * 1000)
-        self._heap: list[tuple[int, bytes, str]] = []
+        self._heap: list[tuple[int, bytes, str, int]] = []  # (when, object id, binding, group)
         self._queued: set[tuple[bytes, int]] = set()  # (object id, time) in the heap
         self._scanned_until = 0
+        self.groups: set[int] = set()
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task | None = None
@@ -62,22 +65,41 @@ class AlarmScheduler:
             t.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    def schedule(self, object_id: bytes, binding: str, when_ms: int) -> None:
-        if when_ms >= self._scanned_until:
+    def add_group(self, gid: int) -> None:
+        """Fire this group's alarms from now on (this node became its primary)."""
+        if gid in self.groups:
+            return
+        self.groups.add(gid)
+        if self._scanned_until:
+            self._scan_group(gid, 0, self._scanned_until)
+
+    def remove_group(self, gid: int) -> None:
+        """Stop firing this group's alarms (this node is no longer its primary)."""
+        self.groups.discard(gid)
+        kept = [e for e in self._heap if e[3] != gid]
+        if len(kept) != len(self._heap):
+            self._heap = kept
+            heapq.heapify(self._heap)
+            self._queued = {(e[1], e[0]) for e in kept}
+
+    def schedule(self, object_id: bytes, binding: str, when_ms: int, gid: int = 0) -> None:
+        if when_ms >= self._scanned_until or gid not in self.groups:
             return  # the index scan will find it when its window comes
         if (object_id, when_ms) in self._queued:
             return
         self._queued.add((object_id, when_ms))
-        heapq.heappush(self._heap, (when_ms, object_id, binding))
+        heapq.heappush(self._heap, (when_ms, object_id, binding, gid))
         self._wake.set()
 
     def _scan(self, until_ms: int) -> None:
-        lo = layout.ALARM_INDEX + self._scanned_until.to_bytes(8, "big")
-        hi = layout.ALARM_INDEX + until_ms.to_bytes(8, "big")
-        self._scanned_until = until_ms
-        for key, value in self._engine.scan(lo, hi):
+        start, self._scanned_until = self._scanned_until, until_ms
+        for gid in list(self.groups):
+            self._scan_group(gid, start, until_ms)
+
+    def _scan_group(self, gid: int, lo_ms: int, hi_ms: int) -> None:
+        for key, value in self._engine.scan(*layout.alarm_index_range(gid, lo_ms, hi_ms)):
             when, oid = layout.parse_alarm_index_key(key)
-            self.schedule(oid, value.decode(), when)
+            self.schedule(oid, value.decode(), when, gid)
 
     async def _run(self) -> None:
         self._scanned_until = 0
@@ -86,9 +108,9 @@ class AlarmScheduler:
             if now + self._window_ms // 2 >= self._scanned_until:
                 self._scan(now + self._window_ms)
             while self._heap and self._heap[0][0] <= now:
-                when, oid, binding = heapq.heappop(self._heap)
+                when, oid, binding, gid = heapq.heappop(self._heap)
                 self._queued.discard((oid, when))
-                t = asyncio.get_running_loop().create_task(self._fire_one(binding, oid))
+                t = asyncio.get_running_loop().create_task(self._fire_one(binding, oid, gid))
                 self._inflight.add(t)
                 t.add_done_callback(self._inflight.discard)
             next_at = self._scanned_until - self._window_ms // 2
@@ -100,7 +122,7 @@ class AlarmScheduler:
             except asyncio.TimeoutError:
                 pass
 
-    async def _fire_one(self, binding: str, oid: bytes) -> None:
+    async def _fire_one(self, binding: str, oid: bytes, gid: int) -> None:
         async with self._sem:
             try:
                 await self._fire(binding, oid)
@@ -115,7 +137,7 @@ class AlarmScheduler:
                     # The object could not run here right now (node still joining, fenced,
                     # object reset): the alarm is still stored, so try again shortly.
                     self.retried += 1
-                    self.schedule(oid, binding, now_ms() + RETRY_UNAVAILABLE_MS)
+                    self.schedule(oid, binding, now_ms() + RETRY_UNAVAILABLE_MS, gid)
                 else:
                     log.debug("alarm of %s failed: %r", oid.hex(), exc)
             except Exception as exc:  # the object's exception: its retry is already scheduled

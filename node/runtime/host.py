@@ -26,22 +26,26 @@ from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.config import RuntimeConfig
 from duro.node.runtime.activation import Activation, State, current_activation
 from duro.node.runtime.alarms import AlarmScheduler
-from duro.node.storage.engine import GroupCommitter, StorageEngine
+from duro.node.runtime.grant import Grant
+from duro.node.storage.commit import GroupCommitter
+from duro.node.storage.engine import StorageEngine
 from duro.node.storage.object_storage import ObjectStorage
 
 __all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec"]
 
 log = logging.getLogger("duro.node.runtime")
 
+_NO_GRANT = Grant()
+
 
 class Ownership(Protocol):
-    """The cluster's view of which objects this node may serve (see ``duro.node.ownership``)."""
+    """The cluster's view of which objects this node may serve (``duro.node.cluster``)."""
 
-    async def acquire(self, call: Call) -> int:
-        """Return the epoch this node serves the object with, or raise (redirect, unavailable)."""
+    async def acquire(self, call: Call) -> Grant:
+        """What this node serves the object with, or raise (redirect, unavailable)."""
 
-    def still_owner(self, object_id: bytes, epoch: int) -> bool:
-        """Checked at every commit: may this activation still write?"""
+    def still_owner(self, object_id: bytes, grant: Grant) -> bool:
+        """Checked at every commit: may an activation made with ``grant`` still write?"""
 
 
 class BindingSpec(Protocol):
@@ -130,6 +134,8 @@ class ObjectHost:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.ownership is None:
+            self.alarms.add_group(0)  # no cluster: this node owns every object, all in group 0
         self.alarms.start()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
@@ -180,16 +186,17 @@ class ObjectHost:
                 raise _copy_error(moved)
             # The caller knows a newer epoch than our redirect (the object came back): re-check.
             del self.moved[oid]
-        epoch = 0
+        grant = _NO_GRANT
         if self.ownership is not None:
-            epoch = await self.ownership.acquire(call)
+            grant = await self.ownership.acquire(call)
         act = self._acts.get(oid)
-        while act is None or act.state is not State.ACTIVE or (epoch and act.epoch != epoch):
+        while act is None or act.state is not State.ACTIVE or (
+                grant.epoch and act.grant != grant):
             if act is not None and act.state is State.ACTIVE:
                 act.reset(UnavailableError("object moved to a new epoch; call again"))
             prev = self._unsettled.get(oid)
             if prev is None:
-                act = self._activate(call.binding, binding.cls, oid, epoch)
+                act = self._activate(call.binding, binding.cls, oid, grant)
                 break
             # A reset predecessor still has writes on their way to the disk: the new instance
             # must not read around them. Others may activate it meanwhile: look again after.
@@ -208,10 +215,10 @@ class ObjectHost:
             counts[region] = counts.get(region, 0.0) + 1.0
         return await act.deliver(call)
 
-    def _activate(self, binding: str, cls: type, oid: bytes, epoch: int) -> Activation:
+    def _activate(self, binding: str, cls: type, oid: bytes, grant: Grant) -> Activation:
         if len(self._acts) >= self.config.max_active_objects:
             self._evict_lru(len(self._acts) - self.config.max_active_objects + 1)
-        act = Activation(self, oid, binding, epoch)
+        act = Activation(self, oid, binding, grant)
         if oid in self.holds:
             act.freeze()  # activated while a migration holds it: queue, never run here
         act.construct(cls, self.env)
@@ -260,6 +267,13 @@ class ObjectHost:
         if error is not None and self.sockets is not None:
             # Moved away: the edges re-bind its sockets to the new owner (docs/edge.md).
             self.sockets.forget_object(object_id)
+
+    def reset_group(self, gid: int, err: Exception) -> int:
+        """Reset every activation of replica group ``gid`` (this node stopped leading it)."""
+        acts = [a for a in self._acts.values() if a.gid == gid]
+        for act in acts:
+            act.reset(err)  # type: ignore[arg-type]
+        return len(acts)
 
     def decay_regions(self, factor: float) -> None:
         """Age every object's access counts (called by the stats reporter every period)."""

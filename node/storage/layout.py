@@ -1,12 +1,17 @@
 """Key layout of the node's one RocksDB database.
 
-Every key starts with a one-byte space tag; per-object spaces follow with the object's 32-byte id, so
-all of an object's keys are contiguous and in user-key order (UTF-8 bytes)::
+Every object belongs to a replica group (docs/replication.md; group 0 on a node without a cluster
+and in the Testbed), and every key of a group lives under the group's prefix, so that a group can
+be copied to a follower, compared and dropped as one contiguous range::
 
-    0x01 | id(32) | user key (UTF-8)        an object's data
-    0x02 | id(32)                           the object's alarm: msgpack [when_ms, binding, retry_count]
-    0x03 | when_ms (8, big-endian) | id(32) the alarm index, ordered by time: value = binding (UTF-8)
-    0x04 | id(32)                           object metadata (placement epoch of the last write)
+    0x00 | name                                   node-local records (storage id, layout version)
+    0x10 | gid(4) | 0x00                          the group's replication meta (position, history)
+    0x10 | gid(4) | 0x01 | id(32) | user key      an object's data (user keys in UTF-8 byte order)
+    0x10 | gid(4) | 0x02 | id(32)                 the object's alarm: msgpack [when_ms, binding, retry]
+    0x10 | gid(4) | 0x03 | when_ms(8) | id(32)    the group's alarm index by time: value = binding
+
+Keys written before groups existed (layout 0: ``0x01 | id | key``, ``0x02 | id``,
+``0x03 | when | id``) are moved under a group once, when the node starts (:func:`legacy_spaces`).
 """
 
 from __future__ import annotations
@@ -17,26 +22,42 @@ from duro.errors import InvalidArgumentError
 
 __all__ = [
     "MAX_KEY_BYTES",
+    "GROUP",
+    "ID_BYTES",
+    "LOCAL",
+    "GROUP_PREFIX_BYTES",
+    "encode_user_key",
+    "group_prefix",
+    "group_range",
+    "group_meta_key",
     "data_prefix",
     "data_key",
+    "is_data_key",
     "user_key",
     "prefix_end",
     "alarm_key",
     "alarm_index_key",
+    "alarm_index_range",
     "parse_alarm_index_key",
-    "meta_key",
-    "ALARM_INDEX",
-    "encode_user_key",
+    "gid_of",
+    "local_key",
+    "legacy_spaces",
 ]
 
+LOCAL = b"\x00"
+GROUP = b"\x10"
+META = b"\x00"
 DATA = b"\x01"
 ALARM = b"\x02"
 ALARM_INDEX = b"\x03"
-META = b"\x04"
 
 ID_BYTES = 32
 MAX_KEY_BYTES = 2048
+MAX_GID = 2**32 - 1
+GROUP_PREFIX_BYTES = 5
 _BE64 = struct.Struct(">Q")
+_BE32 = struct.Struct(">I")
+_DATA_HEADER = GROUP_PREFIX_BYTES + 1 + ID_BYTES  # bytes before the user key
 
 
 def encode_user_key(key: object) -> bytes:
@@ -54,16 +75,41 @@ def encode_user_key(key: object) -> bytes:
     return raw
 
 
-def data_prefix(object_id: bytes) -> bytes:
-    return DATA + object_id
+def group_prefix(gid: int) -> bytes:
+    return GROUP + _BE32.pack(gid)
 
 
-def data_key(object_id: bytes, raw_user_key: bytes) -> bytes:
-    return DATA + object_id + raw_user_key
+def group_range(gid: int) -> tuple[bytes, bytes]:
+    """``[lo, hi)`` holding every key of the group, its meta included."""
+    p = group_prefix(gid)
+    return p, prefix_end(p)
+
+
+def group_meta_key(gid: int) -> bytes:
+    return group_prefix(gid) + META
+
+
+def gid_of(key: bytes) -> int | None:
+    """The group a key belongs to (None for a node-local or foreign key)."""
+    if len(key) < GROUP_PREFIX_BYTES or key[0:1] != GROUP:
+        return None
+    return _BE32.unpack_from(key, 1)[0]
+
+
+def data_prefix(gid: int, object_id: bytes) -> bytes:
+    return group_prefix(gid) + DATA + object_id
+
+
+def data_key(gid: int, object_id: bytes, raw_user_key: bytes) -> bytes:
+    return group_prefix(gid) + DATA + object_id + raw_user_key
+
+
+def is_data_key(full_key: bytes) -> bool:
+    return full_key[GROUP_PREFIX_BYTES:GROUP_PREFIX_BYTES + 1] == DATA
 
 
 def user_key(full_key: bytes) -> str:
-    return full_key[1 + ID_BYTES :].decode("utf-8")
+    return full_key[_DATA_HEADER:].decode("utf-8")
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -77,18 +123,30 @@ def prefix_end(prefix: bytes) -> bytes:
     return bytes(b)
 
 
-def alarm_key(object_id: bytes) -> bytes:
-    return ALARM + object_id
+def alarm_key(gid: int, object_id: bytes) -> bytes:
+    return group_prefix(gid) + ALARM + object_id
 
 
-def alarm_index_key(when_ms: int, object_id: bytes) -> bytes:
-    return ALARM_INDEX + _BE64.pack(when_ms) + object_id
+def alarm_index_key(gid: int, when_ms: int, object_id: bytes) -> bytes:
+    return group_prefix(gid) + ALARM_INDEX + _BE64.pack(when_ms) + object_id
+
+
+def alarm_index_range(gid: int, lo_ms: int, hi_ms: int) -> tuple[bytes, bytes]:
+    base = group_prefix(gid) + ALARM_INDEX
+    return base + _BE64.pack(max(0, lo_ms)), base + _BE64.pack(max(0, hi_ms))
 
 
 def parse_alarm_index_key(key: bytes) -> tuple[int, bytes]:
-    (when_ms,) = _BE64.unpack_from(key, 1)
-    return when_ms, key[9 : 9 + ID_BYTES]
+    """``(when_ms, object id)`` of an alarm index key."""
+    (when_ms,) = _BE64.unpack_from(key, GROUP_PREFIX_BYTES + 1)
+    start = GROUP_PREFIX_BYTES + 9
+    return when_ms, key[start:start + ID_BYTES]
 
 
-def meta_key(object_id: bytes) -> bytes:
-    return META + object_id
+def local_key(name: str) -> bytes:
+    return LOCAL + name.encode()
+
+
+def legacy_spaces() -> list[tuple[bytes, bytes]]:
+    """Ranges of the pre-group layout (data, alarms, alarm index, per-object meta)."""
+    return [(bytes([t]), bytes([t + 1])) for t in (0x01, 0x02, 0x03, 0x04)]

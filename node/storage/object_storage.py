@@ -12,7 +12,7 @@ So:
 * a bad key or value raises at the call, before anything of that call is written.
 
 Durability is the output gate's business: the pending layer is committed at the end of the loop turn
-(:class:`~duro.node.storage.engine.GroupCommitter`), and the runtime holds every response, socket
+(:class:`~duro.node.storage.commit.GroupCommitter`), and the runtime holds every response, socket
 send and outgoing call made after a write until :meth:`ObjectStorage.output_gate` says the write is
 durable. ``await storage.sync()`` waits for it explicitly.
 """
@@ -32,9 +32,13 @@ from duro.errors import DuroError, InvalidArgumentError, ObjectResetError
 from duro.node.storage import layout
 
 if TYPE_CHECKING:
-    from duro.node.storage.engine import GroupCommitter, StorageEngine
+    from duro.node.storage.commit import GroupCommitter
+    from duro.node.storage.engine import StorageEngine
 
-__all__ = ["ObjectStorage", "Transaction", "Layer", "Ready", "MAX_KEYS_PER_CALL", "StorageOwner"]
+__all__ = [
+    "ObjectStorage", "Transaction", "Layer", "Ready", "MAX_KEYS_PER_CALL", "StorageOwner",
+    "PUT", "DELETE", "DELETE_RANGE",
+]
 
 MAX_KEYS_PER_CALL = 128
 _MAX_ALARM_SECONDS = 1e11  # beyond year 5000: almost certainly milliseconds passed as seconds
@@ -56,6 +60,9 @@ class Ready:
 _DONE = Ready()
 
 
+PUT, DELETE, DELETE_RANGE = 0, 1, 2  # operations of a write batch (replicated as they are)
+
+
 class Layer:
     """Writes not yet committed: full RocksDB key -> encoded value, or None for a delete."""
 
@@ -75,6 +82,16 @@ class Layer:
                 batch.delete(k)
             else:
                 batch.put(k, v)
+
+    def ops(self) -> list[list]:
+        """The layer as write operations ``[PUT, k, v] | [DELETE, k] | [DELETE_RANGE, lo, hi]``,
+        in the order :meth:`apply_to` applies them (what a replicated batch carries)."""
+        out: list[list] = []
+        if self.cleared is not None:
+            out.append([DELETE_RANGE, self.cleared, layout.prefix_end(self.cleared)])
+        for k, v in self.writes.items():
+            out.append([DELETE, k] if v is None else [PUT, k, v])
+        return out
 
     def merge(self, top: Layer) -> None:
         """Apply ``top`` (a committed transaction) on this layer."""
@@ -111,6 +128,7 @@ class _Ops:
 
     # -- provided by subclasses -------------------------------------------------------------
     _oid: bytes
+    _gid: int
     _binding: str
     _engine: StorageEngine
     _max_value: int
@@ -129,7 +147,7 @@ class _Ops:
 
     # -- reads ------------------------------------------------------------------------------
     def _read(self, full_key: bytes) -> bytes | None:
-        data = full_key[0:1] == layout.DATA
+        data = layout.is_data_key(full_key)
         for layer in self._layers():
             if full_key in layer.writes:
                 return layer.writes[full_key]
@@ -138,7 +156,7 @@ class _Ops:
         return self._engine.get(full_key)
 
     def _key(self, key: Any) -> bytes:
-        return layout.data_key(self._oid, layout.encode_user_key(key))
+        return layout.data_key(self._gid, self._oid, layout.encode_user_key(key))
 
     def _keys(self, keys: Any) -> list[bytes]:
         if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
@@ -190,7 +208,7 @@ class _Ops:
             raise InvalidArgumentError("list() takes start or start_after, not both")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
-        base = layout.data_prefix(self._oid)
+        base = layout.data_prefix(self._gid, self._oid)
         lo = base + layout.encode_user_key(prefix)
         hi = layout.prefix_end(lo)
         if start is not None:
@@ -286,7 +304,7 @@ class _Ops:
         """Delete every key of the object, and its alarm."""
         self._check_usable()
         layer = self._write_layer()
-        prefix = layout.data_prefix(self._oid)
+        prefix = layout.data_prefix(self._gid, self._oid)
         for k in [k for k in layer.writes if k.startswith(prefix)]:
             del layer.writes[k]
         layer.cleared = prefix
@@ -296,18 +314,19 @@ class _Ops:
 
     # -- alarm ------------------------------------------------------------------------------
     def _alarm_record(self) -> list | None:
-        raw = self._read(layout.alarm_key(self._oid))
+        raw = self._read(layout.alarm_key(self._gid, self._oid))
         return None if raw is None else _codec.decode(raw)
 
     def _set_alarm_record(self, layer: Layer, when_ms: int | None, retry: int = 0) -> None:
+        gid, oid = self._gid, self._oid
         old = self._alarm_record()
         if old is not None:
-            layer.writes[layout.alarm_index_key(old[0], self._oid)] = None
+            layer.writes[layout.alarm_index_key(gid, old[0], oid)] = None
         if when_ms is None:
-            layer.writes[layout.alarm_key(self._oid)] = None
+            layer.writes[layout.alarm_key(gid, oid)] = None
         else:
-            layer.writes[layout.alarm_key(self._oid)] = _codec.encode([when_ms, self._binding, retry])
-            layer.writes[layout.alarm_index_key(when_ms, self._oid)] = self._binding.encode()
+            layer.writes[layout.alarm_key(gid, oid)] = _codec.encode([when_ms, self._binding, retry])
+            layer.writes[layout.alarm_index_key(gid, when_ms, oid)] = self._binding.encode()
         layer.alarm = when_ms
 
     def _firing_ms(self) -> int | None:
@@ -367,6 +386,7 @@ class ObjectStorage(_Ops):
 
     __slots__ = (
         "_oid",
+        "_gid",
         "_binding",
         "_engine",
         "_committer",
@@ -392,8 +412,10 @@ class ObjectStorage(_Ops):
         committer: GroupCommitter,
         owner: StorageOwner,
         max_value_bytes: int = _codec.DEFAULT_MAX_VALUE_BYTES,
+        gid: int = 0,
     ) -> None:
         self._oid = object_id
+        self._gid = gid
         self._binding = binding
         self._engine = engine
         self._committer = committer
@@ -551,8 +573,8 @@ class ObjectStorage(_Ops):
 class Transaction(_Ops):
     """The ``txn`` of ``storage.transaction()``: the storage API plus ``rollback()``."""
 
-    __slots__ = ("_storage", "_layer", "_done", "_rolled_back", "_token", "_oid", "_binding",
-                 "_engine", "_max_value")
+    __slots__ = ("_storage", "_layer", "_done", "_rolled_back", "_token", "_oid", "_gid",
+                 "_binding", "_engine", "_max_value")
 
     def __init__(self, storage: ObjectStorage) -> None:
         self._storage = storage
@@ -561,6 +583,7 @@ class Transaction(_Ops):
         self._rolled_back = False
         self._token: object = None
         self._oid = storage._oid
+        self._gid = storage._gid
         self._binding = storage._binding
         self._engine = storage._engine
         self._max_value = storage._max_value

@@ -52,7 +52,7 @@ class Gated(DurableObject):
 async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_path: Path) -> None:
     global GATE, ENTERED
     GATE, ENTERED = asyncio.Event(), asyncio.Event()
-    cluster = await make_cluster(regions=())  # etcd + placement, no node processes
+    cluster = await make_cluster(regions=(), replicas=1)  # etcd + placement, no node processes
     app = load_app(sys.modules[__name__])
     config = NodeConfig(
         etcd=cluster.etcd.endpoint, cluster=cluster.cluster, region="us-east", zone="us-east-a",
@@ -72,7 +72,8 @@ async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_pat
             entry = await wait_until(lambda: node.cluster.router.cache.lookup(oid))  # type: ignore[union-attr]
             assert entry
             cached = node.cluster.router.cache.lookup(oid)  # type: ignore[union-attr]
-            assert cached is not None and (cached.node, cached.epoch) == ("inproc-0", 1)
+            router = node.cluster.router  # type: ignore[union-attr]
+            assert cached is not None and (router.owner_of(cached)[0], cached.epoch) == ("inproc-0", 1)
             act = node.host.activation(bytes.fromhex(oid))  # type: ignore[union-attr]
             assert act is not None and act.epoch == 1
 
@@ -84,7 +85,7 @@ async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_pat
                 current = await Directory(etcd, cluster.cluster).get(oid)
                 assert current is not None and current.epoch == 1
                 new = await Directory(etcd, cluster.cluster).reassign(
-                    current, node="inproc-0", region="us-east")
+                    current, group=current.group, region="us-east")
                 assert new.epoch == 2
             await wait_until(
                 lambda: node.cluster.router.cache.lookup(oid).epoch == 2,  # type: ignore[union-attr]

@@ -43,7 +43,7 @@ async def examples_cluster(tmp_path_factory):
 async def room_cluster(tmp_path_factory):
     """The test app, nodes evicting idle objects after 1 s, small per-client buffers."""
     cluster = await start_cluster(
-        tmp_path_factory.mktemp("edge-rooms"), app=TEST_APP, regions=("us-east",),
+        tmp_path_factory.mktemp("edge-rooms"), app=TEST_APP, regions=("us-east",), replicas=1,
         node_args=("--idle-timeout", "1", "--sweep-interval", "0.2"),
         edge_args=("--max-socket-buffer-bytes", str(1 << 20), "--no-access-log"),
     )

@@ -1,5 +1,6 @@
-"""A node that does not come back: its sockets are closed with 1012 (service restart) after
-``node_loss_grace``, and the edge keeps serving everything else."""
+"""A node that does not come back, and no replica to fail over to (``replicas = 1``): its sockets
+are closed with 1012 (service restart) after ``node_loss_grace``, and the edge keeps serving
+everything else."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module"),
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(tmp_path_factory):
     c = await start_cluster(tmp_path_factory.mktemp("edge-loss"), app=TEST_APP,
-                            regions=("us-east",), edge_args=("--node-loss-grace", "2"))
+                            regions=("us-east",), replicas=1,
+                            edge_args=("--node-loss-grace", "2"))
     yield c
     await stop_cluster(c)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from duro.node.storage.engine import GroupCommitter
+from duro.node.storage.commit import GroupCommitter
 
 
 def delay_commits(committer: GroupCommitter, delay: float) -> None:

@@ -98,7 +98,10 @@ async def _owner(client: Any, stub: Any, cluster: str) -> tuple[str, int]:
     from duro.placement.directory import Directory
 
     entry = await Directory(client.invoker.etcd, cluster).get(stub.id.hex())
-    return (entry.node, entry.epoch) if entry is not None else ("", 0)
+    if entry is None:
+        return ("", 0)
+    owner = await client.invoker.await_owner(entry, None)
+    return (owner[0], entry.epoch)
 
 
 async def call(a: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,8 @@ async def test_create_if_absent(etcd_client: Etcd3Client) -> None:
     assert await d.get(o) == first
     assert await d.count() == 1
     raw = (await etcd_client.kv.get(f"/duro/{CLUSTER}/dir/{o}")).kvs[0].value
-    assert raw == b'{"binding":"COUNTER","node":"n1","epoch":1,"region":"us-east","replicas":[]}'
+    assert raw == (b'{"binding":"COUNTER","group":0,"epoch":1,"region":"us-east","node":"n1",'
+                   b'"replicas":[]}')
 
 
 async def test_200_concurrent_placers_make_one_entry(etcd: EtcdProcess) -> None:

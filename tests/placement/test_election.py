@@ -74,7 +74,8 @@ async def test_standby_takes_over_after_leader_sigkill(etcd: EtcdProcess, tmp_pa
     procs = {r: spawn_placement(etcd, r, p, tmp_path / f"{r}.log") for r, p in ports.items()}
     try:
         async with Etcd3Client([etcd.endpoint]) as client:
-            node = Membership(client, CLUSTER, NodeInfo("n1", "127.0.0.2:9000", "us-east"), ttl=3)
+            node = Membership(client, CLUSTER, NodeInfo("n1", "127.0.0.2:9000", "us-east",
+                                                        storage_id="sid-n1"), ttl=3)
             await node.start(timeout=10)
             try:
                 leader_id = ""

@@ -30,7 +30,8 @@ NODES = [("us1", "us-east"), ("us2", "us-east"), ("eu1", "eu-west"), ("ap1", "ap
 async def registered_nodes(etcd: EtcdProcess, nodes=NODES) -> AsyncIterator[list[Membership]]:  # type: ignore[no-untyped-def]
     async with Etcd3Client([etcd.endpoint]) as client:
         ms = [
-            Membership(client, CLUSTER, NodeInfo(nid, f"127.0.0.2:{9000 + i}", region, capacity=100))
+            Membership(client, CLUSTER, NodeInfo(nid, f"127.0.0.2:{9000 + i}", region,
+                                                 capacity=100, storage_id=f"sid-{nid}"))
             for i, (nid, region) in enumerate(nodes)
         ]
         for m in ms:
@@ -51,6 +52,9 @@ async def leading(svc: PlacementService) -> PlacementService:
     await assert_eventually(lambda: svc.election is not None and svc.election.is_leader(),
                             timeout=10, message="not leader")
     await assert_eventually(lambda: len(svc.nodes.nodes) >= 1, timeout=10)
+    # Each node gets a replica group it leads (docs/replication.md): objects are placed there.
+    await assert_eventually(lambda: svc._led and set(svc._led) == set(svc.nodes.nodes),
+                            timeout=10, message="nodes lead no replica groups")
     return svc
 
 

@@ -12,7 +12,8 @@ wiped — and explores every reachable state breadth-first, checking in each one
 * every acknowledged write is on the disk of every in-sync member that still holds the copy it
   was in sync with (committed ⊆ in-sync: whoever is promoted next has it);
 * the in-sync copies are prefixes of one another (no divergence among them);
-* only the configuration's primary, holding the configuration's lease, serves;
+* only the configuration's primary, holding the configuration's lease, serves (also across
+  planned handovers to another in-sync member);
 * the acknowledged writes are on every in-sync copy in the order they were acknowledged, and
   on at least `min_in_sync` disks (less any that were wiped).
 """
@@ -97,6 +98,7 @@ class World(NamedTuple):
     acked: tuple = ()            # values acknowledged to clients, in order
     writes: int = 0
     faults: int = 0
+    handovers: int = 0
     crashes: int = 0
     lease_losses: int = 0
     wipes: int = 0
@@ -131,6 +133,7 @@ class World(NamedTuple):
 class Bounds:
     writes: int = 2
     faults: int = 2            # crashes, wipes, lease losses and broken streams, in all
+    handovers: int = 1         # planned handovers (each moves the epoch on, so: bounded)
     crashes: int = 2
     lease_losses: int = 1
     wipes: int = 1
@@ -278,6 +281,16 @@ def successors(w: World, b: Bounds) -> Iterator[tuple[str, World]]:
                     ins = tuple(sorted([p for p in c.in_sync if p[0] != m] + [(m, y.sid)]))
                     yield f"{n} adds {m} to in_sync", replace(
                         w, config=replace(c, rev=c.rev + 1, in_sync=ins))
+            # A planned handover (the leader's switchover to the preferred primary): paused,
+            # once every in-sync member holds everything, the primary swaps itself out.
+            if w.handovers < b.handovers and not x.pending and all(x.ack_of(m) == (sid, x.pos.seq)
+                                     for m, sid in c.in_sync if m != n):
+                for m, sid in c.in_sync:
+                    y = w.node(m)
+                    if m != n and y.alive and y.registered and y.sid == sid:
+                        nc = replace(c, rev=c.rev + 1, epoch=c.epoch + 1, primary=m, lease=y.inc)
+                        yield f"{n} hands over to {m}", replace(w, config=nc,
+                                                                handovers=w.handovers + 1)
         elif x.reconciling and all(
                 x.ack_of(m) == (sid, x.pos.seq) for m, sid in c.in_sync if m != n):
             yield f"{n} serves epoch {epoch}", w.set(n, replace(x, serving=epoch, reconciling=0))
@@ -301,7 +314,10 @@ def successors(w: World, b: Bounds) -> Iterator[tuple[str, World]]:
     if f is not None:
         for m, _sid in c.in_sync:
             y = w.node(m)
-            if m == c.primary or not y.alive or m in f.fenced or f.rev != c.rev:
+            # The deposed primary too, if it came back (a new lease): it may be the only copy.
+            if not y.alive or not y.registered or m in f.fenced or f.rev != c.rev:
+                continue
+            if m == c.primary and is_current_primary(w, m):
                 continue
             ny = replace(y, accepted=max(y.accepted, c.epoch + 1))
             fenced = replace(f, fenced=f.fenced | {m})
@@ -320,7 +336,7 @@ def successors(w: World, b: Bounds) -> Iterator[tuple[str, World]]:
                         in_sync=tuple(sorted(in_sync.items())))
             yield f"leader promotes {best}", replace(w, config=nc, failover=None)
         elif w.failover is not None and (choice is None or f.rev != c.rev) and len(f.fenced) == len(
-                [m for m, _ in c.in_sync if m != c.primary and w.node(m).alive]):
+                [m for m, _ in c.in_sync if w.node(m).alive and w.node(m).registered]):
             yield "leader gives up: nobody to promote", replace(w, failover=None)
 
     # -- faults -----------------------------------------------------------------------------------
@@ -446,7 +462,7 @@ def served_after_failover(seen) -> bool:  # noqa: ANN001
 
 @pytest.mark.timeout(300)
 def test_one_write_any_single_fault_every_interleaving() -> None:
-    seen = explore(Bounds(writes=1, faults=1))
+    seen = explore(Bounds(writes=1, faults=1, handovers=0))
     print(f"{len(seen)} states explored")
     assert len(seen) > 50_000  # the model really branches
     assert served_after_failover(seen)
@@ -458,7 +474,7 @@ def test_one_write_any_single_fault_every_interleaving() -> None:
 def test_one_write_any_single_fault_can_always_serve_again() -> None:
     """Liveness: from every reachable state, some run reaches a primary serving with enough
     in-sync copies to take writes (no configuration the protocol cannot leave)."""
-    bounds = Bounds(writes=1, faults=1)
+    bounds = Bounds(writes=1, faults=1, handovers=0)
     parent = explore(bounds)
     preds: dict[World, list[World]] = {w: [] for w in parent}
     for w in parent:
@@ -477,18 +493,38 @@ def test_one_write_any_single_fault_can_always_serve_again() -> None:
     assert not stuck, f"{len(stuck)} states never serve again, e.g. {path_of(parent, stuck[0])}"
 
 
+@pytest.mark.timeout(300)
+def test_handovers_with_writes_and_a_crash_every_interleaving() -> None:
+    for bounds in (Bounds(writes=2, faults=0, handovers=1),
+                   Bounds(writes=1, faults=1, handovers=1, crashes=1, lease_losses=0, wipes=0,
+                          drops=0)):
+        seen = explore(bounds)
+        print(f"{bounds}: {len(seen)} states explored")
+        assert any(w.handovers and w.acked and any(n.serving == w.config.epoch for n in w.nodes)
+                   for w in seen)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_writes_any_single_fault_every_interleaving() -> None:
-    seen = explore(Bounds(writes=2, faults=1))
+    seen = explore(Bounds(writes=2, faults=1, handovers=0))
     print(f"{len(seen)} states explored")
     assert len(seen) > 500_000
     assert served_after_failover(seen)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_one_write_any_single_fault_with_a_handover_every_interleaving() -> None:
+    seen = explore(Bounds(writes=1, faults=1, handovers=1))
+    print(f"{len(seen)} states explored")
+    assert len(seen) > 1_000_000
+
+
 @pytest.mark.timeout(300)
 def test_deep_random_runs_with_many_faults() -> None:
-    visited = random_walks(Bounds(writes=6, faults=4, crashes=3, lease_losses=2, wipes=1, drops=3),
+    visited = random_walks(Bounds(writes=6, faults=4, handovers=2, crashes=3, lease_losses=2,
+                                  wipes=1, drops=3),
                            walks=1500, steps=120, seed=1)
     print(f"{visited} states visited")
     assert visited > 50_000  # runs end when everything has settled
@@ -496,6 +532,7 @@ def test_deep_random_runs_with_many_faults() -> None:
 
 # -- the checker finds the bugs the protocol's rules prevent ------------------------------------
 def _finds(monkeypatch, name, fake, match: str, bounds: Bounds, start: World | None = None):  # noqa: ANN001
+    bounds = Bounds(**{**bounds.__dict__, "handovers": 0})
     monkeypatch.setattr(P, name, fake)
     with pytest.raises(AssertionError, match=match):
         explore(bounds, start=start)
@@ -517,7 +554,7 @@ def test_appending_after_a_batch_of_another_epoch_diverges(monkeypatch) -> None:
     def no_log_matching(accepted, pos, history, sender, epoch, seq, prev):  # noqa: ANN001, ANN202
         return real(accepted, pos, history, sender, epoch, seq, P.epoch_of(history, pos.seq) or 0)
 
-    explore(Bounds(writes=3, faults=1), start=diverged_candidate())  # fine with the real rule
+    explore(Bounds(writes=3, faults=1, handovers=0), start=diverged_candidate())  # real: fine
     _finds(monkeypatch, "follower_verdict", no_log_matching, "diverge",
            Bounds(writes=3, faults=1), diverged_candidate())
 
@@ -540,7 +577,7 @@ def test_taking_a_replica_of_the_same_length_for_a_copy_diverges(monkeypatch) ->
             return P.UpToDate()
         return real(history, pos, log_first, peer)
 
-    explore(Bounds(writes=3, faults=1), start=start)  # fine with the real plan
+    explore(Bounds(writes=3, faults=1, handovers=0), start=start)  # fine with the real plan
     _finds(monkeypatch, "catch_up_plan", by_length, "diverge", Bounds(writes=3, faults=1), start)
 
 

@@ -56,7 +56,7 @@ def kill(proc: subprocess.Popen) -> None:
 def durable(data_dir: Path, oid: bytes) -> dict:
     engine = StorageEngine(data_dir / "rocksdb")
     try:
-        prefix = layout.data_prefix(oid)
+        prefix = layout.data_prefix(0, oid)
         return {layout.user_key(k): _codec.decode(v)
                 for k, v in engine.scan(prefix, layout.prefix_end(prefix))}
     finally:

@@ -145,4 +145,4 @@ async def test_several_puts_in_one_event_are_one_batch(tb, objs):
     assert await stub.put_several(keys, 7) == 7
     assert batches == [20]
     assert tb.storage(stub) == {k: 7 for k in sorted(keys)}
-    assert tb.engine.get(layout.data_key(stub.id.raw, b"k0")) is not None
+    assert tb.engine.get(layout.data_key(0, stub.id.raw, b"k0")) is not None

@@ -1,0 +1,108 @@
+"""``duro.v1.Replication`` on a host node: the gRPC adapter over the node's
+:class:`~duro.node.replication.follower.Follower` (batches, fences, snapshots)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+import grpc
+from grpc import aio
+
+from duro._pb import replication_pb2, replication_pb2_grpc
+from duro.errors import InvalidArgumentError
+from duro.node.replication.follower import StaleSender
+from duro.node.replication.link import NODE_ID_MD
+
+if TYPE_CHECKING:
+    from duro.node.replication.manager import ReplicationManager
+
+__all__ = ["ReplicationServicer"]
+
+log = logging.getLogger("duro.node.replication")
+
+
+class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
+    """Answers UNAVAILABLE until the node's replication has started (``manager`` is None)."""
+
+    def __init__(self, manager: Callable[[], ReplicationManager | None]) -> None:
+        self._manager = manager
+
+    def add_to(self, server: aio.Server) -> None:
+        replication_pb2_grpc.add_ReplicationServicer_to_server(self, server)
+
+    async def _mgr(self, context: aio.ServicerContext) -> ReplicationManager:
+        mgr = self._manager()
+        if mgr is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replication is not running yet")
+        return mgr  # type: ignore[return-value]
+
+    async def Replicate(  # noqa: N802
+        self, request_iterator: AsyncIterator[replication_pb2.ReplicateBatch],
+        context: aio.ServicerContext,
+    ) -> None:
+        mgr = await self._mgr(context)
+        sender = str(dict(context.invocation_metadata() or ()).get(NODE_ID_MD, ""))
+        if not sender:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"needs {NODE_ID_MD} metadata")
+        queue: asyncio.Queue[replication_pb2.ReplicateBatch | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    queue.put_nowait(msg)
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                msg = await queue.get()
+                if msg is None:
+                    return
+                batches = list(msg.batches)
+                while not queue.empty():  # everything that queued meanwhile: one fsync
+                    more = queue.get_nowait()
+                    if more is None:
+                        queue.put_nowait(None)
+                        break
+                    batches.extend(more.batches)
+                acks = await mgr.follower.apply(sender, batches)
+                await context.write(replication_pb2.ReplicateAcks(
+                    storage_id=mgr.engine.storage_id, acks=acks))
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def Fence(  # noqa: N802
+        self, request: replication_pb2.FenceRequest, context: aio.ServicerContext,
+    ) -> replication_pb2.FenceResponse:
+        mgr = await self._mgr(context)
+        if not request.gid or not request.epoch:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gid and epoch are required")
+        return await mgr.follower.fence(request.gid, request.epoch)
+
+    async def Handover(  # noqa: N802
+        self, request: replication_pb2.HandoverRequest, context: aio.ServicerContext,
+    ) -> replication_pb2.HandoverResponse:
+        mgr = await self._mgr(context)
+        prim = mgr.serving(request.gid)
+        if prim is None:
+            return replication_pb2.HandoverResponse(
+                done=False, detail=f"this node does not serve group {request.gid}")
+        why = await prim.handover(request.target, request.target_lease)
+        return replication_pb2.HandoverResponse(done=why is None, detail=why or "")
+
+    async def Install(  # noqa: N802
+        self, request_iterator: AsyncIterator[replication_pb2.InstallChunk],
+        context: aio.ServicerContext,
+    ) -> replication_pb2.InstallAck:
+        mgr = await self._mgr(context)
+        try:
+            seq = await mgr.follower.install(request_iterator.__aiter__())
+        except StaleSender as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except InvalidArgumentError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return replication_pb2.InstallAck(storage_id=mgr.engine.storage_id, seq=seq)
