@@ -162,7 +162,9 @@ async def migrate(etcd: str, cluster: str, app: Any, binding: str, name: str, *,
     if not info.get("node"):
         raise InvalidArgumentError(f"{binding}/{name} was never called: nothing to move")
     if not info.get("live"):
-        raise InvalidArgumentError(f"its node {info['node']} is not live: cannot move it now")
+        why = (info.get("group") or {}).get("why_not_serving", "its node is not live")
+        return {"from": info["node"], "to": to_node or to_region, "outcome": "error",
+                "detail": f"no node serves it right now ({why}); retry in a moment"}
     async with etcd_client(etcd) as client:
         nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
                                          await get_prefix(client, nodes_prefix(cluster)))}

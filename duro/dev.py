@@ -119,6 +119,8 @@ class LocalCluster:
         )
         self.placements: list[ProcSpec] = []
         self.nodes: list[ProcSpec] = []
+        # Extra environment per node name, for every start of that node (tests' fault hooks).
+        self.node_env: dict[str, dict[str, str]] = {}
         for i in range(placement_replicas):
             self.placements.append(ProcSpec(
                 "placement", f"placement-{i}",
@@ -216,7 +218,9 @@ class LocalCluster:
         self, i: int, timeout: float = 60.0, env: dict[str, str] | None = None
     ) -> ProcSpec:
         """Start node ``i`` (again); ``env`` adds environment variables for this run only."""
-        return await self._start_ready(self.nodes[i], "DURO-NODE-READY", timeout, env)
+        spec = self.nodes[i]
+        return await self._start_ready(spec, "DURO-NODE-READY", timeout,
+                                       {**self.node_env.get(spec.name, {}), **(env or {})})
 
     async def start_edge(self, i: int, timeout: float = 60.0) -> ProcSpec:
         return await self._start_ready(self.edges[i], "DURO-EDGE-READY", timeout)

@@ -241,6 +241,12 @@ class NodeCluster:
 
     def _promoted(self, prim: PrimaryGroup) -> None:
         log.info("node %s serves group %s (epoch %s)", self.node_id, prim.gid, prim.epoch)
+        host = self.host
+        if host is not None and host.moved:
+            # Objects this node moved into that group are served here now (it failed over to
+            # this node): their "moved away" redirects no longer hold.
+            for oid in [o for o, r in host.moved.items() if getattr(r, "gid", 0) == prim.gid]:
+                del host.moved[oid]
 
     def _storage_failed(self, exc: BaseException) -> None:
         """A local write of a replicated group failed: this copy may now differ from the

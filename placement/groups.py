@@ -90,6 +90,7 @@ class GroupManager:
         self.replace_after = replace_after
         self._gone_since: dict[str, float] = {}
         self._handover_at: dict[int, float] = {}  # gid -> when a handover was last asked for
+        self._waiting: set[tuple[int, int]] = set()  # (gid, epoch) reported as waiting
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -255,8 +256,10 @@ class GroupManager:
             g.replicas)
         if choice is None:
             self.failover_failures += 1
-            log.warning("group %s: primary %s is gone (%s) and no in-sync member answered "
-                        "(asked %s); the group waits", g.gid, g.primary, why, members)
+            level = logging.DEBUG if (g.gid, g.epoch) in self._waiting else logging.WARNING
+            self._waiting.add((g.gid, g.epoch))
+            log.log(level, "group %s: primary %s is gone (%s) and no in-sync member answered "
+                    "(asked %s); the group waits", g.gid, g.primary, why, members)
             return None
         best, in_sync = choice
         new = g.replace(epoch=epoch, primary=best, lease=got[best].lease).with_in_sync(in_sync)

@@ -284,6 +284,7 @@ class _Move:
             f"object moved to node {action.target}", node_id=action.target,
             address=self.target_address, epoch=action.new_epoch,
         )
+        redirect.gid = self.target_gid  # type: ignore[attr-defined] - see NodeCluster._promoted
         host = self.host
         host.moved[self.oid] = redirect
         act = host.activation(self.oid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,8 @@ class Follower:
                     wb.put(prefix + item.key, item.value)
                 if chunk.last:
                     break
+                if os.environ.get("DURO_REPLICATION_FAULT") == "install_received":
+                    os._exit(137)  # test-only: the receiver dies in the middle of an install
                 # Chunks go to RocksDB as they arrive, unsynced (bounded memory); the synced
                 # final write below makes all of them durable, and a copy whose install did
                 # not finish has no meta saying it holds anything.

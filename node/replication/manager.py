@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +28,7 @@ from duro.node.replication.link import PeerLink
 from duro.node.replication.primary import PrimaryGroup
 from duro.node.replication.settings import SettingsView
 from duro.node.replication.state import GroupReplica, load_replicas
+from duro.node.storage import layout
 from duro.node.storage.commit import GroupCommitter
 
 if TYPE_CHECKING:
@@ -39,6 +41,16 @@ __all__ = ["ReplicationManager", "ReplicationStats"]
 log = logging.getLogger("duro.node.replication")
 
 TICK = 0.1
+DROP_CHECK_TICKS = 50  # every 5 s: copies of groups this node is no longer a member of
+DROP_AFTER = 60.0  # seconds a copy must have been abandoned before it is deleted
+
+
+def _peer_overrides() -> dict[str, str]:
+    """Test-only: ``DURO_TEST_PEER_ADDRESSES="node=host:port,..."`` makes this node reach those
+    peers' replication service at other addresses (a proxy that partitions or delays only this
+    node's replication traffic)."""
+    raw = os.environ.get("DURO_TEST_PEER_ADDRESSES", "")
+    return dict(p.split("=", 1) for p in raw.split(",") if "=" in p)
 
 
 class ReplicationStats:
@@ -77,6 +89,8 @@ class ReplicationManager:
         self.on_promoted: list[Callable[[PrimaryGroup], None]] = []
         self._tick: asyncio.Task[None] | None = None
         self._started = False
+        self._overrides = _peer_overrides()
+        self._abandoned: dict[int, float] = {}  # gid -> since when this node is not a member
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -219,19 +233,24 @@ class ReplicationManager:
         info = self.nodes.nodes.get(peer)
         if info is None:
             return None
+        address = self._overrides.get(peer, info.address)
         link = self.links.get(peer)
-        if link is not None and link.address != info.address:
+        if link is not None and link.address != address:
             old = link
             asyncio.get_running_loop().create_task(old.close())
             link = None
         if link is None:
-            link = self.links[peer] = PeerLink(self.node_id, peer, info.address)
+            link = self.links[peer] = PeerLink(self.node_id, peer, address)
         return link
 
     async def _ticker(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
+            ticks += 1
             now = time.monotonic()
+            if ticks % DROP_CHECK_TICKS == 0:
+                await self._drop_abandoned_copies(now)
             try:
                 for prim in list(self.primaries.values()):
                     if not self.holds_lease(prim.config):
@@ -240,6 +259,27 @@ class ReplicationManager:
                     prim.check_timeouts(now)
             except Exception:
                 log.exception("replication tick failed")
+
+    async def _drop_abandoned_copies(self, now: float) -> None:
+        """Delete the copy of a group whose configuration has not listed this node (as a member
+        or as in sync) for ``DROP_AFTER`` seconds: a member the leader replaced."""
+        for gid, rep in list(self.replicas.items()):
+            cfg = self.groups.get(gid)
+            member = cfg is None or self.node_id in cfg.replicas or (
+                cfg.sid_of(self.node_id) is not None) or gid in self.primaries
+            if member or not rep.stored:
+                self._abandoned.pop(gid, None)
+                continue
+            since = self._abandoned.setdefault(gid, now)
+            if now - since < DROP_AFTER:
+                continue
+            async with self.follower.lock(gid):
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                batch.delete_range(*layout.group_range(gid))
+                await self.write(batch)
+                self.replicas.pop(gid, None)
+                self._abandoned.pop(gid, None)
+            log.info("group %s: dropped this node's copy (no longer a member)", gid)
 
     def describe(self) -> dict[str, Any]:
         """For health and metrics: roles and positions."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, AsyncIterator, NamedTuple
@@ -40,6 +41,16 @@ __all__ = ["PrimaryGroup", "Ack"]
 log = logging.getLogger("duro.node.replication")
 
 CHUNK_BYTES = 256 * 1024
+# Test-only fault injection: the process exits abruptly (like SIGKILL) at that step:
+# "reconcile" (a new primary, before it serves), "install_sent" (a primary, after the first
+# chunk of a snapshot).
+_FAULT = os.environ.get("DURO_REPLICATION_FAULT", "")
+
+
+def _fault(step: str) -> None:
+    if _FAULT == step:
+        log.error("DURO_REPLICATION_FAULT: exiting at %s", step)
+        os._exit(137)
 JOIN_WAIT = 2.0  # seconds a paused join waits for the candidate's last acknowledgement
 
 
@@ -95,6 +106,7 @@ class PrimaryGroup:
         await self.mgr.write(batch)
         if self.stopped:
             return
+        _fault("reconcile")
         loop = asyncio.get_running_loop()
         for m in self.config.replicas:
             if m != self.me:
@@ -229,7 +241,13 @@ class PrimaryGroup:
         if cfg.revision <= self.config.revision:
             return
         added = [m for m in cfg.replicas if m not in self.config.replicas and m != self.me]
+        removed = [m for m in self.config.replicas if m not in cfg.replicas]
         self.config = cfg
+        for m in removed:  # replaced by the leader: no more batches to it
+            link = self.mgr.links.get(m)
+            if link is not None:
+                link.stop_feeding(self.gid)
+            self.acks.pop(m, None)
         for m in added:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 self._member(m), name=f"g{self.gid}-{m}"))
@@ -390,6 +408,7 @@ class PrimaryGroup:
                 if size >= CHUNK_BYTES:
                     sent["bytes"] += size
                     yield chunk
+                    _fault("install_sent")
                     chunk, size = replication_pb2.InstallChunk(gid=self.gid), 0
                     await asyncio.sleep(0)
             sent["bytes"] += size

@@ -1,5 +1,7 @@
-"""Node failures: SIGKILL (lease expiry, retryable errors, restart with every acked write) and a
-node partitioned from etcd (self-fencing before its lease can expire, then serving again)."""
+"""Node failures without replicas (``replicas = 1``, explicit): SIGKILL (lease expiry, retryable
+errors, restart with every acked write) and a node partitioned from etcd (self-fencing before its
+lease can expire, then serving again). With replicas, a dead node's objects fail over instead:
+tests/cluster/test_failover.py."""
 
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ async def outcome(client: duro.client.Client, name: str, method: str = "get") ->
 
 @pytest.mark.timeout(120)
 async def test_sigkilled_node_lease_expires_and_it_comes_back_with_every_acked_write(
-    cluster: LocalCluster,
+    make_cluster: MakeCluster,
 ) -> None:
+    cluster = await make_cluster(replicas=1)  # one copy: nothing to fail over to
     victim = 1  # eu-west-0, the only node of eu-west: eu-west callers' objects go there
     vid = cluster.nodes[victim].ready["node_id"]
     names = [f"k-{i}" for i in range(6)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-__all__ = ["BlackholeProxy"]
+__all__ = ["BlackholeProxy", "DelayProxy"]
 
 
 class BlackholeProxy:
@@ -68,3 +68,35 @@ class BlackholeProxy:
         self._writers.update((w, uw))
         await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
         self._writers.difference_update((w, uw))
+
+
+class DelayProxy(BlackholeProxy):
+    """Like :class:`BlackholeProxy`, and every chunk is held ``delay`` seconds (each direction)
+    before it is forwarded, in order: a slow link (this kernel has no ``sch_netem``)."""
+
+    def __init__(self, target_port: int, *, delay: float = 0.0, **kw: object) -> None:
+        super().__init__(target_port, **kw)  # type: ignore[arg-type]
+        self.delay = delay
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def forward() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while (item := await queue.get()) is not None:
+                    due, data = item
+                    if due > loop.time():
+                        await asyncio.sleep(due - loop.time())
+                    while self.blocked:
+                        await asyncio.sleep(0.05)
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        fwd = asyncio.ensure_future(forward())
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await r.read(65536):
+                queue.put_nowait((loop.time() + self.delay, data))
+        queue.put_nowait(None)
+        await fwd
