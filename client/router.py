@@ -89,6 +89,9 @@ class Router:
         self.cache = DirectoryCache(self.etcd, cluster)
         self.nodes = NodeView(self.etcd, cluster)
         self.groups = GroupView(self.etcd, cluster)
+        self._addresses: dict[str, str] = {}  # node id -> last address seen (also once gone)
+        self.nodes.callbacks.append(self._on_node)
+        self.groups.callbacks.append(self._on_group)
         self.stats = RouterStats()
         self.latency = LatencyMatrix.from_env()
         self._placement: tuple[str, Any] | None = None  # (address, stub)
@@ -193,6 +196,25 @@ class Router:
             return g.primary, info.address
         info = self.nodes.nodes.get(node_id)
         return (node_id, info.address) if info is not None else None
+
+    def _on_node(self, node_id: str, _old: object, new: object) -> None:
+        if new is not None:
+            self._addresses[node_id] = new.address  # type: ignore[attr-defined]
+
+    def _on_group(self, _name: str, old: object, new: object) -> None:
+        """A group failed over because its primary lost its lease (dead, stopped, partitioned):
+        calls still waiting on that node will not be answered by a serving primary. Break the
+        connection, so they fail now — "may or may not have executed" — instead of after the
+        call timeout (a SIGSTOPped node keeps its TCP connections open)."""
+        if old is None or new is None or old.primary == new.primary:  # type: ignore[attr-defined]
+            return
+        gone = old.primary  # type: ignore[attr-defined]
+        info = self.nodes.nodes.get(gone)
+        if info is not None and info.lease == old.lease:  # type: ignore[attr-defined]
+            return  # a planned handover: the old primary is alive and answers its calls
+        address = self._addresses.get(gone)
+        if address and address in self.pool:
+            asyncio.get_running_loop().create_task(self.pool.discard(address))
 
     def owner_address(self, entry: Entry) -> str:
         owner = self.owner_of(entry)

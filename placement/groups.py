@@ -48,6 +48,10 @@ __all__ = ["GroupManager", "primary_gone"]
 log = logging.getLogger("duro.placement.groups")
 
 FENCE_TIMEOUT = 2.0
+# A failover that would leave fewer in-sync copies than the floor waits this long for the other
+# members to answer (a whole cluster restarting: they register one after the other) before it
+# promotes with fewer (which then refuse writes until the others catch up).
+FAILOVER_GRACE = 3.0
 
 
 def primary_gone(cfg: GroupConfig, nodes: dict[str, NodeInfo]) -> str | None:
@@ -91,6 +95,7 @@ class GroupManager:
         self._gone_since: dict[str, float] = {}
         self._handover_at: dict[int, float] = {}  # gid -> when a handover was last asked for
         self._waiting: set[tuple[int, int]] = set()  # (gid, epoch) reported as waiting
+        self._first_try: dict[tuple[int, int], float] = {}  # (gid, epoch) -> first failover try
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -262,6 +267,13 @@ class GroupManager:
                     "(asked %s); the group waits", g.gid, g.primary, why, members)
             return None
         best, in_sync = choice
+        key = (g.gid, g.epoch)
+        first = self._first_try.setdefault(key, t0)
+        if (len(in_sync) < self.settings.floor and len(in_sync) < len(g.in_sync)
+                and t0 - first < FAILOVER_GRACE):
+            log.info("group %s: only %s of the in-sync members answered; waiting for the others",
+                     g.gid, list(in_sync))
+            return None
         new = g.replace(epoch=epoch, primary=best, lease=got[best].lease).with_in_sync(in_sync)
         try:
             stored = await swap_group(self.etcd, self.cluster, g, new, guards=[guard.compare()])
@@ -269,6 +281,7 @@ class GroupManager:
             log.info("group %s: failover not applied (%s); next round", g.gid, exc)
             return None
         self.failovers += 1
+        self._first_try.pop(key, None)
         log.warning("group %s: failed over from %s (%s) to %s at epoch %s in %.0f ms; in_sync %s",
                     g.gid, g.primary, why, best, epoch, (time.monotonic() - t0) * 1000,
                     list(in_sync))

@@ -2,7 +2,11 @@
 
 Every replica keeps the batches it wrote or applied (a follower may be promoted and then has to
 bring the others up to its own position). Bounded by bytes and entries: a replica that lags
-further than the log reaches is caught up by snapshot (``protocol.catch_up_plan``).
+further than the log reaches is caught up by snapshot (``protocol.catch_up_plan``). Two entries
+are always kept whatever the bounds: a primary has at most one batch being written while it cuts
+the next, so every batch that may be missing from a snapshot of its disk is still here. A pin
+(``pin``) keeps every entry from a seq on while a snapshot is sent: the replica that receives it
+is fed the batches after it from this log.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ReplicaLog:
         self._entries: deque[LogEntry] = deque()
         self._bytes = 0
         self._next = next_seq
+        self._pins: list[int] = []
 
     @property
     def first(self) -> int:
@@ -51,10 +56,19 @@ class ReplicaLog:
         self._entries.append(entry)
         self._bytes += len(entry.ops) + 64
         self._next = entry.seq + 1
-        while self._entries and (self._bytes > self.max_bytes
-                                 or len(self._entries) > self.max_entries):
+        keep_from = min(self._pins) if self._pins else self._next
+        while len(self._entries) > 2 and self._entries[0].seq < keep_from and (
+                self._bytes > self.max_bytes or len(self._entries) > self.max_entries):
             old = self._entries.popleft()
             self._bytes -= len(old.ops) + 64
+
+    def pin(self, seq: int) -> int:
+        """Keep every entry from ``seq`` on until :meth:`unpin` (returns the token)."""
+        self._pins.append(seq)
+        return seq
+
+    def unpin(self, token: int) -> None:
+        self._pins.remove(token)
 
     def reset(self, next_seq: int) -> None:
         """Forget everything; the next entry appended will be ``next_seq``."""

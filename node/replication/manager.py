@@ -144,12 +144,22 @@ class ReplicationManager:
         return rep
 
     async def write(self, batch: rocksdict.WriteBatch) -> None:
-        """A synced write through the node's writer thread (after everything before it)."""
+        """A synced write through the node's writer thread (after everything before it).
+
+        A failure is fatal to the node (``committer.on_fatal``): the copies' positions in memory
+        already count the batch, so answering anything more could acknowledge what is not on
+        disk; the node stops and recovers from what is."""
         writer = self.committer.writer
-        if writer is None:
-            self.engine.write(batch)
-        else:
-            await writer.write(batch)
+        try:
+            if writer is None:
+                self.engine.write(batch)
+            else:
+                await writer.write(batch)
+        except Exception as exc:
+            log.critical("replicated write failed on this node: %r", exc)
+            if self.committer.on_fatal is not None:
+                self.committer.on_fatal(exc)
+            raise
 
     def kick(self) -> None:
         self.committer.kick()

@@ -42,8 +42,8 @@ log = logging.getLogger("duro.node.replication")
 
 CHUNK_BYTES = 256 * 1024
 # Test-only fault injection: the process exits abruptly (like SIGKILL) at that step:
-# "reconcile" (a new primary, before it serves), "install_sent" (a primary, after the first
-# chunk of a snapshot).
+# "reconcile" (a primary promoted by a failover, before it serves), "install_sent" (a primary,
+# after the first chunk of a snapshot).
 _FAULT = os.environ.get("DURO_REPLICATION_FAULT", "")
 
 
@@ -106,7 +106,8 @@ class PrimaryGroup:
         await self.mgr.write(batch)
         if self.stopped:
             return
-        _fault("reconcile")
+        if self.epoch > 1:
+            _fault("reconcile")  # a promotion by failover (not a group's first primary)
         loop = asyncio.get_running_loop()
         for m in self.config.replicas:
             if m != self.me:
@@ -375,6 +376,8 @@ class PrimaryGroup:
         plan = P.catch_up_plan(rep.history, rep.pos, rep.log.first, peer)
         if isinstance(plan, P.Snapshot):
             log.info("group %s: snapshot to %s (%s)", self.gid, m, plan.reason)
+            # (_install keeps the log from the snapshot's seq on until it returns; nothing runs
+            # between its return and the feed, so the batches after the snapshot are there.)
             seq = await self._install(m, link)
             self.on_ack(m, ans.storage_id, seq)
             if not link.feed(self, seq + 1):
@@ -394,6 +397,14 @@ class PrimaryGroup:
         if first is None or first[0] != layout.group_meta_key(self.gid):
             raise UnavailableError(f"group {self.gid} has no meta here")
         snap = GroupReplica.from_meta(self.gid, first[1])
+        # The batches after the snapshot are fed from the log once it is installed: keep them.
+        pin = self.replica.log.pin(snap.pos.seq + 1)
+        try:
+            return await self._send_snapshot(m, link, items, snap)
+        finally:
+            self.replica.log.unpin(pin)
+
+    async def _send_snapshot(self, m: str, link: PeerLink, items, snap: GroupReplica) -> int:  # noqa: ANN001
         sent = {"keys": 0, "bytes": 0}
 
         async def chunks() -> AsyncIterator[replication_pb2.InstallChunk]:

@@ -131,7 +131,8 @@ async def test_power_loss_of_every_node_and_the_primarys_disk_loses_no_acked_wri
                 deadline = time.monotonic() + 60
                 while len(history.acked()) < TARGET_ACKED:
                     assert time.monotonic() < deadline, f"too slow: {history.summary()}"
-                    assert not any(t.done() for t in tasks), [t.exception() for t in tasks]
+                    assert not any(task.done() for task in tasks), [
+                    task.exception() for task in tasks if task.done()]
                     await asyncio.sleep(0.05)
                 assert {await primary_of(c, n) for n in NAMES} == {PRIMARY}
                 home = next(g for g in await cluster.groups() if g.home == PRIMARY)
@@ -140,8 +141,8 @@ async def test_power_loss_of_every_node_and_the_primarys_disk_loses_no_acked_wri
                 # Power loss, under load: every node dies at once...
                 await asyncio.gather(*(cluster.kill_node(i) for i in range(len(cluster.nodes))))
             finally:
-                for t in tasks:
-                    t.cancel()
+                for task in tasks:
+                    task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         acked = history.acked()
         # ...what was not fsynced is gone...
@@ -150,9 +151,9 @@ async def test_power_loss_of_every_node_and_the_primarys_disk_loses_no_acked_wri
         await asyncio.to_thread(shutil.rmtree, cluster.root / "nodes" / PRIMARY)
 
         # The machines come back after their leases expired (as after a real outage).
-        t = time.monotonic()
+        t_kill = time.monotonic()
         while await registered(cluster):
-            assert time.monotonic() - t < cluster.lease_ttl + 10, await registered(cluster)
+            assert time.monotonic() - t_kill < cluster.lease_ttl + 10, await registered(cluster)
             await asyncio.sleep(0.2)
         await asyncio.gather(*(cluster.start_node(i) for i in range(len(cluster.nodes))))
         final = await read_all(cluster, timeout=90)

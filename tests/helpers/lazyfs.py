@@ -14,8 +14,10 @@ Design
   each 4 KiB block of the synced contents that has been overwritten, truncated away or punched
   since, the block's old bytes, saved just before its first change. A file no one changed since
   its last fsync has no entry; a block beyond ``synced_size`` needs no undo (the size restores it).
-* ``fsync(2)`` and ``fdatasync(2)`` of a file (the kernel's ``FUSE_FSYNC``, also sent for
-  ``O_SYNC``/``O_DSYNC`` writes) drop the file's entry: its current contents are now durable.
+* ``fsync(2)`` and ``fdatasync(2)`` of a file (the kernel's ``FUSE_FSYNC``, whichever
+  descriptor of the file it comes through; ``msync(MS_SYNC)`` sends it too) drop the file's
+  entry: its current contents are now durable. So does each write through a descriptor opened
+  with ``O_SYNC`` or ``O_DSYNC``.
   :meth:`LazyFS.sync` does that for every file (the OS writing every dirty page back, as
   ``sync(1)`` or the periodic writeback would).
 * :meth:`LazyFS.power_loss` writes the saved blocks back and truncates each changed file to its
@@ -35,8 +37,9 @@ What is simulated, and what is not
   back exactly at its last fsync. ``sync(2)``/``syncfs(2)`` on the mount are not seen by the daemon
   (the kernel does not forward them to FUSE); use :meth:`LazyFS.sync`. ``sync_file_range(2)``
   does not make data durable (as on a real disk it gives no guarantee). The backing files are not
-  fsynced themselves (nothing survives a real crash of the machine running the test). Shared
-  writable ``mmap`` is written back by the kernel whenever it likes, as on a real disk.
+  fsynced themselves (nothing survives a real crash of the machine running the test). Pages of
+  a shared writable ``mmap`` reach the daemon when the kernel writes them back, and count as
+  unsynced until an fsync or ``msync``, as on a real disk.
 * The kernel's page cache of the mount is not used for writes (FUSE without writeback cache:
   every write reaches the daemon before ``write(2)`` returns) and is dropped when a file is opened
   again, and attributes and lookups are not cached (``attr_timeout=0``...), so after
@@ -68,7 +71,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["LazyFS", "LazyOperations", "fuse_unavailable", "require_fuse"]
 
@@ -496,7 +499,7 @@ class LazyFS:
         self._lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> LazyFS:
+    def start(self) -> Self:
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         if os.listdir(self.mountpoint):
@@ -547,7 +550,7 @@ class LazyFS:
                 if f is not None:
                     f.close()
 
-    def __enter__(self) -> LazyFS:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -80,6 +80,10 @@ def test_overwrites_truncations_and_holes_roll_back_to_the_last_fsync(fs: LazyFS
     write(m / "g", b"g" * 9000, sync="fsync")
     with open(m / "g", "wb") as f:  # O_TRUNC, then new contents
         f.write(b"new")
+    write(m / "log", b"synced.", sync="fsync")
+    with open(m / "log", "ab") as f:  # O_APPEND: the kernel gives the offset
+        f.write(b"appended")
+    assert (m / "log").read_bytes() == b"synced.appended"
     write(m / "h", b"h" * 12000, sync="fsync")
     fd = os.open(m / "h", os.O_RDWR)
     try:
@@ -93,6 +97,10 @@ def test_overwrites_truncations_and_holes_roll_back_to_the_last_fsync(fs: LazyFS
     assert (m / "f").read_bytes() == original
     assert (m / "g").read_bytes() == b"g" * 9000
     assert (m / "h").read_bytes() == b"h" * 12000
+    assert (m / "log").read_bytes() == b"synced."
+    with open(m / "log", "ab") as f:  # appends go to the rolled-back end
+        f.write(b"again")
+    assert (m / "log").read_bytes() == b"synced.again"
 
 
 def test_a_later_fsync_or_sync_makes_changes_durable(fs: LazyFS) -> None:
