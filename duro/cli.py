@@ -1,6 +1,7 @@
 """The ``duro`` command line.
 
-    duro dev [--app PATH]                  local cluster: etcd, placement, 3 nodes, edges
+    duro dev [--app PATH] [--nodes-per-region N] [--replicas R]
+                                           local cluster: etcd, placement, nodes, edges
     duro node [--config F] [--flag ...]    one host node
     duro placement [...]                   one placement replica
     duro edge [...]                        one edge (HTTP/WebSocket + gRPC gateway)
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8787, help="first edge's HTTP port")
     p.add_argument("--base-port", type=int, default=7100, help="etcd's client port")
     p.add_argument("--no-edge", action="store_true", help="do not start edges")
+    p.add_argument("--nodes-per-region", type=int, default=1,
+                   help="host nodes in each region (default 1; 3 keeps every copy in-region)")
+    p.add_argument("--replicas", type=int, default=3,
+                   help="copies of each replica group (default 3; 1 = no replication)")
+    p.add_argument("--min-in-sync", type=int, default=2,
+                   help="writes are refused below this many in-sync copies (default 2)")
     p.add_argument("--simulate-latency", action="store_true",
                    help="inject inter-region latency (us-east↔eu-west 40 ms, to ap-south 90 ms)")
     p.set_defaults(fn=_cmd_dev)

@@ -137,7 +137,7 @@ class LocalCluster:
                     "node", name,
                     [python, "-m", "duro.cli", "node", "--app", self.app,
                      "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
-                     "--zone", f"{region}-a", "--node-id", name,
+                     "--zone", f"{region}-{chr(ord('a') + j % 26)}", "--node-id", name,
                      "--data-dir", str(self.root / "nodes" / name),
                      "--listen", f"127.0.0.1:{free_port()}", "--metrics-port", "0",
                      "--lease-ttl", str(lease_ttl), "--log-level", "WARNING", *node_args],
@@ -328,14 +328,20 @@ class LocalCluster:
 
 async def _dev(args: argparse.Namespace) -> int:
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    if args.nodes_per_region < 1 or args.replicas < 1 or args.min_in_sync < 1:
+        print("duro dev: --nodes-per-region, --replicas and --min-in-sync must be at least 1",
+              file=sys.stderr)
+        return 2
     cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port,
-                           edges=not args.no_edge, http_port=args.http_port)
+                           edges=not args.no_edge, http_port=args.http_port,
+                           nodes_per_region=args.nodes_per_region, replicas=args.replicas,
+                           min_in_sync=args.min_in_sync)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"duro dev: starting etcd, placement, {len(cluster.nodes)} nodes and "
-          f"{len(cluster.edges)} edges "
+          f"{len(cluster.edges)} edges, {args.replicas} copies of every object "
           f"(app {cluster.app}, data {cluster.root})", flush=True)
     async with cluster:
         state = Path(args.data_dir) / "cluster.json"

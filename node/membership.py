@@ -170,11 +170,12 @@ class Membership:
         """True while registered and before :attr:`valid_until` (checked against the clock)."""
         return self.status is MembershipStatus.LIVE and self._clock() < self._valid_until
 
-    def set_draining(self, draining: bool) -> None:
-        """Mark the registration as draining (or not); written with the next load update."""
+    async def set_draining(self, draining: bool) -> None:
+        """Mark the registration as draining (or not), written to etcd before this returns (so
+        placement stops choosing this node before a drain starts moving its objects)."""
         if draining != self._info.draining:
             self._info = replace(self._info, draining=draining)
-            self._load_dirty.set()
+            await self._put_load()
 
     def update_load(self, load: int) -> None:
         """Set the load reported in the registration; written at most every ``load_interval``."""

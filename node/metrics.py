@@ -85,3 +85,36 @@ class NodeCollector(Collector):
                       mig.moves_aborted)
         yield counter("migration", "ingested", "objects received from another node",
                       mig.ingested)
+        rep = c.replication
+        if rep is None:
+            return
+        prims = list(rep.primaries.values())
+        floor = rep.min_in_sync
+        yield gauge("replication", "groups_led", "replica groups this node is the primary of",
+                    len(prims))
+        yield gauge("replication", "groups_serving", "groups led and reconciled (serving)",
+                    sum(1 for p in prims if p.serving))
+        yield gauge("replication", "copies", "replica groups this node holds a copy of",
+                    sum(1 for r in rep.replicas.values() if r.stored))
+        yield gauge("replication", "under_replicated_groups",
+                    "groups led here with fewer in-sync copies than members",
+                    sum(1 for p in prims if len(p.config.in_sync) < len(p.config.replicas)))
+        yield gauge("replication", "write_refusing_groups",
+                    "groups led here that refuse writes: below min_in_sync or a member silent",
+                    sum(1 for p in prims if len(p.config.in_sync) < floor or p.stalled))
+        yield gauge("replication", "pending_batches", "batches cut, waiting for followers",
+                    sum(len(p.pending) for p in prims))
+        yield counter("replication", "batches_shipped", "batches sent to followers",
+                      sum(link.batches for link in rep.links.values()))
+        yield counter("replication", "batches_applied", "followers' batches applied here",
+                      rep.follower.applied)
+        yield counter("replication", "batches_refused", "followers' batches refused here "
+                      "(stale, gap, diverged, invalid)", rep.follower.refused)
+        yield counter("replication", "snapshots_sent", "snapshots sent to catch a replica up",
+                      rep.stats.snapshots)
+        yield counter("replication", "snapshot_bytes", "bytes of snapshots sent",
+                      rep.stats.snapshot_bytes)
+        yield counter("replication", "promotions", "times this node took a primary role",
+                      rep.stats.promotions)
+        yield counter("replication", "demotions", "times this node gave a primary role up",
+                      rep.stats.demotions)

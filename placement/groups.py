@@ -43,7 +43,7 @@ from duro.placement.directory import LeaderGuard
 from duro.placement.nodes import NodeView
 from duro.placement.policy import Candidate, choose_followers
 
-__all__ = ["GroupManager", "primary_gone"]
+__all__ = ["GroupCollector", "GroupManager", "primary_gone"]
 
 log = logging.getLogger("duro.placement.groups")
 
@@ -295,3 +295,35 @@ class GroupManager:
         except grpc.aio.AioRpcError as exc:
             log.info("fence of group %s at %s failed: %s", gid, address, exc.code().name)
             return None
+
+
+class GroupCollector:
+    """Prometheus view of the group manager (registered by the placement service)."""
+
+    def __init__(self, manager: GroupManager) -> None:
+        self.m = manager
+
+    def collect(self):  # noqa: ANN201 - prometheus_client Collector
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        groups = self.m.groups.all()
+        nodes = self.m.nodes.nodes
+        floor = self.m.settings.floor
+        yield GaugeMetricFamily("duro_placement_groups_count", "replica groups", len(groups))
+        yield GaugeMetricFamily(
+            "duro_placement_under_replicated_groups_count",
+            "groups with fewer in-sync copies than members",
+            sum(1 for g in groups if len(g.in_sync) < len(g.replicas)))
+        yield GaugeMetricFamily(
+            "duro_placement_groups_without_primary_count",
+            "groups whose primary is gone (failing over, or no in-sync member left)",
+            sum(1 for g in groups if primary_gone(g, nodes) is not None))
+        yield GaugeMetricFamily(
+            "duro_placement_write_refusing_groups_count",
+            "groups with fewer in-sync copies than min_in_sync",
+            sum(1 for g in groups if len(g.in_sync) < floor))
+        yield CounterMetricFamily("duro_placement_failovers", "groups failed over",
+                                  self.m.failovers)
+        yield CounterMetricFamily("duro_placement_failover_failures",
+                                  "failover attempts with no in-sync member to promote",
+                                  self.m.failover_failures)

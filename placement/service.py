@@ -34,7 +34,7 @@ from duro.client.etcdkv import etcd_client
 from duro.node.replication.settings import ReplicationSettings
 from duro.placement.directory import Directory, Entry, NotLeaderError
 from duro.placement.election import Election, LeaderInfo
-from duro.placement.groups import GroupManager, primary_gone
+from duro.placement.groups import GroupCollector, GroupManager, primary_gone
 from duro.placement.planner import PlannerConfig
 from duro.placement.rebalancer import Rebalancer
 from duro.placement.nodes import NodeView
@@ -147,6 +147,7 @@ class PlacementService:
             replace_after=self.config.replace_after,
         )
         await self.groups.start()
+        self.registry.register(GroupCollector(self.groups))
         self._workers = [
             asyncio.create_task(self._batch_worker(), name=f"placement-txn-{i}")
             for i in range(self.config.max_inflight_txns)

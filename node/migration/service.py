@@ -180,7 +180,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
 
     async def SetDraining(self, request, context):  # noqa: N802, ANN001
         if self.c.membership is not None:
-            self.c.membership.set_draining(request.draining)
+            await self.c.membership.set_draining(request.draining)
         return migration_pb2.DrainingResponse(draining=request.draining)
 
     async def Owned(self, request, context):  # noqa: N802, ANN001

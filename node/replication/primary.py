@@ -135,7 +135,18 @@ class PrimaryGroup:
         log.info("group %s: no longer primary (epoch %s): %s", self.gid, self.epoch, reason)
 
     async def _reconcile(self) -> None:
+        """Serve once every in-sync member holds this copy's batches; a member that does not get
+        there within ``ack_timeout`` leaves in_sync if the floor allows (as for a batch)."""
         while not self.stopped:
+            late = time.monotonic() - self.started_at > self.mgr.ack_timeout
+            if late and not self._shrinking:
+                cfg, seq = self.config, self.replica.pos.seq
+                for m, sid in cfg.in_sync:
+                    if (m != self.me and self.acks.get(m) != (sid, seq) and P.can_remove(
+                            cfg.in_sync_map, cfg.primary, m, self.mgr.min_in_sync)):
+                        self._shrinking = True
+                        asyncio.get_running_loop().create_task(self._shrink(m))
+                        break
             if self._members_in_sync():
                 self.serving = True
                 self._reconciled.set()

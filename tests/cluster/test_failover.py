@@ -33,7 +33,10 @@ NAMES = [f"j{i}" for i in range(8)]
 
 
 async def start(make_cluster: MakeCluster, **kw: object) -> LocalCluster:
-    kw.setdefault("placement_args", ("--rebalance", "false"))
+    """The journal app; INFO logs (the test's tmp dir keeps them: every failover, snapshot and
+    in_sync change is there when a run fails)."""
+    kw.setdefault("placement_args", ("--rebalance", "false", "--log-level", "INFO"))
+    kw["node_args"] = (*kw.get("node_args", ()), "--log-level", "INFO")  # type: ignore[misc]
     return await make_cluster(app=str(APP), **kw)
 
 
