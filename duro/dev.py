@@ -140,6 +140,7 @@ class LocalCluster:
                      "--zone", f"{region}-{chr(ord('a') + j % 26)}", "--node-id", name,
                      "--data-dir", str(self.root / "nodes" / name),
                      "--listen", f"127.0.0.1:{free_port()}", "--metrics-port", "0",
+                     "--replication-listen", f"127.0.0.1:{free_port()}",
                      "--lease-ttl", str(lease_ttl), "--log-level", "WARNING", *node_args],
                     self.root / "logs" / f"{name}.log", region=region,
                 ))

@@ -35,6 +35,7 @@ from duro.errors import UnavailableError
 from duro.node.config import NodeConfig
 from duro.node.membership import Membership, NodeInfo
 from duro.node.migration.service import MigrationServicer
+from duro.node.replication.listener import ReplicationListener
 from duro.node.replication.manager import ReplicationManager
 from duro.node.replication.primary import PrimaryGroup
 from duro.node.replication.service import ReplicationServicer
@@ -139,6 +140,7 @@ class NodeCluster:
         self.migration = MigrationServicer(self)
         self.replication: ReplicationManager | None = None
         self.replication_service = ReplicationServicer(lambda: self.replication)
+        self.replication_listener = ReplicationListener(lambda: self.replication, config.cluster)
         self.membership: Membership | None = None
         self._serving = False
         self.host: ObjectHost | None = None
@@ -177,10 +179,11 @@ class NodeCluster:
         )
         self.replication.on_promoted.append(self._promoted)
         host.committer.on_fatal = self._storage_failed
+        stream_address = await self._listen_replication(address)
         info = NodeInfo(
             node_id=self.node_id, address=address, region=self.config.region,
             zone=self.config.zone, capacity=self.config.capacity, load=host.active_count,
-            storage_id=host.engine.storage_id,
+            storage_id=host.engine.storage_id, replication_address=stream_address,
         )
         self.membership = Membership(
             self.etcd, self.config.cluster, info, ttl=max(2, int(self.config.lease_ttl)),
@@ -201,8 +204,20 @@ class NodeCluster:
             await self.membership.stop()
         if self.replication is not None:
             await self.replication.stop()
+        await self.replication_listener.stop()
         await self.router.close()
         await self.etcd.close()
+
+    async def _listen_replication(self, advertised: str) -> str:
+        """Start the replication stream listener; return the address others reach it at."""
+        cfg = self.config.replication_listen
+        listen_host = self.config.listen.rpartition(":")[0] or "127.0.0.1"
+        host, _, port = cfg.rpartition(":") if cfg else (listen_host, ":", "0")
+        bound = await self.replication_listener.start(host or listen_host, int(port or 0))
+        adv_host = advertised.rpartition(":")[0] or host
+        if adv_host in ("0.0.0.0", "::", "[::]"):
+            adv_host = "127.0.0.1"
+        return f"{adv_host}:{bound}"
 
     # -- ownership helpers ------------------------------------------------------------------
     async def fresh_entry(self, call: Call, oid: str) -> Entry:

@@ -55,6 +55,11 @@ class NodeConfig(RuntimeConfig):
     etcd: str = field(default="", metadata={"help": "etcd endpoint host:port ('' = standalone)"})
     cluster: str = field(default="duro", metadata={"help": "cluster name (etcd key prefix)"})
     lease_ttl: float = field(default=5.0, metadata={"help": "membership lease TTL in seconds"})
+    replication_listen: str = field(
+        default="",
+        metadata={"help": "host:port of the replication stream listener (default: the listen "
+                          "host, a free port); advertised with the advertise host"},
+    )
     replica_ack_timeout: float = field(
         default=1.0,
         metadata={"help": "seconds an in-sync follower may leave a batch unacknowledged before "

@@ -70,6 +70,7 @@ class NodeInfo:
     started_at: float = 0.0  # wall-clock seconds (informational)
     draining: bool = False  # being emptied (duro drain): placement puts no new object here
     storage_id: str = ""  # the node's RocksDB identity: a wiped data directory gets a new one
+    replication_address: str = ""  # host:port of its replication stream listener
     lease: int = 0  # the etcd lease this registration is held by (set when written and read)
 
     def to_json(self) -> bytes:
@@ -88,6 +89,7 @@ class NodeInfo:
             started_at=float(d.get("started_at", 0.0)),
             draining=bool(d.get("draining", False)),
             storage_id=str(d.get("storage_id", "")),
+            replication_address=str(d.get("replication_address", "")),
             lease=int(d.get("lease", 0)),
         )
 

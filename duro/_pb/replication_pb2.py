@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64uro/v1/replication.proto\x12\x07\x64uro.v1\"D\n\x0fHandoverRequest\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x14\n\x0ctarget_lease\x18\x03 \x01(\x04\"0\n\x10HandoverResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"g\n\x05\x42\x61tch\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x14\n\x0csender_epoch\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x12\n\nprev_epoch\x18\x05 \x01(\x04\x12\x0b\n\x03ops\x18\x06 \x01(\x0c\"1\n\x0eReplicateBatch\x12\x1f\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x0e.duro.v1.Batch\"\x82\x01\n\x08GroupAck\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07refused\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pted_epoch\x18\x04 \x01(\x04\x12\x12\n\nlast_epoch\x18\x05 \x01(\x04\x12\x0f\n\x07pos_seq\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"D\n\rReplicateAcks\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12\x1f\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x11.duro.v1.GroupAck\"*\n\x0c\x46\x65nceRequest\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"k\n\rFenceResponse\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_epoch\x18\x03 \x01(\x04\x12\x12\n\nlast_epoch\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"*\n\x0cKeyValueItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x97\x01\n\x0cInstallChunk\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x14\n\x0csender_epoch\x18\x02 \x01(\x04\x12\x12\n\nlast_epoch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0f\n\x07history\x18\x05 \x01(\x0c\x12$\n\x05items\x18\x06 \x03(\x0b\x32\x15.duro.v1.KeyValueItem\x12\x0c\n\x04last\x18\x07 \x01(\x08\"-\n\nInstallAck\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x32\x81\x02\n\x0bReplication\x12@\n\tReplicate\x12\x17.duro.v1.ReplicateBatch\x1a\x16.duro.v1.ReplicateAcks(\x01\x30\x01\x12\x36\n\x05\x46\x65nce\x12\x15.duro.v1.FenceRequest\x1a\x16.duro.v1.FenceResponse\x12\x37\n\x07Install\x12\x15.duro.v1.InstallChunk\x1a\x13.duro.v1.InstallAck(\x01\x12?\n\x08Handover\x12\x18.duro.v1.HandoverRequest\x1a\x19.duro.v1.HandoverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64uro/v1/replication.proto\x12\x07\x64uro.v1\"D\n\x0fHandoverRequest\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x14\n\x0ctarget_lease\x18\x03 \x01(\x04\"0\n\x10HandoverResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"2\n\x0eReplicateHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"g\n\x05\x42\x61tch\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x14\n\x0csender_epoch\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x12\n\nprev_epoch\x18\x05 \x01(\x04\x12\x0b\n\x03ops\x18\x06 \x01(\x0c\"1\n\x0eReplicateBatch\x12\x1f\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x0e.duro.v1.Batch\"\x82\x01\n\x08GroupAck\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07refused\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pted_epoch\x18\x04 \x01(\x04\x12\x12\n\nlast_epoch\x18\x05 \x01(\x04\x12\x0f\n\x07pos_seq\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"D\n\rReplicateAcks\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12\x1f\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x11.duro.v1.GroupAck\"*\n\x0c\x46\x65nceRequest\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"k\n\rFenceResponse\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_epoch\x18\x03 \x01(\x04\x12\x12\n\nlast_epoch\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"*\n\x0cKeyValueItem\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x97\x01\n\x0cInstallChunk\x12\x0b\n\x03gid\x18\x01 \x01(\r\x12\x14\n\x0csender_epoch\x18\x02 \x01(\x04\x12\x12\n\nlast_epoch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0f\n\x07history\x18\x05 \x01(\x0c\x12$\n\x05items\x18\x06 \x03(\x0b\x32\x15.duro.v1.KeyValueItem\x12\x0c\n\x04last\x18\x07 \x01(\x08\"-\n\nInstallAck\x12\x12\n\nstorage_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x32\xbf\x01\n\x0bReplication\x12\x36\n\x05\x46\x65nce\x12\x15.duro.v1.FenceRequest\x1a\x16.duro.v1.FenceResponse\x12\x37\n\x07Install\x12\x15.duro.v1.InstallChunk\x1a\x13.duro.v1.InstallAck(\x01\x12?\n\x08Handover\x12\x18.duro.v1.HandoverRequest\x1a\x19.duro.v1.HandoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,24 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDOVERREQUEST']._serialized_end=106
   _globals['_HANDOVERRESPONSE']._serialized_start=108
   _globals['_HANDOVERRESPONSE']._serialized_end=156
-  _globals['_BATCH']._serialized_start=158
-  _globals['_BATCH']._serialized_end=261
-  _globals['_REPLICATEBATCH']._serialized_start=263
-  _globals['_REPLICATEBATCH']._serialized_end=312
-  _globals['_GROUPACK']._serialized_start=315
-  _globals['_GROUPACK']._serialized_end=445
-  _globals['_REPLICATEACKS']._serialized_start=447
-  _globals['_REPLICATEACKS']._serialized_end=515
-  _globals['_FENCEREQUEST']._serialized_start=517
-  _globals['_FENCEREQUEST']._serialized_end=559
-  _globals['_FENCERESPONSE']._serialized_start=561
-  _globals['_FENCERESPONSE']._serialized_end=668
-  _globals['_KEYVALUEITEM']._serialized_start=670
-  _globals['_KEYVALUEITEM']._serialized_end=712
-  _globals['_INSTALLCHUNK']._serialized_start=715
-  _globals['_INSTALLCHUNK']._serialized_end=866
-  _globals['_INSTALLACK']._serialized_start=868
-  _globals['_INSTALLACK']._serialized_end=913
-  _globals['_REPLICATION']._serialized_start=916
-  _globals['_REPLICATION']._serialized_end=1173
+  _globals['_REPLICATEHELLO']._serialized_start=158
+  _globals['_REPLICATEHELLO']._serialized_end=208
+  _globals['_BATCH']._serialized_start=210
+  _globals['_BATCH']._serialized_end=313
+  _globals['_REPLICATEBATCH']._serialized_start=315
+  _globals['_REPLICATEBATCH']._serialized_end=364
+  _globals['_GROUPACK']._serialized_start=367
+  _globals['_GROUPACK']._serialized_end=497
+  _globals['_REPLICATEACKS']._serialized_start=499
+  _globals['_REPLICATEACKS']._serialized_end=567
+  _globals['_FENCEREQUEST']._serialized_start=569
+  _globals['_FENCEREQUEST']._serialized_end=611
+  _globals['_FENCERESPONSE']._serialized_start=613
+  _globals['_FENCERESPONSE']._serialized_end=720
+  _globals['_KEYVALUEITEM']._serialized_start=722
+  _globals['_KEYVALUEITEM']._serialized_end=764
+  _globals['_INSTALLCHUNK']._serialized_start=767
+  _globals['_INSTALLCHUNK']._serialized_end=918
+  _globals['_INSTALLACK']._serialized_start=920
+  _globals['_INSTALLACK']._serialized_end=965
+  _globals['_REPLICATION']._serialized_start=968
+  _globals['_REPLICATION']._serialized_end=1159
 # @@protoc_insertion_point(module_scope)

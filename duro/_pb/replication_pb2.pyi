@@ -25,6 +25,14 @@ class HandoverResponse(_message.Message):
     detail: str
     def __init__(self, done: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
+class ReplicateHello(_message.Message):
+    __slots__ = ("node_id", "cluster")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cluster: str
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ...) -> None: ...
+
 class Batch(_message.Message):
     __slots__ = ("gid", "sender_epoch", "epoch", "seq", "prev_epoch", "ops")
     GID_FIELD_NUMBER: _ClassVar[int]

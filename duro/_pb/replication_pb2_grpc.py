@@ -35,11 +35,6 @@ class ReplicationStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Replicate = channel.stream_stream(
-                '/duro.v1.Replication/Replicate',
-                request_serializer=duro_dot_v1_dot_replication__pb2.ReplicateBatch.SerializeToString,
-                response_deserializer=duro_dot_v1_dot_replication__pb2.ReplicateAcks.FromString,
-                _registered_method=True)
         self.Fence = channel.unary_unary(
                 '/duro.v1.Replication/Fence',
                 request_serializer=duro_dot_v1_dot_replication__pb2.FenceRequest.SerializeToString,
@@ -59,15 +54,6 @@ class ReplicationStub:
 
 class ReplicationServicer:
     """Missing associated documentation comment in .proto file."""
-
-    def Replicate(self, request_iterator, context):
-        """Primary -> follower, long-lived, one per node pair: batches of every group the caller leads
-        and the callee holds a copy of, many per message; the callee answers each message once its
-        batches are fsynced, with one acknowledgement (or refusal) per group.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def Fence(self, request, context):
         """Leader (failover) or primary (catch-up) -> member: refuse batches from primaries older than
@@ -95,11 +81,6 @@ class ReplicationServicer:
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Replicate': grpc.stream_stream_rpc_method_handler(
-                    servicer.Replicate,
-                    request_deserializer=duro_dot_v1_dot_replication__pb2.ReplicateBatch.FromString,
-                    response_serializer=duro_dot_v1_dot_replication__pb2.ReplicateAcks.SerializeToString,
-            ),
             'Fence': grpc.unary_unary_rpc_method_handler(
                     servicer.Fence,
                     request_deserializer=duro_dot_v1_dot_replication__pb2.FenceRequest.FromString,
@@ -125,33 +106,6 @@ def add_ReplicationServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Replication:
     """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def Replicate(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/duro.v1.Replication/Replicate',
-            duro_dot_v1_dot_replication__pb2.ReplicateBatch.SerializeToString,
-            duro_dot_v1_dot_replication__pb2.ReplicateAcks.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def Fence(request,

@@ -97,7 +97,10 @@ class Follower:
             if touched:
                 for gid in touched:
                     wb.put(layout.group_meta_key(gid), mgr.replica(gid).meta())
-                await mgr.write(wb)
+                # Alone (nothing else being written on this node): on the loop, as the group
+                # committer writes a lone write — a thread handoff each way would only add
+                # latency. Otherwise in the writer thread, after what is ahead of it.
+                await mgr.write(wb, inline=not mgr.committer.busy)
             return list(acks.values())
         finally:
             for lk in locks:

@@ -1,27 +1,29 @@
 """``PeerLink``: this node's one replication stream to one other node.
 
 It carries the batches of every group this node leads and the peer holds a copy of, many per
-message, on one long-lived ``Replication.Replicate`` stream; the peer answers each message with
-one acknowledgement (or refusal) per group, which the link hands to that group's
+frame, on one long-lived TCP connection to the peer's replication address (framing: wire.py;
+the follower side: listener.py); the peer answers each frame with one acknowledgement (or
+refusal) per group, which the link hands to that group's
 :class:`~duro.node.replication.primary.PrimaryGroup`. A group is **fed** on the link from the
 moment its primary has brought the peer's copy up to a known position (``feed``): from then on
-every batch cut for the group is sent, in order. When the stream breaks, every group stops being
-fed (their primaries catch the peer up again, from its position, when it is back).
+every batch cut for the group is sent, in order. When the connection breaks, every group stops
+being fed (their primaries catch the peer up again, from its position, when it is back).
 
-The unary calls to the same peer (``Fence``, ``Install``) share the link's channel.
+The rare calls to the same peer (``Fence``, ``Install``) are gRPC, on the link's channel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
 from duro._pb import replication_pb2, replication_pb2_grpc
 from duro.client.connection import channel_options
 from duro.node.replication.log import LogEntry
+from duro.node.replication.wire import ACKS, BATCH, HELLO, FrameError, encode_frame, read_frame
 
 if TYPE_CHECKING:
     from duro.node.replication.primary import PrimaryGroup
@@ -33,14 +35,18 @@ log = logging.getLogger("duro.node.replication")
 NODE_ID_MD = "duro-node-id"
 MESSAGE_BYTES = 4 << 20  # split the outbox into messages of about this size
 FENCE_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2.0
 INSTALL_TIMEOUT = 600.0
 
 
 class PeerLink:
-    def __init__(self, node_id: str, peer: str, address: str) -> None:
+    def __init__(self, node_id: str, cluster: str, peer: str, address: str,
+                 stream_address: str) -> None:
         self.node_id = node_id  # this node
+        self.cluster = cluster
         self.peer = peer
-        self.address = address
+        self.address = address  # gRPC
+        self.stream_address = stream_address  # the replication stream (TCP)
         self._channel = grpc.aio.insecure_channel(address, options=channel_options())
         self._stub = replication_pb2_grpc.ReplicationStub(self._channel)
         self._md = ((NODE_ID_MD, node_id),)
@@ -112,33 +118,47 @@ class PeerLink:
                 self._run(), name=f"replicate-to-{self.peer}")
 
     async def _run(self) -> None:
-        call: Any = self._stub.Replicate(metadata=self._md)
-        reader = asyncio.ensure_future(self._read(call))
+        writer: asyncio.StreamWriter | None = None
+        reader_task: asyncio.Future[None] | None = None
         try:
-            while not reader.done():
+            host, _, port = self.stream_address.rpartition(":")
+            if not host:
+                raise ConnectionError(f"{self.peer} has no replication address")
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), CONNECT_TIMEOUT)
+            writer.write(encode_frame(HELLO, replication_pb2.ReplicateHello(
+                node_id=self.node_id, cluster=self.cluster)))
+            reader_task = asyncio.ensure_future(self._read(reader))
+            reader_task.add_done_callback(lambda _t: self._wake.set())  # ends the loop below
+            while not reader_task.done():
                 if not self._outbox:
                     self._wake.clear()
-                    waiter = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    await self._wake.wait()
                     continue
                 out, self._outbox, self._outbox_bytes = self._outbox, [], 0
                 for msg in _split(out):
-                    await call.write(msg)
+                    writer.write(encode_frame(BATCH, msg))
                     self.messages += 1
                     self.batches += len(msg.batches)
-            reader.result()
+                await writer.drain()
+            reader_task.result()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.info("replication stream to %s broke: %r", self.peer, _short(exc))
         finally:
-            reader.cancel()
-            call.cancel()
+            if reader_task is not None:
+                reader_task.cancel()
+            if writer is not None:
+                writer.close()
             self._lost()
 
-    async def _read(self, call: Any) -> None:
-        async for resp in call:
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            kind, body = await read_frame(reader)
+            if kind != ACKS:
+                raise FrameError(f"unexpected frame kind {kind} from {self.peer}")
+            resp = replication_pb2.ReplicateAcks.FromString(body)
             sid = resp.storage_id
             for ack in resp.acks:
                 prim = self._prims.get(ack.gid)
@@ -149,7 +169,6 @@ class PeerLink:
                     prim.on_refused(self.peer, ack)
                 else:
                     prim.on_ack(self.peer, sid, ack.seq)
-        raise ConnectionError("the peer ended the stream")
 
     def _lost(self) -> None:
         """Every group stops being fed here; its primary catches the peer up again."""

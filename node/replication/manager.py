@@ -47,8 +47,8 @@ DROP_AFTER = 60.0  # seconds a copy must have been abandoned before it is delete
 
 def _peer_overrides() -> dict[str, str]:
     """Test-only: ``DURO_TEST_PEER_ADDRESSES="node=host:port,..."`` makes this node reach those
-    peers' replication service at other addresses (a proxy that partitions or delays only this
-    node's replication traffic)."""
+    peers' replication streams at other addresses (a proxy that partitions or delays only this
+    node's batches to them)."""
     raw = os.environ.get("DURO_TEST_PEER_ADDRESSES", "")
     return dict(p.split("=", 1) for p in raw.split(",") if "=" in p)
 
@@ -143,7 +143,7 @@ class ReplicationManager:
             rep = self.replicas[gid] = GroupReplica(gid, log_bytes=self.log_bytes)
         return rep
 
-    async def write(self, batch: rocksdict.WriteBatch) -> None:
+    async def write(self, batch: rocksdict.WriteBatch, *, inline: bool = False) -> None:
         """A synced write through the node's writer thread (after everything before it).
 
         A failure is fatal to the node (``committer.on_fatal``): the copies' positions in memory
@@ -151,7 +151,7 @@ class ReplicationManager:
         disk; the node stops and recovers from what is."""
         writer = self.committer.writer
         try:
-            if writer is None:
+            if writer is None or inline:
                 self.engine.write(batch)
             else:
                 await writer.write(batch)
@@ -243,14 +243,15 @@ class ReplicationManager:
         info = self.nodes.nodes.get(peer)
         if info is None:
             return None
-        address = self._overrides.get(peer, info.address)
+        stream = self._overrides.get(peer, info.replication_address)
         link = self.links.get(peer)
-        if link is not None and link.address != address:
+        if link is not None and (link.address, link.stream_address) != (info.address, stream):
             old = link
             asyncio.get_running_loop().create_task(old.close())
             link = None
         if link is None:
-            link = self.links[peer] = PeerLink(self.node_id, peer, address)
+            link = self.links[peer] = PeerLink(self.node_id, self.cluster, peer, info.address,
+                                               stream)
         return link
 
     async def _ticker(self) -> None:

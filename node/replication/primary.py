@@ -205,6 +205,7 @@ class PrimaryGroup:
                     lat = time.monotonic() - cut.at
                     prev = self.latency.get(member)
                     self.latency[member] = lat if prev is None else 0.7 * prev + 0.3 * lat
+
                     break
         self._resolve()
         self._notify(member)

@@ -1,5 +1,6 @@
 """``duro.v1.Replication`` on a host node: the gRPC adapter over the node's
-:class:`~duro.node.replication.follower.Follower` (batches, fences, snapshots)."""
+:class:`~duro.node.replication.follower.Follower` (fences, snapshots) and primaries (handovers).
+Batches travel on the replication stream instead (listener.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from grpc import aio
 from duro._pb import replication_pb2, replication_pb2_grpc
 from duro.errors import InvalidArgumentError
 from duro.node.replication.follower import StaleSender
-from duro.node.replication.link import NODE_ID_MD
 
 if TYPE_CHECKING:
     from duro.node.replication.manager import ReplicationManager
@@ -37,43 +37,6 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
         if mgr is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "replication is not running yet")
         return mgr  # type: ignore[return-value]
-
-    async def Replicate(  # noqa: N802
-        self, request_iterator: AsyncIterator[replication_pb2.ReplicateBatch],
-        context: aio.ServicerContext,
-    ) -> None:
-        mgr = await self._mgr(context)
-        sender = str(dict(context.invocation_metadata() or ()).get(NODE_ID_MD, ""))
-        if not sender:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"needs {NODE_ID_MD} metadata")
-        queue: asyncio.Queue[replication_pb2.ReplicateBatch | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for msg in request_iterator:
-                    queue.put_nowait(msg)
-            finally:
-                queue.put_nowait(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while True:
-                msg = await queue.get()
-                if msg is None:
-                    return
-                batches = list(msg.batches)
-                while not queue.empty():  # everything that queued meanwhile: one fsync
-                    more = queue.get_nowait()
-                    if more is None:
-                        queue.put_nowait(None)
-                        break
-                    batches.extend(more.batches)
-                acks = await mgr.follower.apply(sender, batches)
-                await context.write(replication_pb2.ReplicateAcks(
-                    storage_id=mgr.engine.storage_id, acks=acks))
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
 
     async def Fence(  # noqa: N802
         self, request: replication_pb2.FenceRequest, context: aio.ServicerContext,

@@ -40,9 +40,10 @@ async def start(make_cluster: MakeCluster, **kw: object) -> LocalCluster:
     return await make_cluster(app=str(APP), **kw)
 
 
-def listen_port(cluster: LocalCluster, i: int) -> int:
+def stream_port(cluster: LocalCluster, i: int) -> int:
+    """The port of node ``i``'s replication stream listener (the batches to it)."""
     args = cluster.nodes[i].args
-    return int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+    return int(args[args.index("--replication-listen") + 1].rsplit(":", 1)[1])
 
 
 async def home_group(cluster: LocalCluster, node: str):  # noqa: ANN201
@@ -169,7 +170,7 @@ async def test_primary_partitioned_from_its_followers_only(make_cluster: MakeClu
     p = cluster.node_by_id("us-east-0")
     others = [i for i in range(3) if i != p]
     h = History()
-    proxies = [BlackholeProxy(listen_port(cluster, i)) for i in others]
+    proxies = [BlackholeProxy(stream_port(cluster, i)) for i in others]
     for px in proxies:
         await px.__aenter__()
     try:
@@ -209,7 +210,7 @@ async def test_slow_follower_leaves_in_sync_and_latency_recovers(
     p = cluster.node_by_id("us-east-0")
     slow = (p + 1) % 3
     h = History()
-    async with DelayProxy(listen_port(cluster, slow)) as proxy:
+    async with DelayProxy(stream_port(cluster, slow)) as proxy:
         cluster.node_env[cluster.nodes[p].name] = {
             "DURO_TEST_PEER_ADDRESSES": f"{cluster.nodes[slow].name}={proxy.address}"}
         await cluster.start()
