@@ -4,9 +4,16 @@
     python bench/bench_edge.py                       # everything, median of 3 runs
     python bench/bench_edge.py --only http --runs 1  # one part
     python bench/bench_edge.py --workerd PATH        # also the same Counter in workerd
+    python bench/bench_edge.py --only http workerd --replicas 1 3 --workerd PATH
+                                                     # replicated (3 copies) vs 1, vs workerd
 
 A real cluster (``duro.dev.LocalCluster``: etcd, placement, one node and one edge, synced WAL)
 runs as separate processes; the load generator (aiohttp clients on uvloop) is this process.
+``--replicas N`` (default 1): with N > 1 the cluster has three regions with one node each and
+keeps N copies of every replica group (``min_in_sync`` 2), and only the us-east edge is kept
+(the others are stopped after the start): the objects are created through it, so they live in
+us-east-0's group and every acknowledged increment is fsynced on N nodes. Several values run one
+after the other in each run (their rows are labelled with the number of copies).
 
 * http: ``GET /counter/<name>/increment`` (the article's Counter) with 1, 8, 64 concurrent
   clients on one object for ``--seconds`` each; then 1,000 objects once each (cold: placement and
@@ -35,7 +42,15 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Table, command_line, cpu_seconds, lat_summary  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    ForeignCpu,
+    Table,
+    command_line,
+    cpu_seconds,
+    lat_summary,
+    wait_quiet,
+)
 
 from duro.dev import LocalCluster  # noqa: E402
 
@@ -103,8 +118,13 @@ def _get(path: bytes, host: bytes = b"127.0.0.1") -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
 
 
+def _cpu(pids: int | list[int]) -> float:
+    """CPU seconds of one process, or of several together."""
+    return sum(cpu_seconds(p) for p in (pids if isinstance(pids, list) else [pids]))
+
+
 async def http_load(url: str, clients: int, seconds: float,
-                    pids: dict[str, int] | None = None) -> dict[str, float]:
+                    pids: dict[str, int | list[int]] | None = None) -> dict[str, float]:
     lat: list[int] = []
     stop = time.monotonic() + seconds
     conns = [await _connect(url) for _ in range(clients)]
@@ -117,13 +137,15 @@ async def http_load(url: str, clients: int, seconds: float,
             assert status == 200, status
             lat.append(time.perf_counter_ns() - t)
 
-    cpu0 = {k: cpu_seconds(p) for k, p in (pids or {}).items()}
+    cpu0 = {k: _cpu(p) for k, p in (pids or {}).items()}
+    other = ForeignCpu()
     me0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(p, path) for p, path in conns))
     wall = time.perf_counter() - t0
-    cpu = {f"{k}_cpu": (cpu_seconds(p) - cpu0[k]) / wall for k, p in (pids or {}).items()}
+    cpu = {f"{k}_cpu": (_cpu(p) - cpu0[k]) / wall for k, p in (pids or {}).items()}
     cpu["client_cpu"] = (time.process_time() - me0) / wall
+    cpu["other_cpu"] = other.cores()
     for p, _ in conns:
         assert p.transport is not None
         p.transport.close()
@@ -232,6 +254,26 @@ async def idle_sockets(cluster: LocalCluster, n: int) -> dict[str, float]:
             "bytes_per_socket": (after - before) / n}
 
 
+async def check_home(cluster: LocalCluster, replicas: int) -> None:
+    """The object the edge created runs on us-east-0 (the only node with an object in memory),
+    the primary of its home group only, which has ``replicas`` copies in sync."""
+    import urllib.request
+
+    active = {}
+    for n in cluster.nodes:
+        url = f"http://127.0.0.1:{n.ready['metrics_port']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            active[n.name] = sum(float(line.rpartition(" ")[2]) for line in r.read().decode()
+                                 .splitlines() if line.startswith("duro_runtime_active_objects"))
+    home = cluster.nodes[0].name
+    groups = await cluster.groups()
+    led = [g for g in groups if g.primary == home]
+    if (active[home] < 1 or sum(active.values()) != active[home] or len(led) != 1
+            or len(led[0].in_sync) != replicas):
+        raise RuntimeError(f"the bench object is not in {home}'s group with {replicas} copies: "
+                           f"active objects {active}, groups {groups}")
+
+
 def start_workerd(binary: str, port: int, data: Path) -> subprocess.Popen:
     data.mkdir(parents=True, exist_ok=True)
     config = (WORKERD_DIR / "config.capnp").read_text().replace("@PORT@", str(port)).replace(
@@ -263,40 +305,55 @@ async def run(opts: argparse.Namespace) -> None:
 
     for run_no in range(opts.runs):
         print(f"run {run_no + 1}/{opts.runs}", flush=True)
+        if opts.quiet_timeout > 0:  # another engineer's test suite would be measured too
+            wait_quiet(opts.quiet_limit, timeout=opts.quiet_timeout,
+                       log=lambda m: print("  " + m, flush=True))
         with tempfile.TemporaryDirectory(prefix="duro-bench-edge-") as tmp:
-            if only & {"http", "fanout", "idle"}:
+            for replicas in (opts.replicas if only & {"http", "fanout", "idle"} else []):
+                # rows named as before when only one copy is measured
+                sfx = "" if opts.replicas == [1] else (
+                    f", {replicas} cop{'y' if replicas == 1 else 'ies'}")
+                regions = ("us-east",) if replicas == 1 else ("us-east", "eu-west", "ap-south")
                 cluster = LocalCluster(
-                    Path(tmp) / "cluster", app=ROOT / "examples", regions=("us-east",),
+                    Path(tmp) / f"cluster-{replicas}", app=ROOT / "examples", regions=regions,
+                    replicas=replicas, min_in_sync=min(2, replicas),
                     etcd_no_fsync=True, edge_args=("--no-access-log",),
                     node_args=("--max-queued-events", "100000"),
                 )
                 await cluster.start()
                 try:
+                    for i in range(1, len(cluster.edges)):  # one edge: us-east's
+                        await cluster.stop_edge(i)
                     base = cluster.edge_url(0)
                     if "http" in only:
                         async with aiohttp.ClientSession() as http:  # place + activate first
                             await (await http.get(f"{base}/counter/one/increment")).read()
-                        pids = {"edge": cluster.edges[0].proc.pid,  # type: ignore[union-attr]
-                                "node": cluster.nodes[0].proc.pid}  # type: ignore[union-attr]
+                        await check_home(cluster, replicas)
+                        pids: dict[str, int | list[int]] = {
+                            "edge": cluster.edges[0].proc.pid,  # type: ignore[union-attr]
+                            "node": cluster.nodes[0].proc.pid}  # type: ignore[union-attr]
+                        if replicas > 1:
+                            pids["followers"] = [n.proc.pid for n in cluster.nodes[1:]]  # type: ignore[union-attr]
                         for c in opts.clients:
-                            add(f"http one object, {c} clients",
+                            add(f"http one object, {c} clients{sfx}",
                                 await http_load(f"{base}/counter/one/increment", c, opts.seconds,
                                                 pids))
                         names = [f"obj-{run_no}-{i}" for i in range(opts.objects)]
-                        add(f"http {opts.objects} objects cold, 64 clients",
+                        add(f"http {opts.objects} objects cold, 64 clients{sfx}",
                             await http_many(base, names, 64))
-                        add(f"http {opts.objects} objects warm, 64 clients",
+                        add(f"http {opts.objects} objects warm, 64 clients{sfx}",
                             await http_many(base, names, 64))
                     if "fanout" in only:
                         add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, "
-                            f"paced {opts.fanout_rate:g} msg/s",
+                            f"paced {opts.fanout_rate:g} msg/s{sfx}",
                             await fanout(cluster, f"paced-{run_no}", opts.fanout_clients,
                                          opts.fanout_messages, opts.fanout_rate))
-                        add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, full speed",
+                        add(f"fanout {opts.fanout_clients}x{opts.fanout_messages}, full speed{sfx}",
                             await fanout(cluster, f"full-{run_no}", opts.fanout_clients,
                                          opts.fanout_messages, None))
                     if "idle" in only:
-                        add(f"idle sockets ({opts.idle})", await idle_sockets(cluster, opts.idle))
+                        add(f"idle sockets ({opts.idle}){sfx}",
+                            await idle_sockets(cluster, opts.idle))
                 finally:
                     await cluster.stop()
             if "workerd" in only and opts.workerd:
@@ -317,8 +374,9 @@ async def run(opts: argparse.Namespace) -> None:
             ("p99 ms", "p99_ms", 2), ("sockets held", "sockets_held", 0),
             ("edge B/socket", "bytes_per_socket", 0), ("edge RSS MiB", "edge_rss_mib", 1),
             ("edge CPU", "edge_cpu", 2), ("node CPU", "node_cpu", 2),
+            ("followers CPU", "followers_cpu", 2),
             ("workerd CPU", "workerd_cpu", 2),
-            ("client CPU", "client_cpu", 2)]
+            ("client CPU", "client_cpu", 2), ("other CPU", "other_cpu", 2)]
     table = Table("Edge", command_line(), cols)
     for label, runs in results.items():
         table.add(label, runs)
@@ -338,6 +396,13 @@ def main() -> None:
     p.add_argument("--fanout-messages", type=int, default=1000)
     p.add_argument("--fanout-rate", type=float, default=250.0)
     p.add_argument("--idle", type=int, default=10_000)
+    p.add_argument("--replicas", type=int, nargs="+", default=[1],
+                   help="copies of every object (1: one node, as before; N > 1: three regions "
+                        "with one node each, one edge in us-east); several values: each in turn")
+    p.add_argument("--quiet-limit", type=float, default=0.15,
+                   help="before each run, wait until other processes use fewer cores than this")
+    p.add_argument("--quiet-timeout", type=float, default=900.0,
+                   help="wait at most this long for a quiet machine (0: do not wait)")
     p.add_argument("--workerd", default=os.environ.get("WORKERD_BIN", ""),
                    help="workerd binary (npm install workerd) to measure the same Counter")
     opts = p.parse_args()

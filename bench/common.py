@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTER_APP = ROOT / "examples" / "counter"
@@ -32,6 +32,8 @@ __all__ = [
     "Table",
     "command_line",
     "cpu_seconds",
+    "ForeignCpu",
+    "wait_quiet",
 ]
 
 
@@ -194,3 +196,84 @@ def wait_gone(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# -- other processes on the machine -------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs; /proc/stat, idle and iowait
+    excluded; guest time is already in user)."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def _own_tree_seconds() -> float:
+    """CPU seconds of this process and its live descendants, including their reaped children
+    (utime + stime + cutime + cstime): everything this benchmark ran."""
+    parent: dict[int, int] = {}
+    stats: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        parent[pid] = int(fields[1])
+        stats[pid] = sum(int(x) for x in fields[11:15]) / _TICK
+    me = os.getpid()
+    total = 0.0
+    for pid, secs in stats.items():
+        p = pid
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        if p == me:
+            total += secs
+    return total
+
+
+class ForeignCpu:
+    """CPU used by processes that are not this benchmark (nor its children) over an interval:
+    another engineer's test suite on the same machine shows up here. ``cores()`` is CPU seconds
+    per wall second since the object was made (or ``reset``)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._t = time.monotonic()
+        self._busy = _busy_seconds()
+        self._own = _own_tree_seconds()
+
+    def cores(self) -> float:
+        wall = time.monotonic() - self._t
+        if wall <= 0:
+            return 0.0
+        other = (_busy_seconds() - self._busy) - (_own_tree_seconds() - self._own)
+        return max(0.0, other / wall)
+
+
+def wait_quiet(limit: float = 0.15, window: float = 3.0, timeout: float = 900.0,
+               log: Callable[[str], None] | None = None) -> float:
+    """Wait (up to ``timeout`` s) until other processes use less than ``limit`` cores over a
+    ``window``-second sample; returns the last sample."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        probe = ForeignCpu()
+        time.sleep(window)
+        other = probe.cores()
+        if other < limit or time.monotonic() > deadline:
+            if said and log is not None:
+                log(f"quiet again (other processes {other:.2f} cores)")
+            return other
+        if not said and log is not None:
+            log(f"other processes use {other:.2f} cores: waiting for a quiet machine")
+            said = True

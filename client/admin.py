@@ -15,7 +15,8 @@ from duro.errors import InvalidArgumentError
 from duro.node.membership import NodeInfo, nodes_prefix
 from duro.node.replication.groups import GroupConfig, groups_prefix
 from duro.node.replication.settings import ReplicationSettings, read_settings
-from duro.placement.directory import Directory, Entry, dir_prefix
+from duro.node.directory.partitions import (
+    DirectorySettings, partitions_prefix, read_directory_settings)
 from duro.placement.election import leader_key
 from duro.placement.groups import primary_gone
 
@@ -49,42 +50,33 @@ def _group_view(g: GroupConfig, nodes: dict[str, NodeInfo], floor: int) -> dict[
 
 
 async def status(etcd: str, cluster: str) -> dict[str, Any]:
-    """Nodes (region, objects they serve), replica groups (members, sync), the placement leader,
-    and which groups are under-replicated or have no serving primary."""
+    """Nodes (region, load, the groups they lead), replica groups (members, sync, directory
+    partitions held), the placement leader, and which groups are under-replicated or have no
+    serving primary. Everything is read from etcd: O(nodes + partitions), whatever the number of
+    objects (docs/directory.md)."""
     async with etcd_client(etcd) as client:
         nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
                                          await get_prefix(client, nodes_prefix(cluster)))}
         leader = await get_value(client, leader_key(cluster))
         groups = await _groups(client, cluster)
         settings = await read_settings(client, cluster) or ReplicationSettings()
-        per_group: Counter[int] = Counter()
-        legacy: Counter[str] = Counter()
-        prefix = dir_prefix(cluster)
-        total = 0
-        for key, value in await get_prefix(client, prefix):
-            e = Entry.from_json(key[len(prefix):], value)
-            if e.group:
-                per_group[e.group] += 1
-            else:
-                legacy[e.node] += 1
-            total += 1
-    per_node: Counter[str] = Counter(legacy)
-    for gid, n in per_group.items():
-        g = groups.get(gid)
-        if g is not None:
-            per_node[g.primary] += n
+        directory = await read_directory_settings(client, cluster) or DirectorySettings()
+        held: Counter[int] = Counter(
+            int(json.loads(v)["group"]) for _, v in
+            await get_prefix(client, partitions_prefix(cluster)))
     views = [_group_view(g, nodes, settings.floor) for g in sorted(groups.values(),
                                                                    key=lambda g: g.gid)]
     for v in views:
-        v["objects"] = per_group.get(v["gid"], 0)
+        v["partitions"] = held.get(v["gid"], 0)
     return {
         "cluster": cluster,
         "leader": json.loads(leader) if leader else None,
-        "objects": total,
         "replication": {"replicas": settings.replicas, "min_in_sync": settings.min_in_sync},
+        "directory": {"partitions": directory.partitions,
+                      "assigned": sum(held.values()), "importing_legacy": directory.legacy},
         "nodes": [
             {"node_id": n.node_id, "address": n.address, "region": n.region, "zone": n.zone,
-             "load": n.load, "capacity": n.capacity, "objects": per_node.get(n.node_id, 0),
+             "load": n.load, "capacity": n.capacity,
              "leads": sorted(g.gid for g in groups.values() if g.primary == n.node_id),
              "draining": n.draining}
             for n in sorted(nodes.values(), key=lambda n: (n.region, n.node_id))
@@ -92,19 +84,23 @@ async def status(etcd: str, cluster: str) -> dict[str, Any]:
         "groups": views,
         "under_replicated_groups": [v["gid"] for v in views if v["under_replicated"]],
         "groups_without_primary": [v["gid"] for v in views if not v["serving"]],
-        "down_nodes_with_objects": sorted(k for k in legacy if k not in nodes),
         "regions": sorted({n.region for n in nodes.values()}),
     }
 
 
 async def where(etcd: str, cluster: str, app: Any, binding: str, name: str) -> dict[str, Any]:
-    """Owner node, region and epoch of ``binding``/``name`` (no entry: never called yet)."""
+    """The object's directory entry (group, epoch, region), asked at its partition, and where
+    its group is served: the primary and each member, live and in sync or not. No entry: never
+    called yet, or it held nothing and left the directory."""
+    from duro.client.router import Router  # noqa: PLC0415
+
     async with etcd_client(etcd) as client:
         bindings = await _bindings(client, cluster, app)
         if binding not in bindings:
             raise InvalidArgumentError(f"unknown binding {binding!r}; known: {sorted(bindings)}")
         oid = ObjectId.from_name(namespace_key(bindings[binding]), name)
-        entry = await Directory(client, cluster).get(oid.hex())
+        async with Router(client, cluster=cluster) as router:
+            entry = await router.directory.resolve(oid.raw, create=False, fresh=True)
         nodes = {n.node_id: n for n in
                  (NodeInfo.from_json(v) for _, v in await get_prefix(client, nodes_prefix(cluster)))}
         groups = await _groups(client, cluster)

@@ -1,12 +1,13 @@
 """``Router``: send a call to the node that serves its object, wherever the caller is.
 
 Used by ``duro.client`` (external callers), by nodes (calls between objects) and by edges. It keeps
-three watch-fed views from etcd: the directory (object → replica group, epoch; ``DirectoryCache``),
-the replica groups (group → primary and its lease; ``GroupView``, docs/replication.md) and the live
-nodes (node → address, lease; ``NodeView``). One call:
+two watch-fed views from etcd — the replica groups (group → primary and its lease; ``GroupView``,
+docs/replication.md) and the live nodes (node → address, lease; ``NodeView``) — and the
+directory client (object → replica group, epoch: a bounded cache filled by batched lookups at the
+directory's partitions, ``duro.client.directory``, docs/directory.md). One call:
 
-1. look the object up in the directory cache; if absent, ask the placement leader to place it
-   (``Placement.Place``: returns the existing entry or creates one, epoch 1);
+1. look the object up in the directory cache; if absent, resolve it at its partition (which
+   creates the entry, placing the object, on its first call);
 2. find its group's primary; while the group has none that is live under the lease the
    configuration names (its node died and the group is failing over), wait for the views to show
    the new one, up to ``failover_wait`` seconds, then fail with a retryable ``UnavailableError``;
@@ -32,9 +33,10 @@ from duro._wire import RedirectError
 from duro.client.connection import ConnectionPool
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
-from duro.errors import InvalidArgumentError, UnavailableError
+from duro.errors import UnavailableError
 from duro.node.replication.groups import GroupView
-from duro.placement.directory import DirectoryCache, Entry
+from duro.client.directory import DirectoryClient
+from duro.node.directory.entry import Entry
 from duro.placement.election import leader_key
 from duro.placement.nodes import NodeView
 
@@ -43,7 +45,6 @@ __all__ = ["Router", "app_key", "RouterStats"]
 log = logging.getLogger("duro.client")
 
 MAX_HOPS = 4
-PLACE_BATCH = 512  # first calls per PlaceMany RPC
 FAILOVER_WAIT = 10.0  # seconds a call waits for its group to have a serving primary again
 RETRY_PAUSE = 0.05
 
@@ -77,6 +78,7 @@ class Router:
         max_hops: int = MAX_HOPS,
         call_timeout: float | None = 30.0,
         failover_wait: float = FAILOVER_WAIT,
+        cache_entries: int = 100_000,
     ) -> None:
         self._own_client = not isinstance(etcd, Etcd3Client)
         self.etcd = etcd_client(etcd) if isinstance(etcd, str) else etcd
@@ -86,9 +88,11 @@ class Router:
         self.max_hops = max_hops
         self.call_timeout = call_timeout
         self.failover_wait = failover_wait
-        self.cache = DirectoryCache(self.etcd, cluster)
         self.nodes = NodeView(self.etcd, cluster)
         self.groups = GroupView(self.etcd, cluster)
+        self.directory = DirectoryClient(self.etcd, cluster, self.nodes, self.groups,
+                                         assign=self.assign_partitions, capacity=cache_entries,
+                                         failover_wait=failover_wait)
         self._addresses: dict[str, str] = {}  # node id -> last address seen (also once gone)
         self.nodes.callbacks.append(self._on_node)
         self.groups.callbacks.append(self._on_group)
@@ -100,23 +104,18 @@ class Router:
         self._placement_channels: dict[str, grpc.aio.Channel] = {}
         self._placement_lock = asyncio.Lock()
         self._started = False
-        self._placing: dict[bytes, asyncio.Future] = {}  # object id -> its pending placement
-        self._place_queue: list[tuple[Any, asyncio.Future]] = []
-        self._place_tasks: set[asyncio.Task] = set()
 
     async def start(self, timeout: float = 30.0) -> None:
         if self._started:
             return
         if self._own_client:
             await self.etcd.connect()
-        await asyncio.gather(self.cache.start(timeout), self.nodes.start(timeout),
-                             self.groups.start(timeout))
+        await asyncio.gather(self.nodes.start(timeout), self.groups.start(timeout),
+                             self.directory.start(timeout))
         self._started = True
 
     async def close(self) -> None:
-        for task in list(self._place_tasks):
-            task.cancel()
-        await self.cache.stop()
+        await self.directory.stop()
         await self.nodes.stop()
         await self.groups.stop()
         await self.pool.close()
@@ -145,7 +144,7 @@ class Router:
         oid = call.object_id.hex()
         if not call.caller_region:
             call.caller_region = self.region
-        entry = self.cache.lookup(oid)
+        entry = self.directory.lookup(oid)
         if entry is None:
             self.stats.cache_misses += 1
             entry = await self.place(call)
@@ -165,6 +164,8 @@ class Router:
             except RedirectError as r:
                 self.stats.redirects += 1
                 hops += 1
+                if r.epoch > entry.epoch or not r.address:
+                    self.directory.invalidate(oid)  # stale: the next call asks the partition
                 call.epoch = max(call.epoch, r.epoch)
                 if r.address and r.address != address and hops <= self.max_hops:
                     address, node_id = r.address, r.node_id
@@ -179,7 +180,7 @@ class Router:
                         f"object {oid[:16]}…: no node served it within {self.failover_wait:g} s "
                         f"(last: {r})") from None
                 await asyncio.sleep(RETRY_PAUSE)
-                entry = self.cache.lookup(oid) or entry
+                entry = self.directory.lookup(oid) or await self.place(call)
                 node_id, address = await self.await_owner(entry, deadline)
 
     def owner_of(self, entry: Entry) -> tuple[str, str] | None:
@@ -251,77 +252,33 @@ class Router:
                 await asyncio.sleep(delay)
 
     async def place(self, call: Call) -> Entry:
-        """The object's entry from the placement leader (placing it if new).
+        """The object's entry from its directory partition, created (the object placed) if it
+        has none. Lookups of one loop turn travel together (``DirectoryClient``)."""
+        entry = await self.directory.resolve(
+            call.object_id, call.binding, create=True, region=call.caller_region,
+            hint=call.location_hint or "", fresh=True)
+        assert entry is not None
+        self.stats.placements += 1
+        return entry
 
-        First calls made in the same loop turn travel in one ``PlaceMany`` RPC, and concurrent
-        first calls of one object share one request.
-        """
-        oid = call.object_id
-        fut = self._placing.get(oid)
-        if fut is None:
-            fut = self._placing[oid] = asyncio.get_running_loop().create_future()
-            self._place_queue.append((placement_pb2.PlaceRequest(
-                binding=call.binding, object_id=oid, caller_region=call.caller_region,
-                location_hint=call.location_hint or "",
-            ), fut))
-            if len(self._place_queue) == 1:
-                asyncio.get_running_loop().call_soon(self._flush_places)
-        return await asyncio.shield(fut)
-
-    def _flush_places(self) -> None:
-        queue, self._place_queue = self._place_queue, []
-        for i in range(0, len(queue), PLACE_BATCH):
-            task = asyncio.get_running_loop().create_task(self._place_batch(queue[i:i + PLACE_BATCH]))
-            self._place_tasks.add(task)
-            task.add_done_callback(self._place_tasks.discard)
-
-    async def _place_batch(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        try:
-            results = await self._place_many([req for req, _ in batch])
-        except BaseException as exc:
-            results = [exc] * len(batch)
-        for (req, fut), res in zip(batch, results):
-            self._placing.pop(req.object_id, None)
-            if fut.done():
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-                fut.exception()  # retrieved even if every waiter was cancelled
-            else:
-                fut.set_result(res)
-
-    async def _place_many(self, reqs: list[Any]) -> list[Entry | BaseException]:
+    async def assign_partitions(self, partitions: list[int]) -> list[int]:
+        """Ask the placement leader to give these directory partitions a group (their groups)."""
         last: Exception | None = None
-        for _attempt in range(5):
+        for _attempt in range(10):
             stub = await self._placement_stub()
             try:
-                resp = await stub.PlaceMany(placement_pb2.PlaceManyRequest(requests=reqs),
-                                            timeout=10.0)
+                resp = await stub.AssignPartitions(
+                    placement_pb2.AssignPartitionsRequest(partitions=partitions), timeout=10.0)
+                return list(resp.groups)
             except grpc.aio.AioRpcError as exc:
                 last = exc
                 self._placement = None
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    md = dict(exc.trailing_metadata() or ())
-                    addr = md.get("duro-leader-address")
+                    addr = dict(exc.trailing_metadata() or ()).get("duro-leader-address")
                     if addr:
                         await self._set_placement(str(addr))
                         continue
                 await asyncio.sleep(0.2)
-                continue
-            out: list[Entry | BaseException] = []
-            for req, r in zip(reqs, resp.results):
-                if r.error_code == "invalid":
-                    out.append(InvalidArgumentError(r.error))
-                elif r.error_code:
-                    out.append(UnavailableError(f"placement: {r.error}"))
-                else:
-                    self.stats.placements += 1
-                    p = r.placed
-                    out.append(Entry(object_id=req.object_id.hex(), binding=req.binding,
-                                     node="" if p.group else p.node_id, epoch=p.epoch,
-                                     region=p.region,
-                                     replicas=tuple(p.replicas), group=p.group))
-            return out
         raise UnavailableError(f"placement service unavailable: {last}")
 
     async def _placement_stub(self) -> Any:

@@ -280,17 +280,9 @@ class SocketManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        # Follow the directory: when an object moves (migration), re-bind its sockets to the new
-        # owner at once, so a broadcast there reaches sockets that have not spoken since.
-        previous = self.router.cache._on_change
-
-        def on_change(old: Any, new: Any) -> None:
-            if previous is not None:
-                previous(old, new)
-            self._on_directory_change(new)
-
-        self.router.cache._on_change = on_change
-        # A replica group failed over: its objects' sockets re-bind to the new primary at once
+        # An object that moves (migration) re-binds its sockets on its first frame from the new
+        # owner, which knows every socket from the migration snapshot (docs/migration.md). A
+        # replica group failed over: its objects' sockets re-bind to the new primary at once
         # (re-registering rebuilds the object's socket registry there: docs/replication.md).
         self.router.groups.callbacks.append(self._on_group_change)
         self.router.nodes.callbacks.append(self._on_node_change)
@@ -392,29 +384,10 @@ class SocketManager:
             asyncio.ensure_future(link.close())
 
     def _owner_address(self, s: EdgeSocket) -> str:
-        entry = self.router.cache.lookup(s.oid.hex())
+        entry = self.router.directory.lookup(s.oid.hex())
         if entry is None:
             return ""
         return self.router.owner_address(entry)
-
-    def _on_directory_change(self, new: Any) -> None:
-        if new is None or not self.by_object:
-            return
-        sids = self.by_object.get(bytes.fromhex(new.object_id))
-        if not sids:
-            return
-        address = self.router.owner_address(new)
-        if not address:
-            return
-        moved = 0
-        for sid in sids:
-            s = self.sockets.get(sid)
-            if s is not None and not s.closed and s.node != address:
-                self._rebind(s, address)
-                moved += 1
-        if moved:
-            log.info("object %s moved to %s: %d sockets re-bound", new.object_id[:16],
-                     address, moved)
 
     def _on_group_change(self, _name: str, old: Any, new: Any) -> None:
         if new is not None and (old is None or (old.primary, old.lease) != (new.primary, new.lease)):

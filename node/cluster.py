@@ -2,9 +2,10 @@
 
 ``NodeCluster`` joins the node to etcd (``Membership``: a leased key, self-fencing before the lease
 can expire), publishes the app's bindings, runs the node's part in replication
-(``ReplicationManager``: the replica groups it leads and follows, docs/replication.md), follows the
-directory (through the node's ``Router``, which also carries the node's calls to other objects),
-and gives the runtime its :class:`NodeOwnership`:
+(``ReplicationManager``: the replica groups it leads and follows, docs/replication.md) and in the
+directory (``PartitionService``: the partitions its groups hold, docs/directory.md), looks objects
+up through the node's ``Router`` (which also carries the node's calls to other objects), and gives
+the runtime its :class:`NodeOwnership`:
 
 * ``acquire(call)``: before an event is delivered: the directory names the object's replica group,
   and this node must be that group's serving primary; otherwise a redirect (to the primary, or —
@@ -15,7 +16,9 @@ and gives the runtime its :class:`NodeOwnership`:
   (``FencedError``), the instance is dropped and its callers get a retryable error: a superseded
   instance can never commit.
 
-When the directory moves an object away (watch), its local instance is reset at once.
+Every change to an object's entry is made by the node that serves it (a migration's switch, the
+deletion of an empty object's entry), so the node's cached entries of the objects it serves are
+authoritative and no watch is needed; the creation of an entry only makes its group an owner.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from duro import _codec
@@ -40,10 +44,16 @@ from duro.node.replication.manager import ReplicationManager
 from duro.node.replication.primary import PrimaryGroup
 from duro.node.replication.service import ReplicationServicer
 from duro.node.runtime.grant import Grant
+from duro.node.migration.source import clear_ops
 from duro.node.storage import layout
-from duro.placement.directory import Directory, Entry
+from duro.node.storage.object_storage import DELETE
+from duro.node.storage.upgrade import has_legacy_keys, move_legacy_keys
+from duro.node.directory.entry import Entry
+from duro.node.directory.server import DirectoryServicer
+from duro.node.directory.service import PartitionService
 
 if TYPE_CHECKING:
+    from duro.node.runtime.activation import Activation
     from duro.node.runtime.host import ObjectHost
 
 __all__ = ["NodeCluster", "NodeOwnership"]
@@ -51,6 +61,8 @@ __all__ = ["NodeCluster", "NodeOwnership"]
 log = logging.getLogger("duro.node")
 
 STATS_PERIOD_S = 5
+REFRESH_INTERVAL = 1.0  # seconds between two directory refreshes of one object on a redirect
+REFRESH_MEMORY = 10_000
 
 
 class NodeOwnership:
@@ -60,6 +72,7 @@ class NodeOwnership:
         self._c = cluster
         self.fenced_writes = 0
         self.redirects = 0
+        self._refreshed: dict[bytes, float] = {}
 
     async def acquire(self, call: Call) -> Grant:
         c = self._c
@@ -68,14 +81,30 @@ class NodeOwnership:
             # Not executed: the router waits for the group's failover instead of failing.
             raise self._redirect(oid, "", f"node {c.node_id} cannot renew its etcd lease and "
                                           "has stopped serving", call.epoch)
-        entry = c.router.cache.lookup(oid)
+        entry = c.router.directory.lookup(oid)
         if entry is None or (call.epoch and entry.epoch < call.epoch):
-            entry = await c.fresh_entry(call, oid)
+            entry = await c.fresh_entry(call)
         rep = c.replication
         prim = rep.serving(entry.group) if rep is not None and entry.group else None
+        if prim is None and self._may_refresh(call.object_id):
+            # The cache says "elsewhere", yet the call came here: the object may have moved in
+            # (the source switched its entry, not us). Ask its partition before redirecting.
+            entry = await c.fresh_entry(call)
+            prim = rep.serving(entry.group) if rep is not None and entry.group else None
         if prim is None:
             raise self._not_here(entry)
         return Grant(entry.epoch, entry.group, prim.epoch)
+
+    def _may_refresh(self, oid: bytes) -> bool:
+        """At most one refresh per object per REFRESH_INTERVAL (bounded memory)."""
+        now = time.monotonic()
+        last = self._refreshed.get(oid)
+        if last is not None and now - last < REFRESH_INTERVAL:
+            return False
+        if len(self._refreshed) >= REFRESH_MEMORY:
+            self._refreshed.clear()
+        self._refreshed[oid] = now
+        return True
 
     def _not_here(self, entry: Entry) -> RedirectError:
         c = self._c
@@ -105,11 +134,31 @@ class NodeOwnership:
         return RedirectError(f"object {oid[:16]}… is not served here: {why}", node_id=node,
                              address=address, epoch=epoch)
 
+    def evicted(self, act: Activation) -> None:
+        """An object that holds nothing (no key, no alarm, no socket) leaves the directory when
+        it is evicted: its calls are held while its entry is deleted at its partition
+        (compare-and-delete on group and epoch), then go to wherever a new entry places it."""
+        c = self._c
+        host = c.host
+        if host is None or not act.epoch or act.oid in host.holds or not c.serving:
+            return
+        engine = host.engine
+        data = layout.data_prefix(act.gid, act.oid)
+        if next(engine.scan(data, layout.prefix_end(data)), None) is not None:
+            return
+        if engine.get(layout.alarm_key(act.gid, act.oid)) is not None:
+            return
+        hub = host.sockets
+        if hub is not None and hub.export(act.oid)[0]:
+            return
+        host.hold(act.oid)
+        c.forget_later(act.oid, act.gid, act.epoch)
+
     def still_owner(self, object_id: bytes, grant: Grant) -> bool:
         c = self._c
         rep = c.replication
         prim = rep.serving(grant.gid) if rep is not None else None
-        entry = c.router.cache.lookup(object_id.hex())
+        entry = c.router.directory.lookup(object_id.hex())
         ok = (
             c.serving
             and prim is not None
@@ -135,21 +184,28 @@ class NodeCluster:
         self.app = app
         self.etcd = etcd_client(config.etcd)
         self.router = Router(self.etcd, cluster=config.cluster, region=config.region)
-        self.directory = Directory(self.etcd, config.cluster)
         self.ownership = NodeOwnership(self)
         self.migration = MigrationServicer(self)
         self.replication: ReplicationManager | None = None
         self.replication_service = ReplicationServicer(lambda: self.replication)
         self.replication_listener = ReplicationListener(lambda: self.replication, config.cluster)
+        self.partitions: PartitionService | None = None
+        self.directory_service = DirectoryServicer(lambda: self.partitions,
+                                                   lambda: self.router.nodes)
         self.membership: Membership | None = None
         self._serving = False
         self.host: ObjectHost | None = None
         self.address = ""
         self._load_task: asyncio.Task | None = None
+        self._forgets: list[tuple[bytes, int, int]] = []
+        self._upgrading = False
+        self._tasks: set[asyncio.Task] = set()
+        self.forgotten = 0
 
     def add_to(self, server) -> None:  # noqa: ANN001 - grpc.aio.Server
         self.migration.add_to(server)
         self.replication_service.add_to(server)
+        self.directory_service.add_to(server)
 
     @property
     def serving(self) -> bool:
@@ -158,7 +214,7 @@ class NodeCluster:
         timer can fire a little early (uvloop rounds timers to milliseconds), and then
         ``Membership`` stays LIVE past its deadline without calling ``on_fenced``."""
         m = self.membership
-        return self._serving and m is not None and m.is_live()
+        return self._serving and not self._upgrading and m is not None and m.is_live()
 
     @serving.setter
     def serving(self, value: bool) -> None:
@@ -168,7 +224,6 @@ class NodeCluster:
         self.host = host
         self.address = address
         await self.etcd.connect()
-        self.router.cache._on_change = self._on_directory_change
         await self.router.start()
         bindings = {n: self.app.namespace_class(b.class_name) for n, b in self.app.bindings.items()}
         await put_value(self.etcd, app_key(self.config.cluster), json.dumps(bindings, sort_keys=True))
@@ -192,11 +247,38 @@ class NodeCluster:
         await self.membership.start(timeout=30.0)
         self.serving = True
         await self.replication.start()
+        self.partitions = PartitionService(
+            self.node_id, self.config.cluster, self.etcd, self.replication, self.router.nodes,
+            self.router.groups, self.router.directory.partitions,
+            lambda: self.router.directory.settings)
+        if has_legacy_keys(host.engine):
+            await self._upgrade_storage()
         self._load_task = asyncio.get_running_loop().create_task(self._report_load())
+
+    async def _upgrade_storage(self) -> None:
+        """Keys written before replica groups move into this node's home group before it serves
+        any object (node/storage/upgrade.py); meanwhile calls are answered "not serving yet"."""
+        assert self.host is not None and self.replication is not None
+        self._upgrading = True
+        try:
+            rep = self.replication
+            while True:
+                home = [g for g in self.router.groups.all() if g.home == self.node_id]
+                if home and rep.serving(home[0].gid) is not None:
+                    break
+                await asyncio.sleep(0.05)  # the leader makes the group; this node leads it
+            await move_legacy_keys(self.host.engine, self.host.committer, home[0].gid)
+            self.host.alarms.remove_group(home[0].gid)
+            self.host.alarms.add_group(home[0].gid)  # the moved alarms fire here
+        finally:
+            self._upgrading = False
 
     async def stop(self) -> None:
         """Deregister first: callers stop routing here while in-flight calls drain."""
         self.serving = False
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._load_task is not None:
             self._load_task.cancel()
             await asyncio.gather(self._load_task, return_exceptions=True)
@@ -220,48 +302,93 @@ class NodeCluster:
         return f"{adv_host}:{bound}"
 
     # -- ownership helpers ------------------------------------------------------------------
-    async def fresh_entry(self, call: Call, oid: str) -> Entry:
-        """The entry straight from etcd (the watch may lag), placing the object if it is new."""
-        try:
-            entry = await self.directory.get(oid)
-        except Exception as exc:
-            raise UnavailableError(f"cannot read the directory: {exc}") from None
-        if entry is None:
-            entry = await self.router.place(call)
+    async def fresh_entry(self, call: Call) -> Entry:
+        """The entry from its directory partition (not the cache), placing the object if it is
+        new (its first call)."""
+        entry = await self.router.place(call)
+        if self.host is not None:
+            self.host.moved.pop(call.object_id, None)  # the partition's answer supersedes it
         return entry
 
-    def _on_directory_change(self, old: Entry | None, new: Entry | None) -> None:
-        host = self.host
-        if host is None:
-            return
-        oid = bytes.fromhex((new or old).object_id)  # type: ignore[union-attr]
-        host.moved.pop(oid, None)  # our view caught up: ownership checks redirect from now on
-        rep = self.replication
-        if (new is not None and rep is not None and rep.serving(new.group) is not None
-                and (old is None or old.group != new.group)):
-            self._adopted(oid, new)
-        act = host.activation(oid)
-        if act is None:
-            return
-        if new is None or new.group != act.gid or new.epoch != act.epoch:
-            act.reset(UnavailableError("object moved (directory epoch changed); call again"))
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _adopted(self, oid: bytes, entry: Entry) -> None:
-        """This node just became the owner (a migration landed): its alarm may now fire here."""
-        assert self.host is not None
-        raw = self.host.engine.get(layout.alarm_key(entry.group, oid))
-        if raw is not None:
-            when, binding, _retry = _codec.decode(raw)
-            self.host.alarms.schedule(oid, binding, when, entry.group)
+    def forget_later(self, oid: bytes, gid: int, epoch: int) -> None:
+        """Queue an empty object's entry for deletion (batched per loop turn); its calls are
+        held meanwhile (``NodeOwnership.evicted``)."""
+        self._forgets.append((oid, gid, epoch))
+        if len(self._forgets) == 1:
+            asyncio.get_running_loop().call_soon(lambda: self._spawn(self._forget_batch()))
+
+    async def _forget_batch(self) -> None:
+        items, self._forgets = self._forgets, []
+        host = self.host
+        assert host is not None
+        try:
+            done = await self.router.directory.forget(items)
+        except Exception as exc:
+            log.info("forgetting %s empty objects failed: %r", len(items), exc)
+            done = [False] * len(items)
+        for (oid, _gid, epoch), forgotten in zip(items, done):
+            if forgotten:
+                self.forgotten += 1
+                # Its held calls place it afresh (a new entry, a higher epoch).
+                host.release_hold(oid, RedirectError(
+                    "the object held nothing and left the directory; call again", epoch=epoch))
+            else:
+                host.release_hold(oid, None)
 
     def _promoted(self, prim: PrimaryGroup) -> None:
         log.info("node %s serves group %s (epoch %s)", self.node_id, prim.gid, prim.epoch)
         host = self.host
-        if host is not None and host.moved:
+        if host is None:
+            return
+        if host.moved:
             # Objects this node moved into that group are served here now (it failed over to
             # this node): their "moved away" redirects no longer hold.
             for oid in [o for o, r in host.moved.items() if getattr(r, "gid", 0) == prim.gid]:
                 del host.moved[oid]
+        moving = [k[-32:] for k, _v in host.engine.scan(*layout.moving_range(prim.gid))]
+        if moving:
+            for oid in moving:
+                if oid not in host.holds:
+                    host.hold(oid)
+            self._spawn(self._settle_moves(prim, moving))
+
+    async def _settle_moves(self, prim: PrimaryGroup, oids: list[bytes]) -> None:
+        """Moves that the group's previous primary started and did not finish (their marker is
+        in the group): each object's entry decides. Moved: drop the copy here. Not moved: claim
+        the object at the next epoch (a switch still on its way then cannot apply), then serve."""
+        host = self.host
+        assert host is not None
+        directory = self.router.directory
+        gid = prim.gid
+        for oid in oids:
+            while not prim.stopped:
+                try:
+                    entry = await directory.resolve(oid, create=False, fresh=True)
+                    marker = [[DELETE, layout.moving_key(gid, oid)]]
+                    if entry is None or entry.group != gid:
+                        await host.committer.write_raw(gid, clear_ops(host.engine, gid, oid)
+                                                       + marker)
+                        host.release_hold(oid, RedirectError(
+                            "the object moved out of this group", epoch=entry.epoch if entry
+                            else 0))
+                    else:
+                        resp = await directory.switch(oid, gid, entry.epoch, gid, entry.region)
+                        if not resp.switched:
+                            continue  # it changed meanwhile: look again
+                        await host.committer.write_raw(gid, marker)
+                        host.release_hold(oid, None)
+                    log.info("settled an unfinished move of %s in group %s", oid.hex()[:16], gid)
+                    break
+                except Exception as exc:
+                    log.info("settling a move of %s: %r; again", oid.hex()[:16], exc)
+                    await asyncio.sleep(0.2)
+            else:
+                host.release_hold(oid, UnavailableError("group changed primary; call again"))
 
     def _storage_failed(self, exc: BaseException) -> None:
         """A local write of a replicated group failed: this copy may now differ from the

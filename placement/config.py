@@ -40,8 +40,6 @@ class PlacementConfig:
     leader_ttl: int = 3
     metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: a free port
     metrics_host: str = "127.0.0.1"
-    max_batch: int = 127  # creates per etcd transaction (etcd's limit for nested txns)
-    max_inflight_txns: int = 8
     # Migration toward callers (placement/rebalancer.py, placement/planner.py)
     rebalance: bool = True
     rebalance_interval: float = 2.0
@@ -56,6 +54,8 @@ class PlacementConfig:
     min_in_sync: int = 2  # writes are refused below this many in-sync copies
     replace_after: float = 30.0  # seconds a member may be gone before another node replaces it
     group_interval: float = 0.5  # seconds between two rounds of the group manager (at most)
+    # The object directory (docs/directory.md): fixed when the cluster is first started
+    partitions: int = 1024
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -66,8 +66,8 @@ class PlacementConfig:
             raise ValueError("at least one etcd endpoint is required")
         if self.leader_ttl < 2:
             raise ValueError("leader_ttl must be at least 2 seconds")
-        if not 1 <= self.max_batch <= 127:
-            raise ValueError("max_batch must be between 1 and 127")
+        if not 1 <= self.partitions <= 1 << 20:
+            raise ValueError("partitions must be between 1 and 1048576")
 
     @property
     def effective_replica_id(self) -> str:
@@ -101,8 +101,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         return tuple(str(v).strip() for v in value)
-    if name in ("leader_ttl", "max_batch", "max_inflight_txns", "max_moves", "replicas",
-                "min_in_sync"):
+    if name in ("leader_ttl", "max_moves", "replicas", "min_in_sync", "partitions"):
         return int(value)
     if name in ("rebalance_interval", "min_share", "min_calls", "min_dwell", "cooldown",
                 "replace_after", "group_interval"):
@@ -159,8 +158,6 @@ def build_parser(prog: str = "python -m duro.placement") -> argparse.ArgumentPar
     p.add_argument("--leader-ttl", dest="leader_ttl", type=int, help="leader lease TTL, seconds")
     p.add_argument("--metrics-port", dest="metrics_port", help="Prometheus port ('off' or a port)")
     p.add_argument("--metrics-host", dest="metrics_host")
-    p.add_argument("--max-batch", dest="max_batch", type=int)
-    p.add_argument("--max-inflight-txns", dest="max_inflight_txns", type=int)
     p.add_argument("--rebalance", help="move objects toward their callers (true/false)")
     p.add_argument("--rebalance-interval", dest="rebalance_interval", help="seconds between rounds")
     p.add_argument("--min-share", dest="min_share", help="share of calls from one region to move")
@@ -174,6 +171,8 @@ def build_parser(prog: str = "python -m duro.placement") -> argparse.ArgumentPar
                    help="refuse writes below this many in-sync copies (default 2)")
     p.add_argument("--replace-after", dest="replace_after",
                    help="seconds before a gone member is replaced (default 30)")
+    p.add_argument("--partitions", type=int,
+                   help="directory partitions (fixed when the cluster is first started; 1024)")
     p.add_argument("--group-interval", dest="group_interval",
                    help="seconds between group manager rounds (default 0.5)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

@@ -8,7 +8,7 @@ when its lease expires after a crash: takeover within about ``ttl`` seconds of a
 
 The leader fences itself as a node does (see ``duro.node.membership``): it stops leading at
 ``last_renewal_sent + ttl - margin``, before etcd can have given the key to anyone else. Every
-directory write of the leader also carries :class:`~duro.placement.directory.LeaderGuard` (the
+directory write of the leader also carries :class:`LeaderGuard` (the
 key's create_revision), so even a leader that has not noticed its deposition cannot write.
 """
 
@@ -22,14 +22,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio._protobuf import Compare
 
 from duro.node.membership import keepalive_once
-from duro.placement.directory import LeaderGuard
 
-__all__ = ["Election", "ElectionStatus", "LeaderInfo", "leader_key"]
+__all__ = ["Election", "ElectionStatus", "LeaderGuard", "LeaderInfo", "leader_key"]
 
 log = logging.getLogger("duro.placement.election")
 
@@ -38,6 +39,23 @@ _ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
 
 def leader_key(cluster: str) -> str:
     return f"/duro/{cluster}/placement/leader"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderGuard:
+    """The leader key and the create_revision it had when this process won the election: a
+    compare every write of the leader carries, so a deposed leader cannot write."""
+
+    key: str
+    create_revision: int
+
+    def compare(self) -> Any:
+        return Compare(
+            result=Compare.EQUAL,
+            target=Compare.CREATE,
+            key=self.key.encode(),
+            create_revision=self.create_revision,
+        )
 
 
 @dataclass(frozen=True, slots=True)

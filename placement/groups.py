@@ -39,7 +39,7 @@ from duro.node.replication.groups import (
     GroupConfig, GroupConflict, GroupView, create_group, swap_group)
 from duro.node.replication.link import NODE_ID_MD
 from duro.node.replication.settings import ReplicationSettings, write_settings
-from duro.placement.directory import LeaderGuard
+from duro.placement.election import LeaderGuard
 from duro.placement.nodes import NodeView
 from duro.placement.policy import Candidate, choose_followers
 

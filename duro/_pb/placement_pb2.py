@@ -25,29 +25,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64uro/v1/placement.proto\x12\x07\x64uro.v1\"`\n\x0cPlaceRequest\x12\x0f\n\x07\x62inding\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\x0c\x12\x15\n\rcaller_region\x18\x03 \x01(\t\x12\x15\n\rlocation_hint\x18\x04 \x01(\t\"\x82\x01\n\rPlaceResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\x12\x10\n\x08replicas\x18\x06 \x03(\t\x12\r\n\x05group\x18\x07 \x01(\r\"\x18\n\x16PlacementStatusRequest\"l\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x0c\n\x04load\x18\x06 \x01(\r\"\xa5\x01\n\x17PlacementStatusResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x11\n\tis_leader\x18\x02 \x01(\x08\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\"\n\x05nodes\x18\x05 \x03(\x0b\x32\x13.duro.v1.NodeStatus\x12\x14\n\x0cobject_count\x18\x06 \x01(\x04\";\n\x10PlaceManyRequest\x12\'\n\x08requests\x18\x01 \x03(\x0b\x32\x15.duro.v1.PlaceRequest\"X\n\x0bPlaceResult\x12&\n\x06placed\x18\x01 \x01(\x0b\x32\x16.duro.v1.PlaceResponse\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\":\n\x11PlaceManyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.duro.v1.PlaceResult2\xd4\x01\n\tPlacement\x12\x36\n\x05Place\x12\x15.duro.v1.PlaceRequest\x1a\x16.duro.v1.PlaceResponse\x12\x42\n\tPlaceMany\x12\x19.duro.v1.PlaceManyRequest\x1a\x1a.duro.v1.PlaceManyResponse\x12K\n\x06Status\x12\x1f.duro.v1.PlacementStatusRequest\x1a .duro.v1.PlacementStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64uro/v1/placement.proto\x12\x07\x64uro.v1\"-\n\x17\x41ssignPartitionsRequest\x12\x12\n\npartitions\x18\x01 \x03(\r\"*\n\x18\x41ssignPartitionsResponse\x12\x0e\n\x06groups\x18\x01 \x03(\r\"\x18\n\x16PlacementStatusRequest\"l\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x0c\n\x04load\x18\x06 \x01(\r\"\xa5\x01\n\x17PlacementStatusResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x11\n\tis_leader\x18\x02 \x01(\x08\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\"\n\x05nodes\x18\x05 \x03(\x0b\x32\x13.duro.v1.NodeStatus\x12\x14\n\x0cobject_count\x18\x06 \x01(\x04\x32\xb1\x01\n\tPlacement\x12W\n\x10\x41ssignPartitions\x12 .duro.v1.AssignPartitionsRequest\x1a!.duro.v1.AssignPartitionsResponse\x12K\n\x06Status\x12\x1f.duro.v1.PlacementStatusRequest\x1a .duro.v1.PlacementStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'duro.v1.placement_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLACEREQUEST']._serialized_start=36
-  _globals['_PLACEREQUEST']._serialized_end=132
-  _globals['_PLACERESPONSE']._serialized_start=135
-  _globals['_PLACERESPONSE']._serialized_end=265
-  _globals['_PLACEMENTSTATUSREQUEST']._serialized_start=267
-  _globals['_PLACEMENTSTATUSREQUEST']._serialized_end=291
-  _globals['_NODESTATUS']._serialized_start=293
-  _globals['_NODESTATUS']._serialized_end=401
-  _globals['_PLACEMENTSTATUSRESPONSE']._serialized_start=404
-  _globals['_PLACEMENTSTATUSRESPONSE']._serialized_end=569
-  _globals['_PLACEMANYREQUEST']._serialized_start=571
-  _globals['_PLACEMANYREQUEST']._serialized_end=630
-  _globals['_PLACERESULT']._serialized_start=632
-  _globals['_PLACERESULT']._serialized_end=720
-  _globals['_PLACEMANYRESPONSE']._serialized_start=722
-  _globals['_PLACEMANYRESPONSE']._serialized_end=780
-  _globals['_PLACEMENT']._serialized_start=783
-  _globals['_PLACEMENT']._serialized_end=995
+  _globals['_ASSIGNPARTITIONSREQUEST']._serialized_start=36
+  _globals['_ASSIGNPARTITIONSREQUEST']._serialized_end=81
+  _globals['_ASSIGNPARTITIONSRESPONSE']._serialized_start=83
+  _globals['_ASSIGNPARTITIONSRESPONSE']._serialized_end=125
+  _globals['_PLACEMENTSTATUSREQUEST']._serialized_start=127
+  _globals['_PLACEMENTSTATUSREQUEST']._serialized_end=151
+  _globals['_NODESTATUS']._serialized_start=153
+  _globals['_NODESTATUS']._serialized_end=261
+  _globals['_PLACEMENTSTATUSRESPONSE']._serialized_start=264
+  _globals['_PLACEMENTSTATUSRESPONSE']._serialized_end=429
+  _globals['_PLACEMENT']._serialized_start=432
+  _globals['_PLACEMENT']._serialized_end=609
 # @@protoc_insertion_point(module_scope)

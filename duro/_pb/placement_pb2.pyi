@@ -7,35 +7,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class PlaceRequest(_message.Message):
-    __slots__ = ("binding", "object_id", "caller_region", "location_hint")
-    BINDING_FIELD_NUMBER: _ClassVar[int]
-    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
-    CALLER_REGION_FIELD_NUMBER: _ClassVar[int]
-    LOCATION_HINT_FIELD_NUMBER: _ClassVar[int]
-    binding: str
-    object_id: bytes
-    caller_region: str
-    location_hint: str
-    def __init__(self, binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ...) -> None: ...
+class AssignPartitionsRequest(_message.Message):
+    __slots__ = ("partitions",)
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class PlaceResponse(_message.Message):
-    __slots__ = ("node_id", "address", "epoch", "region", "created", "replicas", "group")
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    EPOCH_FIELD_NUMBER: _ClassVar[int]
-    REGION_FIELD_NUMBER: _ClassVar[int]
-    CREATED_FIELD_NUMBER: _ClassVar[int]
-    REPLICAS_FIELD_NUMBER: _ClassVar[int]
-    GROUP_FIELD_NUMBER: _ClassVar[int]
-    node_id: str
-    address: str
-    epoch: int
-    region: str
-    created: bool
-    replicas: _containers.RepeatedScalarFieldContainer[str]
-    group: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., region: _Optional[str] = ..., created: _Optional[bool] = ..., replicas: _Optional[_Iterable[str]] = ..., group: _Optional[int] = ...) -> None: ...
+class AssignPartitionsResponse(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, groups: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PlacementStatusRequest(_message.Message):
     __slots__ = ()
@@ -72,25 +54,3 @@ class PlacementStatusResponse(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     object_count: int
     def __init__(self, replica_id: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., object_count: _Optional[int] = ...) -> None: ...
-
-class PlaceManyRequest(_message.Message):
-    __slots__ = ("requests",)
-    REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    requests: _containers.RepeatedCompositeFieldContainer[PlaceRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[PlaceRequest, _Mapping]]] = ...) -> None: ...
-
-class PlaceResult(_message.Message):
-    __slots__ = ("placed", "error_code", "error")
-    PLACED_FIELD_NUMBER: _ClassVar[int]
-    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    placed: PlaceResponse
-    error_code: str
-    error: str
-    def __init__(self, placed: _Optional[_Union[PlaceResponse, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
-
-class PlaceManyResponse(_message.Message):
-    __slots__ = ("results",)
-    RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[PlaceResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[PlaceResult, _Mapping]]] = ...) -> None: ...

@@ -35,15 +35,10 @@ class PlacementStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Place = channel.unary_unary(
-                '/duro.v1.Placement/Place',
-                request_serializer=duro_dot_v1_dot_placement__pb2.PlaceRequest.SerializeToString,
-                response_deserializer=duro_dot_v1_dot_placement__pb2.PlaceResponse.FromString,
-                _registered_method=True)
-        self.PlaceMany = channel.unary_unary(
-                '/duro.v1.Placement/PlaceMany',
-                request_serializer=duro_dot_v1_dot_placement__pb2.PlaceManyRequest.SerializeToString,
-                response_deserializer=duro_dot_v1_dot_placement__pb2.PlaceManyResponse.FromString,
+        self.AssignPartitions = channel.unary_unary(
+                '/duro.v1.Placement/AssignPartitions',
+                request_serializer=duro_dot_v1_dot_placement__pb2.AssignPartitionsRequest.SerializeToString,
+                response_deserializer=duro_dot_v1_dot_placement__pb2.AssignPartitionsResponse.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/duro.v1.Placement/Status',
@@ -55,24 +50,17 @@ class PlacementStub:
 class PlacementServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Place(self, request, context):
-        """Where does this object live? Returns the existing directory entry, or places the object on
-        a live node (caller's region or location hint, by load) and creates its entry with epoch 1.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PlaceMany(self, request, context):
-        """Several at once (routers coalesce the first calls of one loop turn): one result per request,
-        in order. Not-leader answers the whole call as Place does.
+    def AssignPartitions(self, request, context):
+        """Give these directory partitions a replica group (each to the group that holds the fewest),
+        unless they have one; returns every partition's group, in order. Routers ask on the first
+        use of a partition.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Leader, live nodes, object count.
+        """Leader, live nodes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,15 +69,10 @@ class PlacementServicer:
 
 def add_PlacementServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Place': grpc.unary_unary_rpc_method_handler(
-                    servicer.Place,
-                    request_deserializer=duro_dot_v1_dot_placement__pb2.PlaceRequest.FromString,
-                    response_serializer=duro_dot_v1_dot_placement__pb2.PlaceResponse.SerializeToString,
-            ),
-            'PlaceMany': grpc.unary_unary_rpc_method_handler(
-                    servicer.PlaceMany,
-                    request_deserializer=duro_dot_v1_dot_placement__pb2.PlaceManyRequest.FromString,
-                    response_serializer=duro_dot_v1_dot_placement__pb2.PlaceManyResponse.SerializeToString,
+            'AssignPartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignPartitions,
+                    request_deserializer=duro_dot_v1_dot_placement__pb2.AssignPartitionsRequest.FromString,
+                    response_serializer=duro_dot_v1_dot_placement__pb2.AssignPartitionsResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -108,7 +91,7 @@ class Placement:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Place(request,
+    def AssignPartitions(request,
             target,
             options=(),
             channel_credentials=None,
@@ -121,36 +104,9 @@ class Placement:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/duro.v1.Placement/Place',
-            duro_dot_v1_dot_placement__pb2.PlaceRequest.SerializeToString,
-            duro_dot_v1_dot_placement__pb2.PlaceResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PlaceMany(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/duro.v1.Placement/PlaceMany',
-            duro_dot_v1_dot_placement__pb2.PlaceManyRequest.SerializeToString,
-            duro_dot_v1_dot_placement__pb2.PlaceManyResponse.FromString,
+            '/duro.v1.Placement/AssignPartitions',
+            duro_dot_v1_dot_placement__pb2.AssignPartitionsRequest.SerializeToString,
+            duro_dot_v1_dot_placement__pb2.AssignPartitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

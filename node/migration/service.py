@@ -55,27 +55,13 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         )
 
     # -- target -------------------------------------------------------------------------------
-    def _target_group(self) -> int:
-        """The group a moved-in object joins: one this node serves (its home group first)."""
-        rep = self.c.replication
-        if rep is not None:
-            served = sorted(rep.primaries.values(),
-                            key=lambda p: (p.config.home != self.c.node_id, p.gid))
-            for prim in served:
-                if prim.serving and not prim.stopped:
-                    return prim.gid
-        return 0
-
     async def Ingest(self, request_iterator: AsyncIterator, context):  # noqa: N802, ANN001
         """Take a moving object's copy into a group this node serves, replicated like any write
         (each chunk is one batch of the group), and answer once all of it is durable on every
         in-sync copy. The copy is not served before the source switches the directory."""
         host = self.c.host
         assert host is not None
-        gid = self._target_group()
-        if not gid:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "this node serves no replica group right now")
+        gid = 0
         oid: bytes | None = None
         alarm_rel = data_rel = b""
         keys = size = 0
@@ -83,18 +69,27 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         new_epoch = 0
         sockets: list[tuple[str, int, tuple[str, ...], bytes | None]] = []
         auto: tuple[str, str] | None = None
-        prefix = layout.group_prefix(gid)
+        prefix = b""
         ops: list[list] = []
+        alarm_at: int | None = None
         async for chunk in request_iterator:
             if oid is None:
                 oid = chunk.object_id
                 if len(oid) != 32:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad object_id")
-                entry = self.c.router.cache.lookup(oid.hex())
+                gid = chunk.gid
+                rep = self.c.replication
+                if not gid or rep is None or rep.serving(gid) is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        f"this node does not serve group {gid} now")
+                entry = self.c.router.directory.lookup(oid.hex())
                 if entry is not None and entry.group == gid:
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                         "target already owns this object")
                 binding, new_epoch = chunk.binding, chunk.new_epoch
+                prefix = layout.group_prefix(gid)
+                host.moved.pop(oid, None)  # moving back in: an old "moved away" no longer holds
+                self.c.router.directory.invalidate(oid.hex())
                 ops = clear_ops(host.engine, gid, oid)  # a staged copy of an earlier attempt
                 rel = layout.GROUP_PREFIX_BYTES
                 alarm_rel = layout.alarm_key(gid, oid)[rel:]
@@ -109,6 +104,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                     except Exception:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad alarm record")
                     ops.append([PUT, layout.alarm_index_key(gid, when, oid), binding.encode()])
+                    alarm_at = int(when)
                 elif not k.startswith(data_rel):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")
@@ -128,6 +124,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         if oid is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
         await self._write(context, gid, ops)
+        if alarm_at is not None:  # fires here once the switch makes this node its owner
+            host.alarms.schedule(oid, binding, alarm_at, gid)
         if host.sockets is not None:
             # Before the ack (and so before the directory switch): from the moment this node owns
             # the object, a broadcast reaches every socket, silent ones included.
@@ -150,7 +148,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         assert host is not None
         oid = request.object_id
         rep = self.c.replication
-        entry = self.c.router.cache.lookup(oid.hex()) if len(oid) == 32 else None
+        entry = self.c.router.directory.lookup(oid.hex()) if len(oid) == 32 else None
         if len(oid) != 32 or rep is None:
             return migration_pb2.DropResponse(dropped=False)
         dropped = False
@@ -184,16 +182,21 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         return migration_pb2.DrainingResponse(draining=request.draining)
 
     async def Owned(self, request, context):  # noqa: N802, ANN001
+        """The objects stored in the groups this node serves (their binding, when an alarm or
+        an activation says it: a move looks it up in the directory otherwise)."""
         rep = self.c.replication
-        led = {g for g, p in rep.primaries.items() if p.serving} if rep is not None else set()
+        host = self.c.host
+        assert host is not None
+        led = sorted(g for g, p in rep.primaries.items() if p.serving) if rep else []
         limit = request.limit or 1_000_000
         out = []
-        for entry in list(self.c.router.cache._entries.values()):
-            if entry.group in led:
-                out.append(migration_pb2.Candidate(object_id=bytes.fromhex(entry.object_id),
-                                                   binding=entry.binding))
+        for gid in led:
+            for oid in stored_objects(host.engine, gid):
+                act = host.activation(oid)
+                out.append(migration_pb2.Candidate(object_id=oid,
+                                                   binding=act.binding if act else ""))
                 if len(out) >= limit:
-                    break
+                    return migration_pb2.OwnedResponse(objects=out)
         return migration_pb2.OwnedResponse(objects=out)
 
 
@@ -215,6 +218,26 @@ def candidates_of(host, region: str, min_share: float, min_calls: float, limit: 
         if len(out) >= limit:
             break
     return out
+
+
+def stored_objects(engine, gid: int):  # noqa: ANN001, ANN201
+    """Ids of the objects with keys or an alarm in group ``gid`` here (one seek per object)."""
+    seen: set[bytes] = set()
+    for space in (layout.DATA, layout.ALARM):
+        base = layout.group_prefix(gid) + space
+        end = layout.prefix_end(base)
+        key = base
+        while True:
+            first = next(engine.scan(key, end), None)
+            if first is None:
+                break
+            oid = first[0][len(base):len(base) + layout.ID_BYTES]
+            if len(oid) != layout.ID_BYTES:
+                break
+            if oid not in seen:
+                seen.add(oid)
+                yield oid
+            key = layout.prefix_end(base + oid)
 
 
 def _range(prefix: bytes) -> tuple[bytes, bytes]:

@@ -10,6 +10,7 @@ I/O and reports what happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -26,13 +27,14 @@ from duro.client.etcdkv import get_value
 from duro.node.membership import NodeInfo, node_key
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
-from duro.node.storage.object_storage import DELETE, DELETE_RANGE
-from duro.placement.directory import EpochConflictError, Entry, LeaderGuard, NotLeaderError
+from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
+from duro.node.directory.entry import Entry
+from duro.node.replication.groups import GroupConfig
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
 
-__all__ = ["run_move", "MoveResult", "CHUNK_BYTES", "clear_ops"]
+__all__ = ["run_move", "MoveResult", "CHUNK_BYTES", "clear_ops", "target_group"]
 
 log = logging.getLogger("duro.node.migration")
 
@@ -78,7 +80,6 @@ class _Move:
         self.entry: Entry | None = None
         self.gid = 0  # the object's replica group here
         self.target_gid = 0  # and at the target (its IngestAck says)
-        self.guard: LeaderGuard | None = None
         self.result = MoveResult("aborted")
         self.held_at = 0.0
 
@@ -89,7 +90,8 @@ class _Move:
     async def run(self) -> MoveResult:
         await self._prepare()
         assert self.entry is not None
-        state, actions = P.begin(self.hex, self.c.node_id, self.target, self.entry.epoch)
+        # The protocol names owners by group: the object moves from this group to the target's.
+        state, actions = P.begin(self.hex, str(self.gid), str(self.target_gid), self.entry.epoch)
         try:
             while actions:
                 action, actions = actions[0], actions[1:]
@@ -120,20 +122,19 @@ class _Move:
         if info is None:
             raise UnavailableError(f"target node {self.target!r} is not live")
         self.target_address, self.target_region = info.address, info.region
-        entry = await c.directory.get(self.hex)
+        self.target_gid = target_group(c.router.groups.all(), c.router.nodes.nodes, self.target)
+        if not self.target_gid:
+            raise UnavailableError(f"target node {self.target!r} serves no replica group")
+        entry = await c.router.directory.resolve(self.oid, create=False, fresh=True)
         rep = c.replication
         if entry is None or rep is None or rep.serving(entry.group) is None:
             owner = f"group {entry.group}" if entry else "nobody"
             raise InvalidArgumentError(f"this node does not serve the object (owner: {owner})")
+        if entry.group == self.target_gid:
+            raise InvalidArgumentError("the object is already in the target's group")
         self.entry = entry
         self.gid = entry.group
-        # Guard every directory write with this node's registration: if the node restarted or
-        # re-registered meanwhile, a delayed transaction of this move cannot apply.
-        key = c.membership.key if c.membership else ""
-        resp = await c.etcd.kv.get(key.encode(), timeout=5.0)
-        if not resp.kvs or c.membership is None or resp.kvs[0].lease != c.membership.lease_id:
-            raise UnavailableError("this node's registration is not current; not moving")
-        self.guard = LeaderGuard(key, int(resp.kvs[0].create_revision))
+        self.binding = self.binding or entry.binding
 
     async def _perform(self, action: P.Action) -> P.Event | None:
         if isinstance(action, P.HoldAdmission):
@@ -168,6 +169,15 @@ class _Move:
                     # The object's frames must reach its edges before the new owner can send
                     # any (they travel on other streams): part of the flush (docs/migration.md).
                     await hub.flush_frames(self.oid, SOCKET_FLUSH_TIMEOUT)
+                # The marker: if this node stops leading the group before the move ends, the
+                # group's next primary finds it and settles the move before it serves the
+                # object (NodeCluster._settle_moves).
+                try:
+                    await self.host.committer.write_raw(self.gid, [[
+                        PUT, layout.moving_key(self.gid, self.oid),
+                        self.target_gid.to_bytes(4, "big")]])
+                except Exception as exc:
+                    return P.DrainFailed(f"the move could not be recorded: {exc}")
                 return P.Drained()
             if time.monotonic() > deadline:
                 return P.DrainFailed(f"admitted events still running after {DRAIN_TIMEOUT} s")
@@ -192,7 +202,7 @@ class _Move:
         engine = self.host.engine
         first = migration_pb2.IngestChunk(
             object_id=self.oid, binding=self.binding, source_node=self.c.node_id,
-            new_epoch=self.entry.epoch + 1,
+            new_epoch=self.entry.epoch + 1, gid=self.target_gid,
         )
         chunk, size = first, 0
         rel = layout.GROUP_PREFIX_BYTES  # keys travel relative to the group
@@ -229,59 +239,52 @@ class _Move:
         yield chunk
 
     async def _switch(self) -> P.Event:
-        assert self.entry is not None and self.guard is not None
+        """The directory switch: a compare-and-swap at the object's partition (docs/directory.md)
+        from this group at the owned epoch to the target's group, epoch + 1."""
+        assert self.entry is not None
         try:
-            new = await self.c.directory.reassign(
-                self.entry, group=self.target_gid, region=self.target_region, guard=self.guard,
-            )
-        except EpochConflictError as exc:
-            now = exc.current
-            return P.SwitchRefused(now.node if now else None, now.epoch if now else 0)
-        except NotLeaderError:
-            return P.SwitchRefused(*await self._read_entry())
-        except Exception as exc:  # timeout, etcd unreachable: the outcome is unknown
+            resp = await self.c.router.directory.switch(
+                self.oid, self.gid, self.entry.epoch, self.target_gid, self.target_region)
+        except Exception as exc:  # no answer: it may or may not have been applied
             log.warning("migration: directory switch outcome unknown: %r", exc, extra=self._ctx())
             return P.SwitchUnknown()
-        self.result.new_epoch = new.epoch
-        return P.SwitchApplied()
+        if resp.error_code:  # answered without applying it, the entry unknown: fence to know
+            log.warning("migration: directory switch not made: %s", resp.error, extra=self._ctx())
+            return P.SwitchUnknown()
+        if resp.switched:
+            self.result.new_epoch = resp.entry.epoch
+            return P.SwitchApplied()
+        return P.SwitchRefused(*self._identity(resp))
 
     async def _fence(self) -> P.Event:
-        """Rewrite the entry unchanged if it still has the revision the switch compared."""
-        assert self.entry is not None and self.guard is not None
+        """Claim the object at the next epoch in this group (a switch to itself): once that is
+        applied, a switch still on its way can no longer match, so the move did not happen."""
+        assert self.entry is not None
         await asyncio.sleep(FENCE_RETRY)
-        kv = self.c.etcd.kv
-        key = self.c.directory.key(self.hex)
         try:
-            resp = await kv.txn(
-                [_mod_compare(key, self.entry.revision), self.guard.compare()],
-                [kv.txn_op_put(key, self.entry.to_json())],
-                [kv.txn_op_get(key)],
-                timeout=5.0, max_attempts=1,
-            )
+            resp = await self.c.router.directory.switch(
+                self.oid, self.gid, self.entry.epoch, self.gid, self.entry.region)
         except Exception as exc:
             log.warning("migration: fence outcome unknown: %r", exc, extra=self._ctx())
             return P.FenceUnknown()
-        if resp.succeeded:
+        if resp.error_code:
+            return P.FenceUnknown()
+        if resp.switched:
             return P.FenceApplied()
-        kvs = resp.responses[0].response_range.kvs
-        if not kvs:
-            return P.FenceRefused(None, 0)
-        now = Entry.from_json(self.hex, kvs[0].value, kvs[0].mod_revision)
-        return P.FenceRefused(now.node, now.epoch)
+        return P.FenceRefused(*self._identity(resp))
 
-    async def _read_entry(self) -> tuple[str | None, int]:
-        while True:
-            try:
-                e = await self.c.directory.get(self.hex)
-                return (e.node, e.epoch) if e else (None, 0)
-            except Exception:
-                await asyncio.sleep(FENCE_RETRY)
+    @staticmethod
+    def _identity(resp) -> tuple[str | None, int]:  # noqa: ANN001
+        """The entry now, as the protocol names owners (group ids)."""
+        if not resp.found:
+            return None, 0
+        return str(resp.entry.group), int(resp.entry.epoch)
 
     async def _release(self, action: P.Release) -> None:
         self.result.outcome = "released"
         self.result.new_epoch = action.new_epoch
         redirect = RedirectError(
-            f"object moved to node {action.target}", node_id=action.target,
+            f"object moved to node {self.target}", node_id=self.target,
             address=self.target_address, epoch=action.new_epoch,
         )
         redirect.gid = self.target_gid  # type: ignore[attr-defined] - see NodeCluster._promoted
@@ -293,16 +296,20 @@ class _Move:
         host.release_hold(self.oid, redirect)
         self.held_at, held = 0.0, time.perf_counter() - self.held_at
         self.result.held_ms = held * 1000
-        try:  # replicated, like the object's writes; a leftover is found and dropped later
-            await host.committer.write_raw(self.gid, clear_ops(host.engine, self.gid, self.oid))
+        try:  # replicated, like the object's writes; if not, the group's next primary does it
+            await host.committer.write_raw(self.gid, clear_ops(host.engine, self.gid, self.oid)
+                                           + [[DELETE, layout.moving_key(self.gid, self.oid)]])
         except Exception as exc:
             log.warning("moved, but the local copy was not deleted: %r", exc, extra=self._ctx())
-        log.info("moved to %s (epoch %s, %s keys, held %.1f ms)", action.target,
+        log.info("moved to %s (epoch %s, %s keys, held %.1f ms)", self.target,
                  action.new_epoch, self.result.keys, self.result.held_ms, extra=self._ctx())
 
     async def _abort(self, action: P.Abort) -> None:
         self.result = replace(self.result, outcome="aborted", detail=action.reason)
         host = self.host
+        with contextlib.suppress(Exception):  # (a leftover marker is settled by a promotion)
+            await host.committer.write_raw(self.gid, [[DELETE,
+                                                       layout.moving_key(self.gid, self.oid)]])
         if action.still_owner:
             host.release_hold(self.oid, None)
         else:
@@ -347,11 +354,14 @@ _STEP_AFTER = {
 }
 
 
-def _mod_compare(key: str, revision: int):  # noqa: ANN202
-    from etcd3aio._protobuf import Compare
+def target_group(groups: list[GroupConfig], nodes: dict, node: str) -> int:
+    """The group an object moved to ``node`` joins: one ``node`` serves (its home group first);
+    0 if it serves none. The source and the target compute it alike."""
+    from duro.placement.groups import primary_gone  # noqa: PLC0415 - placement imports node
 
-    return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(),
-                   mod_revision=revision)
+    served = [g for g in groups if g.primary == node and primary_gone(g, nodes) is None]
+    served.sort(key=lambda g: (g.home != node, g.gid))
+    return served[0].gid if served else 0
 
 
 def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001

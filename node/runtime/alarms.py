@@ -28,6 +28,7 @@ __all__ = ["AlarmScheduler"]
 log = logging.getLogger("duro.node.runtime")
 
 RETRY_UNAVAILABLE_MS = 1000
+REDIRECT_RETRIES = 30
 
 FireFn = Callable[[str, bytes], Awaitable[object]]
 
@@ -51,6 +52,7 @@ class AlarmScheduler:
         self._inflight: set[asyncio.Task] = set()
         self.fired = 0
         self.retried = 0
+        self._redirected: dict[bytes, int] = {}
 
     def start(self) -> None:
         if self._task is None:
@@ -127,11 +129,20 @@ class AlarmScheduler:
             try:
                 await self._fire(binding, oid)
                 self.fired += 1
+                self._redirected.pop(oid, None)
             except asyncio.CancelledError:
                 raise
             except RedirectError:
-                # Another node owns the object: this copy is stale (a migration's leftover).
-                log.debug("alarm of %s: not the owner here; skipped", oid.hex())
+                # Not served here (yet): a copy that just arrived by migration, whose switch is
+                # still on its way, or a stale copy (a leftover). Look again a few times.
+                tries = self._redirected.get(oid, 0) + 1
+                if tries <= REDIRECT_RETRIES:
+                    self._redirected[oid] = tries
+                    self.schedule(oid, binding, now_ms() + RETRY_UNAVAILABLE_MS, gid)
+                else:
+                    self._redirected.pop(oid, None)
+                    log.debug("alarm of %s: not the owner here; skipped", oid.hex())
+                return
             except DuroError as exc:
                 if exc.retryable:
                     # The object could not run here right now (node still joining, fenced,

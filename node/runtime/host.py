@@ -47,6 +47,10 @@ class Ownership(Protocol):
     def still_owner(self, object_id: bytes, grant: Grant) -> bool:
         """Checked at every commit: may an activation made with ``grant`` still write?"""
 
+    def evicted(self, act: Activation) -> None:
+        """An idle activation was dropped from memory (the directory may forget it if it holds
+        nothing: docs/directory.md)."""
+
 
 class BindingSpec(Protocol):
     name: str
@@ -300,6 +304,8 @@ class ObjectHost:
         del self._acts[act.oid]
         act.close()
         self.stats.evictions += 1
+        if self.ownership is not None:
+            self.ownership.evicted(act)
 
     def _evict_lru(self, n: int) -> int:
         """Evict up to ``n`` least recently used idle objects."""

@@ -9,6 +9,11 @@ be copied to a follower, compared and dropped as one contiguous range::
     0x10 | gid(4) | 0x01 | id(32) | user key      an object's data (user keys in UTF-8 byte order)
     0x10 | gid(4) | 0x02 | id(32)                 the object's alarm: msgpack [when_ms, binding, retry]
     0x10 | gid(4) | 0x03 | when_ms(8) | id(32)    the group's alarm index by time: value = binding
+    0x10 | gid(4) | 0x04 | p(4) | id(32)          a directory entry of partition p held by the
+                                                  group: msgpack [binding, group, epoch, region]
+    0x10 | gid(4) | 0x05 | p(4)                   partition p's meta: msgpack {counter, count}
+    0x10 | gid(4) | 0x06 | id(32)                 the object is being moved out of the group
+                                                  (a migration's marker; value: target gid)
 
 Keys written before groups existed (layout 0: ``0x01 | id | key``, ``0x02 | id``,
 ``0x03 | when | id``) are moved under a group once, when the node starts (:func:`legacy_spaces`).
@@ -42,6 +47,11 @@ __all__ = [
     "gid_of",
     "local_key",
     "legacy_spaces",
+    "dir_prefix",
+    "dir_key",
+    "dir_meta_key",
+    "moving_key",
+    "moving_range",
 ]
 
 LOCAL = b"\x00"
@@ -50,6 +60,9 @@ META = b"\x00"
 DATA = b"\x01"
 ALARM = b"\x02"
 ALARM_INDEX = b"\x03"
+DIR_ENTRY = b"\x04"
+DIR_META = b"\x05"
+MOVING = b"\x06"
 
 ID_BYTES = 32
 MAX_KEY_BYTES = 2048
@@ -141,6 +154,27 @@ def parse_alarm_index_key(key: bytes) -> tuple[int, bytes]:
     (when_ms,) = _BE64.unpack_from(key, GROUP_PREFIX_BYTES + 1)
     start = GROUP_PREFIX_BYTES + 9
     return when_ms, key[start:start + ID_BYTES]
+
+
+def dir_prefix(gid: int, partition: int) -> bytes:
+    return group_prefix(gid) + DIR_ENTRY + _BE32.pack(partition)
+
+
+def dir_key(gid: int, partition: int, object_id: bytes) -> bytes:
+    return dir_prefix(gid, partition) + object_id
+
+
+def dir_meta_key(gid: int, partition: int) -> bytes:
+    return group_prefix(gid) + DIR_META + _BE32.pack(partition)
+
+
+def moving_key(gid: int, object_id: bytes) -> bytes:
+    return group_prefix(gid) + MOVING + object_id
+
+
+def moving_range(gid: int) -> tuple[bytes, bytes]:
+    p = group_prefix(gid) + MOVING
+    return p, prefix_end(p)
 
 
 def local_key(name: str) -> bytes:

@@ -66,7 +66,7 @@ async def test_etcd_restart_mid_traffic(cluster: LocalCluster) -> None:
             tallies[name] = Tally()
             tasks.append(asyncio.create_task(writer(clients[i % 3], name, tallies[name], stop)))
         await wait_until(lambda: all(len(t.acked) >= 5 for t in tallies.values()), timeout=20)
-        owners = {n: c.invoker.owner_of(c.invoker.cache.lookup(  # type: ignore[attr-defined]
+        owners = {n: c.invoker.owner_of(c.invoker.directory.lookup(  # type: ignore[attr-defined]
             c.namespace("COUNTER").id_from_name(n).hex()))[0]
             for n, c in ((n, clients[i % 3]) for i, n in enumerate(tallies))}
         assert len(set(owners.values())) == 3  # traffic to every node

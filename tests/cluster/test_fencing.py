@@ -2,8 +2,8 @@
 
 The node runs in the test's event loop (``NodeProcess``) against a real etcd and a real placement
 process (``LocalCluster`` with no nodes). The object's method waits on an event before writing;
-while it waits the test bumps the object's epoch in etcd (``Directory.reassign``, the migration
-protocol's one write). Released, the method writes: the group commit's fence check refuses the
+while it waits the test bumps the object's epoch at its directory partition (the switch a
+migration makes, into the same group) and the node learns it. Released, the method writes: the group commit's fence check refuses the
 batch (counted in ``ownership.fenced_writes``), nothing reaches RocksDB, the caller gets a
 retryable error, and a fresh call (at the new epoch) reads the old value.
 """
@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from etcd3aio import Etcd3Client
 
 import duro.client
 from duro import DurableObject
@@ -23,7 +22,6 @@ from duro._app import load_app
 from duro.errors import DuroError, FencedError
 from duro.node.config import NodeConfig
 from duro.node.main import NodeProcess
-from duro.placement.directory import Directory
 from tests.cluster.conftest import MakeCluster, wait_until
 
 pytestmark = [pytest.mark.cluster]
@@ -67,29 +65,31 @@ async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_pat
         async with duro.client.connect(etcd=cluster.etcd.endpoint, app=app,
                                        region="us-east") as c:
             ns = c.namespace("GATED")
-            assert await ns.get_by_name("x").put(1) == 1  # placed on our node, epoch 1
+            assert await ns.get_by_name("x").put(1) == 1  # placed on our node
             oid = ns.id_from_name("x").hex()
-            entry = await wait_until(lambda: node.cluster.router.cache.lookup(oid))  # type: ignore[union-attr]
+            entry = await wait_until(lambda: node.cluster.router.directory.lookup(oid))  # type: ignore[union-attr]
             assert entry
-            cached = node.cluster.router.cache.lookup(oid)  # type: ignore[union-attr]
+            cached = node.cluster.router.directory.lookup(oid)  # type: ignore[union-attr]
             router = node.cluster.router  # type: ignore[union-attr]
-            assert cached is not None and (router.owner_of(cached)[0], cached.epoch) == ("inproc-0", 1)
+            assert cached is not None and router.owner_of(cached)[0] == "inproc-0"
+            first_epoch = cached.epoch
             act = node.host.activation(bytes.fromhex(oid))  # type: ignore[union-attr]
-            assert act is not None and act.epoch == 1
+            assert act is not None and act.epoch == first_epoch
 
             call = asyncio.ensure_future(ns.get_by_name("x").put_after_gate(2))
             await asyncio.wait_for(ENTERED.wait(), 10)
 
-            # Supersede the instance: epoch 1 -> 2 by compare-and-swap in etcd.
-            async with Etcd3Client([cluster.etcd.endpoint]) as etcd:
-                current = await Directory(etcd, cluster.cluster).get(oid)
-                assert current is not None and current.epoch == 1
-                new = await Directory(etcd, cluster.cluster).reassign(
-                    current, group=current.group, region="us-east")
-                assert new.epoch == 2
-            await wait_until(
-                lambda: node.cluster.router.cache.lookup(oid).epoch == 2,  # type: ignore[union-attr]
-                message="the node's directory cache did not see epoch 2")
+            # Supersede the instance: a compare-and-swap at the object's directory partition
+            # (the switch a migration makes, here back into its own group: epoch + 1).
+            directory = c.invoker.directory  # type: ignore[attr-defined]
+            current = await directory.resolve(bytes.fromhex(oid), create=False, fresh=True)
+            assert current is not None and current.epoch == first_epoch
+            resp = await directory.switch(bytes.fromhex(oid), current.group, current.epoch,
+                                          current.group, current.region)
+            assert resp.switched and resp.entry.epoch == first_epoch + 1
+            # (the node learns it as an owner would: here through its own cache of the entry)
+            node.cluster.router.directory.put(  # type: ignore[union-attr]
+                type(current).from_pb(resp.entry))
 
             fenced_before = own.fenced_writes
             commits_before = (committer.stats.commits, committer.stats.writes)
@@ -109,7 +109,7 @@ async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_pat
             # A fresh call activates the object at epoch 2 and reads what is on disk: still 1.
             assert await ns.get_by_name("x").get() == 1
             act2 = node.host.activation(bytes.fromhex(oid))  # type: ignore[union-attr]
-            assert act2 is not None and act2.epoch == 2
+            assert act2 is not None and act2.epoch == first_epoch + 1
             # ... and the new instance can write.
             assert await ns.get_by_name("x").put(3) == 3
             assert await ns.get_by_name("x").get() == 3

@@ -23,7 +23,6 @@ from duro.client.admin import drain, migrate
 from duro.client.connection import NodeConnection
 from duro.client.etcdkv import get_value
 from duro.errors import DuroError
-from duro.placement.directory import Directory
 from tests.cluster.conftest import wait_until
 
 pytestmark = [pytest.mark.cluster]
@@ -33,7 +32,7 @@ TWO_REGIONS = ("us-east", "eu-west")
 
 
 async def owner_of(cluster, client, stub) -> tuple[str, int]:  # noqa: ANN001
-    entry = await Directory(client.invoker.etcd, cluster.cluster).get(stub.id.hex())
+    entry = await client.invoker.directory.resolve(stub.id.raw, create=False, fresh=True)
     assert entry is not None
     owner = await client.invoker.await_owner(entry, None)
     return owner[0], entry.epoch
@@ -180,7 +179,8 @@ async def test_crash_at_every_step_keeps_one_owner_with_all_writes(make_cluster,
 @pytest.mark.timeout(180)
 async def test_placement_killed_and_etcd_paused_during_a_move(make_cluster, tmp_path) -> None:
     cluster = await make_cluster(app=str(APP), regions=TWO_REGIONS, placement_replicas=1,
-                                 placement_args=("--rebalance", "false"))
+                                 placement_args=("--rebalance", "false"),
+                                 node_args=("--log-level", "INFO"))
     e = cluster.etcd.endpoint
     async with duro.client.connect(etcd=e, region="us-east") as c:
         stub = c.namespace("ACC").get_by_name("paused")

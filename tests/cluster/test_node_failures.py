@@ -100,7 +100,7 @@ async def test_sigkilled_node_lease_expires_and_it_comes_back_with_every_acked_w
 async def _where(c: duro.client.Client, name: str) -> str:
     router = c.invoker
     oid = c.namespace("COUNTER").id_from_name(name).hex()
-    entry = await router.cache.wait_for(oid, timeout=5)  # type: ignore[attr-defined]
+    entry = await router.directory.resolve(bytes.fromhex(oid), create=False)  # type: ignore[attr-defined]
     owner = router.owner_of(entry)  # type: ignore[attr-defined]
     return owner[0] if owner else ""
 

@@ -70,7 +70,7 @@ async def writer(client: duro.client.Client, k: int, history: History, ids: iter
 async def primary_of(client: duro.client.Client, name: str) -> str:
     router = client.invoker
     oid = client.namespace("JOURNAL").id_from_name(name).hex()
-    entry = await router.cache.wait_for(oid, timeout=5)  # type: ignore[attr-defined]
+    entry = await router.directory.resolve(bytes.fromhex(oid), create=False)  # type: ignore[attr-defined]
     owner = router.owner_of(entry)  # type: ignore[attr-defined]
     assert owner is not None, f"{name}: no primary"
     return owner[0]

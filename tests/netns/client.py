@@ -95,9 +95,7 @@ def _connect(a: dict[str, Any]):  # noqa: ANN202
 
 
 async def _owner(client: Any, stub: Any, cluster: str) -> tuple[str, int]:
-    from duro.placement.directory import Directory
-
-    entry = await Directory(client.invoker.etcd, cluster).get(stub.id.hex())
+    entry = await client.invoker.directory.resolve(stub.id.raw, create=False, fresh=True)
     if entry is None:
         return ("", 0)
     owner = await client.invoker.await_owner(entry, None)

@@ -13,7 +13,7 @@ from duro._namespace import Call, CallKind
 from duro._wire import RedirectError
 from duro.node.cluster import NodeOwnership
 from duro.node.runtime.grant import Grant
-from duro.placement.directory import Entry
+from duro.node.directory.entry import Entry
 from duro.testing import Testbed
 
 OID = bytes(range(32))
@@ -30,12 +30,12 @@ def ownership_with(entry: Entry | None, *, serving_epoch: int | None = 5) -> Nod
     replication = SimpleNamespace(
         serving=lambda gid: prim if gid == GID and serving_epoch is not None else None)
     cluster = SimpleNamespace(serving=True, membership=membership, node_id="me",
-                              router=SimpleNamespace(cache=cache), replication=replication)
+                              router=SimpleNamespace(directory=cache), replication=replication)
     return NodeOwnership(cluster)  # type: ignore[arg-type]
 
 
 def entry(group: int, epoch: int) -> Entry:
-    return Entry(object_id=OID.hex(), binding="B", node="", epoch=epoch, region="r", group=group)
+    return Entry(object_id=OID.hex(), binding="B", group=group, epoch=epoch, region="r")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import os
 import signal
 import subprocess
@@ -95,18 +96,17 @@ async def test_standby_takes_over_after_leader_sigkill(etcd: EtcdProcess, tmp_pa
                 procs[leader_id].wait()
                 t_kill = time.monotonic()
 
-                async def placed_by_standby() -> bool:
+                async def assigned_by_standby() -> bool:
                     try:
                         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[standby]}") as ch:
                             stub = placement_pb2_grpc.PlacementStub(ch)
-                            r = await stub.Place(placement_pb2.PlaceRequest(
-                                binding="COUNTER", object_id=os.urandom(32),
-                                caller_region="us-east"), timeout=2)
-                            return r.created and r.node_id == "n1"
+                            r = await stub.AssignPartitions(placement_pb2.AssignPartitionsRequest(
+                                partitions=[random.randrange(1024)]), timeout=2)
+                            return len(r.groups) == 1 and r.groups[0] > 0  # n1's home group
                     except grpc.aio.AioRpcError:
                         return False
 
-                await assert_eventually(placed_by_standby, timeout=15, interval=0.1,
+                await assert_eventually(assigned_by_standby, timeout=15, interval=0.1,
                                         message="standby did not take over")
                 takeover = time.monotonic() - t_kill
                 print(f"\nplacement takeover after SIGKILL: {takeover:.2f}s (leader TTL 3s)")

@@ -1,12 +1,14 @@
-"""The placement service in-process against a real etcd, through its gRPC API."""
+"""The placement service in-process against a real etcd, through its gRPC API: replica groups
+for the nodes that register (fake registrations here), directory partitions assigned on first
+use, leadership. (Placing objects is the directory partitions' business, on the nodes:
+tests/node/directory.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import time
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
@@ -52,75 +54,63 @@ async def leading(svc: PlacementService) -> PlacementService:
     await assert_eventually(lambda: svc.election is not None and svc.election.is_leader(),
                             timeout=10, message="not leader")
     await assert_eventually(lambda: len(svc.nodes.nodes) >= 1, timeout=10)
-    # Each node gets a replica group it leads (docs/replication.md): objects are placed there.
-    await assert_eventually(lambda: svc._led and set(svc._led) == set(svc.nodes.nodes),
-                            timeout=10, message="nodes lead no replica groups")
+    # Each registered node gets a replica group it leads (docs/replication.md).
+    assert svc.groups is not None
+    await assert_eventually(
+        lambda: {g.home for g in svc.groups.groups.all()} == set(svc.nodes.nodes),
+        timeout=10, message="nodes have no home groups")
     return svc
 
 
-def req(oid: bytes, region: str = "", hint: str = "") -> placement_pb2.PlaceRequest:
-    return placement_pb2.PlaceRequest(binding="COUNTER", object_id=oid, caller_region=region,
-                                      location_hint=hint)
-
-
-async def test_place_by_region_and_idempotent(etcd: EtcdProcess) -> None:
+async def test_home_groups_with_followers_by_zone_and_region(etcd: EtcdProcess) -> None:
     async with registered_nodes(etcd), PlacementService(config(etcd, "p1")) as svc:
         await leading(svc)
-        await assert_eventually(lambda: len(svc.nodes.nodes) == 4, timeout=10)
+        assert svc.groups is not None
+
+        async def full() -> bool:
+            return all(len(g.replicas) == 3 for g in svc.groups.groups.all())  # type: ignore[union-attr]
+
+        await assert_eventually(full, timeout=10, message="groups did not reach 3 members")
+        us1 = next(g for g in svc.groups.groups.all() if g.home == "us1")
+        # The other us-east node first (same region), then the nearest region (eu-west).
+        assert us1.replicas == ("us1", "us2", "eu1"), us1
+        assert us1.primary == "us1" and us1.epoch == 1
+        assert us1.in_sync_nodes == ("us1",)  # the others are candidates until caught up
+
+
+async def test_partitions_go_to_the_groups_holding_fewest(etcd: EtcdProcess) -> None:
+    async with registered_nodes(etcd), PlacementService(config(etcd, "p1")) as svc:
+        await leading(svc)
         async with grpc.aio.insecure_channel(svc.address) as ch:
             stub = placement_pb2_grpc.PlacementStub(ch)
-            oid = os.urandom(32)
-            r = await stub.Place(req(oid, "eu-west"))
-            assert (r.node_id, r.region, r.epoch, r.created) == ("eu1", "eu-west", 1, True)
-            assert r.address == "127.0.0.2:9002"
-            again = await stub.Place(req(oid, "us-east"))  # already placed: same answer
-            assert (again.node_id, again.epoch, again.created) == ("eu1", 1, False)
-            hinted = await stub.Place(req(os.urandom(32), "us-east", hint="ap-south"))
-            assert hinted.node_id == "ap1"
-            # Spread by load inside a region.
-            us = [await stub.Place(req(os.urandom(32), "us-east")) for _ in range(10)]
-            assert {r.node_id for r in us} == {"us1", "us2"}
+            r = await stub.AssignPartitions(placement_pb2.AssignPartitionsRequest(
+                partitions=list(range(40))))
+            held = Counter(r.groups)
+            assert sorted(held.values()) == [10, 10, 10, 10], held
+            again = await stub.AssignPartitions(placement_pb2.AssignPartitionsRequest(
+                partitions=[3, 7]))
+            assert list(again.groups) == [r.groups[3], r.groups[7]]  # never reassigned
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Place(req(b"short"))
+                await stub.AssignPartitions(placement_pb2.AssignPartitionsRequest(
+                    partitions=[1 << 30]))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             st = await stub.Status(placement_pb2.PlacementStatusRequest())
-            assert st.is_leader and st.leader_id == "p1" and st.object_count == 12
+            assert st.is_leader and st.leader_id == "p1"
             assert [n.node_id for n in st.nodes] == ["ap1", "eu1", "us1", "us2"]
 
 
-async def test_200_concurrent_places_of_one_id(etcd: EtcdProcess) -> None:
-    async with registered_nodes(etcd), PlacementService(config(etcd, "p1")) as svc:
-        await leading(svc)
-        oid = os.urandom(32)
-        async with grpc.aio.insecure_channel(svc.address) as ch:
-            stub = placement_pb2_grpc.PlacementStub(ch)
-            regions = ["us-east", "eu-west", "ap-south"]
-            rs = await asyncio.gather(*(stub.Place(req(oid, regions[i % 3])) for i in range(200)))
-        assert sum(r.created for r in rs) == 1
-        assert len({(r.node_id, r.epoch) for r in rs}) == 1
-        assert await svc.directory.count() == 1
-
-
-async def test_throughput_of_new_placements(etcd: EtcdProcess) -> None:
-    n = 4000
+async def test_200_concurrent_assignments_of_one_partition(etcd: EtcdProcess) -> None:
     async with registered_nodes(etcd), PlacementService(config(etcd, "p1")) as svc:
         await leading(svc)
         async with grpc.aio.insecure_channel(svc.address) as ch:
             stub = placement_pb2_grpc.PlacementStub(ch)
-            ids = [os.urandom(32) for _ in range(n)]
-            sem = asyncio.Semaphore(400)
-
-            async def one(oid: bytes) -> bool:
-                async with sem:
-                    return (await stub.Place(req(oid, "us-east"))).created
-
-            t0 = time.perf_counter()
-            created = await asyncio.gather(*(one(o) for o in ids))
-            rate = n / (time.perf_counter() - t0)
-        print(f"\nplacement: {rate:.0f} new objects/s ({n} objects, 1 client process)")
-        assert all(created)
-        assert await svc.directory.count() == n
-        assert rate > 300  # generous: the target (2,000/s) is measured in bench/, not here
+            rs = await asyncio.gather(*(stub.AssignPartitions(
+                placement_pb2.AssignPartitionsRequest(partitions=[5])) for _ in range(200)))
+        assert len({tuple(r.groups) for r in rs}) == 1
+        async with Etcd3Client([etcd.endpoint]) as client:
+            resp = await client.kv.get(f"/duro/{CLUSTER}/partitions/".encode(),
+                                       f"/duro/{CLUSTER}/partitions0".encode())
+            assert len(resp.kvs) == 1
 
 
 async def test_standby_points_at_the_leader_and_takes_over(etcd: EtcdProcess) -> None:
@@ -134,7 +124,8 @@ async def test_standby_points_at_the_leader_and_takes_over(etcd: EtcdProcess) ->
                 async with grpc.aio.insecure_channel(standby.address) as ch:
                     stub = placement_pb2_grpc.PlacementStub(ch)
                     with pytest.raises(grpc.aio.AioRpcError) as err:
-                        await stub.Place(req(os.urandom(32), "us-east"))
+                        await stub.AssignPartitions(
+                            placement_pb2.AssignPartitionsRequest(partitions=[1]))
                     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
                     md = dict(err.value.trailing_metadata() or ())
                     assert md["duro-leader-id"] == "p1"
@@ -143,8 +134,9 @@ async def test_standby_points_at_the_leader_and_takes_over(etcd: EtcdProcess) ->
                     assert not st.is_leader and st.leader_id == "p1"
                     await leader.stop()  # resigns: the standby takes over at once
                     await leading(standby)
-                    r = await stub.Place(req(os.urandom(32), "us-east"))
-                    assert r.created
+                    r = await stub.AssignPartitions(
+                        placement_pb2.AssignPartitionsRequest(partitions=[1]))
+                    assert r.groups[0] > 0
         finally:
             await leader.stop()
 
@@ -152,12 +144,13 @@ async def test_standby_points_at_the_leader_and_takes_over(etcd: EtcdProcess) ->
 async def test_metrics_are_served(etcd: EtcdProcess) -> None:
     async with registered_nodes(etcd), PlacementService(config(etcd, "p1", metrics_port=0)) as svc:
         await leading(svc)
-        await svc.place("COUNTER", os.urandom(32).hex(), "us-east")
+        await svc.assign_partitions([0, 1, 2])
         assert svc.metrics_port
         url = f"http://127.0.0.1:{svc.metrics_port}/metrics"
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-        assert 'duro_placement_decisions_total{result="created"} 1.0' in body
+        assert "duro_placement_partitions_assigned_total 3.0" in body
         assert "duro_placement_is_leader_bool 1.0" in body
+        assert "duro_placement_groups_count 4.0" in body
 
 
 def test_config_precedence(tmp_path) -> None:  # type: ignore[no-untyped-def]
