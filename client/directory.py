@@ -100,6 +100,11 @@ class DirectoryClient:
     def settings(self) -> DirectorySettings:
         return self._settings.items.get("directory") or DirectorySettings()
 
+    @property
+    def known_settings(self) -> DirectorySettings | None:
+        """The settings, or None until the placement leader has written them."""
+        return self._settings.items.get("directory")
+
     async def wait_settings(self, timeout: float) -> DirectorySettings:
         """The cluster's directory settings, once the placement leader has written them."""
         await self._settings.wait_until(lambda: "directory" in self._settings.items, timeout)

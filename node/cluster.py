@@ -250,7 +250,7 @@ class NodeCluster:
         self.partitions = PartitionService(
             self.node_id, self.config.cluster, self.etcd, self.replication, self.router.nodes,
             self.router.groups, self.router.directory.partitions,
-            lambda: self.router.directory.settings)
+            lambda: self.router.directory.known_settings)
         if has_legacy_keys(host.engine):
             await self._upgrade_storage()
         self._load_task = asyncio.get_running_loop().create_task(self._report_load())

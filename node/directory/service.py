@@ -80,7 +80,7 @@ class PartitionService:
         nodes.callbacks.append(lambda node, _old, _new: self._assigned.pop(node, None))
 
     @property
-    def settings(self) -> DirectorySettings:
+    def settings(self) -> DirectorySettings | None:
         return self._settings()
 
     def _forget_metas(self, gid: int) -> None:
@@ -92,6 +92,10 @@ class PartitionService:
         """(partition, group) of ``oid``, if this node serves that group; else raise."""
         if not isinstance(oid, bytes) or len(oid) != 32:
             raise InvalidArgumentError("object id must be 32 bytes")
+        if self.settings is None:
+            # Not known yet: in particular whether an older directory is being imported, which
+            # decides whether a missing entry may be created (docs/directory.md, "Upgrading").
+            raise UnavailableError("the directory settings are not known here yet; retry")
         p = partition_of(oid, self.settings.partitions)
         gid = self.partitions.group_of(p)
         if gid is None:
