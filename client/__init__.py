@@ -67,22 +67,24 @@ def connect(
     bindings: Mapping[str, str] | None = None,
     cluster: str = "duro",
     region: str = "",
+    directory_cache: int = 100_000,
 ) -> _Connecting:
     """Connect to a cluster through etcd, or to one node. Use with ``async with``.
 
     Binding names map to class names through ``bindings``, else ``app`` (a path or module), else
-    (with ``etcd``) the bindings the cluster's nodes published.
+    (with ``etcd``) the bindings the cluster's nodes published. ``directory_cache`` bounds the
+    object directory entries the client caches (docs/directory.md).
     """
-    return _Connecting(etcd, node, app, bindings, cluster, region)
+    return _Connecting(etcd, node, app, bindings, cluster, region, directory_cache)
 
 
 class _Connecting:
-    def __init__(self, etcd, node, app, bindings, cluster, region) -> None:  # noqa: ANN001
-        self._args = (etcd, node, app, bindings, cluster, region)
+    def __init__(self, etcd, node, app, bindings, cluster, region, cache) -> None:  # noqa: ANN001
+        self._args = (etcd, node, app, bindings, cluster, region, cache)
         self._client: Client | None = None
 
     async def __aenter__(self) -> Client:
-        etcd, node, app, bindings, cluster, region = self._args
+        etcd, node, app, bindings, cluster, region, cache = self._args
         names = dict(bindings) if bindings else (_bindings_of(app) if app is not None else None)
         if node:
             from duro.client.connection import NodeConnection
@@ -93,7 +95,7 @@ class _Connecting:
         elif etcd:
             from duro.client.router import Router
 
-            router = Router(etcd, cluster=cluster, region=region)
+            router = Router(etcd, cluster=cluster, region=region, cache_entries=cache)
             await router.start()
             if names is None:
                 names = await router.published_bindings()

@@ -28,6 +28,10 @@ class EdgeConfig:
     grpc_listen: str = field(
         default="127.0.0.1:0", metadata={"help": "gRPC Gateway host:port ('' = off)"}
     )
+    directory_cache: int = field(
+        default=100_000,
+        metadata={"help": "object directory entries this edge caches (LRU; docs/directory.md)"},
+    )
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
     static_dir: str = field(
         default="", metadata={"help": "static files served at / (default: the app's static/)"}
@@ -62,6 +66,8 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         if self.socket_window < 1:
             raise ValueError("socket_window must be at least 1")
+        if self.directory_cache < 1:
+            raise ValueError("directory_cache must be at least 1 entry")
         if self.max_message_bytes < 1 or self.max_message_bytes > 32 * MiB:
             raise ValueError("max_message_bytes must be in 1..32 MiB (DESIGN §2)")
 

@@ -54,7 +54,8 @@ class EdgeProcess:
         self.status = Status.CREATED
         self.metrics = EdgeMetrics()
         self.router = Router(config.etcd, cluster=config.cluster, region=config.region,
-                             call_timeout=config.call_timeout)
+                             call_timeout=config.call_timeout,
+                             cache_entries=config.directory_cache)
         self.env = Env(
             {name: Namespace(name, self.app.namespace_class(b.class_name), self.router,
                              caller_region=config.region)

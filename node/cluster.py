@@ -183,7 +183,8 @@ class NodeCluster:
         self.node_id = node_id
         self.app = app
         self.etcd = etcd_client(config.etcd)
-        self.router = Router(self.etcd, cluster=config.cluster, region=config.region)
+        self.router = Router(self.etcd, cluster=config.cluster, region=config.region,
+                             cache_entries=config.directory_cache)
         self.ownership = NodeOwnership(self)
         self.migration = MigrationServicer(self)
         self.replication: ReplicationManager | None = None

@@ -68,6 +68,11 @@ class NodeConfig(RuntimeConfig):
     replica_log_mb: int = field(
         default=16, metadata={"help": "recent batches kept per replica group for catch-up, MiB"}
     )
+    directory_cache: int = field(
+        default=100_000,
+        metadata={"help": "object directory entries this node's router caches (LRU; "
+                          "docs/directory.md)"},
+    )
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
     log_json: bool = field(default=False, metadata={"help": "JSON log lines"})
@@ -77,3 +82,7 @@ class NodeConfig(RuntimeConfig):
                           "default); with 100,000s of objects in memory, default-frequency full "
                           "collections cost up to half the CPU and pauses of 100s of ms"},
     )
+
+    def __post_init__(self) -> None:
+        if self.directory_cache < 1:
+            raise ValueError("directory_cache must be at least 1 entry")

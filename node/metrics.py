@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from duro._metrics import metric_name
+from duro.node.directory.store import count_entries
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
@@ -66,6 +67,8 @@ class NodeCollector(Collector):
                       r.cache_misses)
         yield counter("client", "redirects", "redirects followed by this node's router",
                       r.redirects)
+        yield gauge("client", "directory_cache_entries", "directory entries cached by this "
+                    "node's router (bounded: --directory-cache)", len(c.router.directory))
         yield counter("node", "redirects_sent", "calls answered with a redirect to the owner",
                       c.ownership.redirects)
         yield counter("node", "fenced_writes", "write batches refused: ownership lost",
@@ -118,3 +121,18 @@ class NodeCollector(Collector):
                       rep.stats.promotions)
         yield counter("replication", "demotions", "times this node gave a primary role up",
                       rep.stats.demotions)
+        part = c.partitions
+        if part is None:
+            return
+        served = sorted(g for g, p in rep.primaries.items() if p.serving)
+        held = [p for p, gid in part.partitions.items.items() if gid in served]
+        yield gauge("directory", "partitions", "directory partitions held by groups served here",
+                    len(held))
+        yield gauge("directory", "entries", "object entries in the directory partitions held by "
+                    "groups served here", sum(count_entries(rep.engine, g) for g in served))
+        yield counter("directory", "created", "entries created (objects placed) here",
+                      part.created)
+        yield counter("directory", "forgotten", "entries removed here (empty objects evicted)",
+                      part.forgotten)
+        yield counter("directory", "imported", "entries imported from the etcd directory of an "
+                      "older version", part.imported)

@@ -102,6 +102,11 @@ class Rebalancer:
             del self.candidate_since[oid]  # not a candidate this round: the dwell starts over
         for oid in seen:
             self.candidate_since.setdefault(oid, now)
+        # A move's cooldown is all ``last_moved`` is for: past it the entry says nothing, so the
+        # leader's memory stays bounded by the moves of one cooldown, not by every object ever
+        # moved (evicted empty objects leave no trace anywhere: docs/directory.md).
+        for oid in [o for o, t in self.last_moved.items() if now - t >= self.config.cooldown]:
+            del self.last_moved[oid]
         nodes = [NodeState(n.node_id, n.region, n.load, n.capacity, n.draining) for n in live]
         moves = plan_moves(stats, nodes, now, self.candidate_since, self.last_moved, self.config)
         await asyncio.gather(*(self._execute(m) for m in moves))
