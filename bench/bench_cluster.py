@@ -1,4 +1,4 @@
-"""Cluster benchmarks (issue 3): placement of new objects, routed vs direct calls, directory size.
+"""Cluster benchmarks (issue 3): placement of new objects, routed vs direct calls.
 
     python bench/bench_cluster.py --runs 3                 # everything, median of 3 runs
     python bench/bench_cluster.py --only place --runs 3
@@ -6,16 +6,15 @@
 A real cluster on 127.0.0.1 (``duro.dev.LocalCluster``: etcd with fsync, one placement replica,
 three nodes in three regions, synced WAL); the load generator is this process (uvloop).
 
-1. **place**: new objects placed through ``Router.place`` (the ``Placement.Place`` RPC, whose
-   leader batches create-if-absent etcd transactions), many concurrent callers: objects/s and
-   p50/p99 per placement. Also the whole first call of a new object through the router
+1. **place**: new objects placed through ``Router.place`` (a ``Directory.Resolve`` with create at
+   the object's directory partition, batched per node: docs/directory.md), many concurrent
+   callers: objects/s and p50/p99 per placement. Also the whole first call of a new object through the router
    (placement + node's ownership check + activation + durable write): objects/s, p50/p99. CPU
    seconds of each process during the run show where the time goes.
 2. **route**: warm objects spread over the three nodes; ``get`` calls through the router vs calls
    made directly to the owning node (``NodeConnection``): ops/s, p50/p99, ratio.
-3. **dirsize**: etcd's database size (``etcd_mvcc_db_total_size_in_bytes`` and ``..._in_use_...``)
-   before/after placing 100,000 objects, bytes per entry, extrapolation to 1,000,000; memory of a
-   full ``DirectoryCache`` (what every router holds) per entry, by tracemalloc.
+
+The directory's size as objects grow (etcd, memory, disk) is bench/bench_directory.py.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-import tracemalloc
 import urllib.request
 import uuid
 from pathlib import Path
@@ -41,14 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import duro.client  # noqa: E402
-from duro._etcd import free_port  # noqa: E402
 from duro._ids import ObjectId, namespace_key  # noqa: E402
 from duro._namespace import Call, CallKind  # noqa: E402
 from duro.client.connection import NodeConnection  # noqa: E402
 from duro._wire import RedirectError  # noqa: E402
 from duro.client.router import Router  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
-from duro.placement.directory import DirectoryCache  # noqa: E402
 
 APP = ROOT / "examples"
 KEY = namespace_key("Counter")
@@ -135,34 +131,39 @@ def new_call(region: str) -> Call:
     return Call(binding="COUNTER", object_id=oid.raw, kind=CallKind.RPC, caller_region=region)
 
 
-async def start_cluster(root: Path) -> tuple[LocalCluster, int]:
+async def start_cluster(root: Path) -> LocalCluster:
     kw: dict[str, Any] = {}
     if "edges" in inspect.signature(LocalCluster).parameters:
         kw["edges"] = False  # no edge processes competing for the 2 CPUs
     cluster = LocalCluster(root, app=APP, **kw)  # etcd with fsync, synced node WALs
-    mport = free_port()
-    cluster.placements[0].args += ["--metrics-port", str(mport)]
     await cluster.start()  # stops what it started if it fails
-    return cluster, mport
+    return cluster
+
+
+def created(cluster: LocalCluster) -> float:
+    """Directory entries created so far, all nodes."""
+    return sum(scrape(n.ready["metrics_port"]).get("duro_directory_created_total", 0.0)
+               for n in cluster.nodes)
 
 
 # -- 1. placement -------------------------------------------------------------------------------
 
-async def bench_place(cluster: LocalCluster, mport: int, n: int, concurrency: int,
+async def bench_place(cluster: LocalCluster, n: int, concurrency: int,
                       first_calls: int) -> dict[str, Any]:
     regions = [s.region for s in cluster.nodes]
     async with Router(cluster.etcd.endpoint, region=regions[0]) as router:
-        await router.place(new_call(regions[0]))  # warm: leader address, channel
-        m0, c0 = scrape(mport), process_cpu(cluster)
+        # Warm: every directory partition has its group (assigned on first use) and the
+        # channels to the nodes are open; what is measured is placement, not assignment.
+        parts = (await router.directory.wait_settings(10)).partitions
+        for lo in range(0, parts, 128):
+            await router.assign_partitions(list(range(lo, min(lo + 128, parts))))
+        await router.place(new_call(regions[0]))
+        e0, c0 = created(cluster), process_cpu(cluster)
         lat, el = await bounded(n, concurrency,
                                 lambda i: router.place(new_call(regions[i % len(regions)])))
-        m1, c1 = scrape(mport), process_cpu(cluster)
+        e1, c1 = created(cluster), process_cpu(cluster)
     place = summary(lat, el, n)
-    txns = m1["duro_placement_txn_duration_seconds_count"] - m0["duro_placement_txn_duration_seconds_count"]
-    txn_s = m1["duro_placement_txn_duration_seconds_sum"] - m0["duro_placement_txn_duration_seconds_sum"]
-    place["objects_per_txn"] = n / txns if txns else float("nan")
-    place["txn_ms"] = txn_s / txns * 1e3 if txns else float("nan")
-    place["txns_s"] = txns / el
+    place["entries_created"] = e1 - e0
     cpu = cpu_delta(c0, c1)
 
     async with duro.client.connect(etcd=cluster.etcd.endpoint, app=APP, region=regions[0]) as c:
@@ -202,10 +203,10 @@ async def bench_route(cluster: LocalCluster, n_objects: int, callers: int,
             await routed_of[name].namespace("COUNTER").get_by_name(name).increment()
         owners: dict[str, str] = {}
         for name in names:
-            oid = routed.namespace("COUNTER").id_from_name(name).hex()
-            e = await router.cache.wait_for(oid, timeout=10)
+            oid = routed.namespace("COUNTER").id_from_name(name).raw
+            e = await router.directory.resolve(oid, create=False, fresh=True)
             assert e is not None
-            owners[name] = router.nodes.nodes[e.node].address
+            owners[name] = (await router.await_owner(e, None))[1]
         spread = {a: sum(1 for v in owners.values() if v == a) for a in set(owners.values())}
         direct_conns = {i.address: NodeConnection(i.address) for i in router.nodes.nodes.values()}
         direct_redirects = [0]
@@ -257,70 +258,16 @@ async def bench_route(cluster: LocalCluster, n_objects: int, callers: int,
                 await conn.close()
 
 
-# -- 3. directory size --------------------------------------------------------------------------
-
-def etcd_sizes(cluster: LocalCluster) -> dict[str, float]:
-    m = scrape(cluster.etcd.client_port)
-    return {"db": m["etcd_mvcc_db_total_size_in_bytes"],
-            "in_use": m["etcd_mvcc_db_total_size_in_use_in_bytes"],
-            "keys": m.get("etcd_debugging_mvcc_keys_total", float("nan"))}
-
-
-async def bench_dirsize(cluster: LocalCluster, n: int, concurrency: int) -> dict[str, Any]:
-    regions = [s.region for s in cluster.nodes]
-    async with Router(cluster.etcd.endpoint, region=regions[0]) as router:
-        before_count = len(router.cache)
-        s0 = etcd_sizes(cluster)
-        t0 = time.perf_counter()
-        await bounded(n, concurrency, lambda i: router.place(new_call(regions[i % 3])))
-        elapsed = time.perf_counter() - t0
-        await asyncio.sleep(2.0)  # let etcd's backend commit (batch interval 100 ms) settle
-        s1 = etcd_sizes(cluster)
-        sample_key = f"/duro/{cluster.cluster}/dir/" + "0" * 64
-        while len(router.cache) < before_count + n:  # the watch catches up
-            await asyncio.sleep(0.1)
-        total_entries = len(router.cache)
-        entry = next(iter(router.cache._entries.values()))
-        value_len = len(entry.to_json())
-    # Memory of a full directory cache (a fresh one, as a router starting now would build).
-    from etcd3aio import Etcd3Client
-
-    async with Etcd3Client([cluster.etcd.endpoint]) as etcd:
-        tracemalloc.start()
-        snap0 = tracemalloc.take_snapshot()
-        cache = DirectoryCache(etcd, cluster.cluster)
-        t = time.perf_counter()
-        await cache.start(timeout=120)
-        bootstrap_s = time.perf_counter() - t
-        snap1 = tracemalloc.take_snapshot()
-        cached = len(cache)
-        mem = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
-        await cache.stop()
-        tracemalloc.stop()
-        del cache
-    placed = n
-    return {
-        "placed": placed, "elapsed_s": elapsed, "before_entries": before_count,
-        "entries": total_entries, "db_before": s0["db"], "db_after": s1["db"],
-        "in_use_before": s0["in_use"], "in_use_after": s1["in_use"],
-        "db_per_entry": (s1["db"] - s0["db"]) / placed,
-        "in_use_per_entry": (s1["in_use"] - s0["in_use"]) / placed,
-        "key_bytes": len(sample_key), "value_bytes": value_len,
-        "cache_entries": cached, "cache_bytes": mem, "cache_per_entry": mem / cached,
-        "cache_bootstrap_s": bootstrap_s,
-    }
-
-
 # -- main ---------------------------------------------------------------------------------------
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"place": [], "route": [], "dirsize": None}
+    results: dict[str, Any] = {"place": [], "route": []}
     for run in range(args.runs):
         root = Path(tempfile.mkdtemp(prefix="duro-bench-cluster-"))
-        cluster, mport = await start_cluster(root)
+        cluster = await start_cluster(root)
         try:
             if "place" in args.only:
-                r = await bench_place(cluster, mport, args.place_objects, args.concurrency,
+                r = await bench_place(cluster, args.place_objects, args.concurrency,
                                       args.first_calls)
                 results["place"].append(r)
                 print(f"run {run + 1} place: {json.dumps(r)}", flush=True)
@@ -330,10 +277,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     r["callers"] = callers
                     results["route"].append(r)
                     print(f"run {run + 1} route: {json.dumps(r)}", flush=True)
-            if "dirsize" in args.only and run == 0:
-                r = await bench_dirsize(cluster, args.dir_objects, args.dir_concurrency)
-                results["dirsize"] = r
-                print(f"dirsize: {json.dumps(r)}", flush=True)
         finally:
             await cluster.stop()
     return results
@@ -349,13 +292,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"#### Placement of new objects ({args.place_objects:,} per run, "
             f"{args.concurrency} concurrent callers)", "",
             "| what | objects/s | p50 ms | p99 ms |", "|---|---|---|---|",
-            f"| `Router.place` (Place RPC, batched etcd txn) | {cell(p, 'ops_s')} | "
+            f"| `Router.place` (Resolve with create at the partition) | {cell(p, 'ops_s')} | "
             f"{cell(p, 'p50_ms', 2)} | {cell(p, 'p99_ms', 2)} |",
             f"| first call of a new object (`increment`: place + activate + durable write), "
             f"{args.first_calls:,} per run | {cell(f, 'ops_s')} | {cell(f, 'p50_ms', 2)} | "
             f"{cell(f, 'p99_ms', 2)} |", "",
-            f"Placement leader: {cell(p, 'objects_per_txn', 1)} objects per etcd transaction, "
-            f"{cell(p, 'txn_ms', 2)} ms per transaction, {cell(p, 'txns_s')} transactions/s.", "",
             "CPU seconds per process during the `Router.place` run (median run), and share of "
             "the run's wall time:", "",
         ]
@@ -385,45 +326,19 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{med(d, 'p50_ms')[0]:.3f} / {med(d, 'p99_ms')[0]:.3f} | "
                 f"{med(ro, 'p50_ms')[0]:.3f} / {med(ro, 'p99_ms')[0]:.3f} |")
         lines += ["", f"Objects per node: {results['route'][0]['spread']}.", ""]
-    d = results["dirsize"]
-    if d:
-        gib = 1024 ** 3
-        per = d["db_per_entry"]
-        per_use = d["in_use_per_entry"]
-        lines += [
-            f"#### Directory size ({d['placed']:,} objects placed in {d['elapsed_s']:.1f} s)", "",
-            "| measure | value |", "|---|---|",
-            f"| key / value length | {d['key_bytes']} B / {d['value_bytes']} B |",
-            f"| etcd db size before → after | {d['db_before'] / 1e6:.1f} MB → "
-            f"{d['db_after'] / 1e6:.1f} MB |",
-            f"| etcd db in use before → after | {d['in_use_before'] / 1e6:.1f} MB → "
-            f"{d['in_use_after'] / 1e6:.1f} MB |",
-            f"| **db bytes per entry** (size / in use) | **{per:.0f} B** / {per_use:.0f} B |",
-            f"| extrapolated db for 1,000,000 objects | {per * 1e6 / 1e6:.0f} MB "
-            f"({per * 1e6 / gib:.2f} GiB) |",
-            f"| objects at etcd's default 2 GiB quota | ≈ {2 * gib / per / 1e6:.1f} million |",
-            f"| router `DirectoryCache` memory per entry | {d['cache_per_entry']:.0f} B "
-            f"({d['cache_entries']:,} entries, {d['cache_bytes'] / 1e6:.1f} MB) |",
-            f"| router cache for 1,000,000 objects | ≈ {d['cache_per_entry'] * 1e6 / 1e6:.0f} MB "
-            f"per router (every node and client) |",
-            f"| full cache bootstrap (paged range read) | {d['cache_bootstrap_s']:.2f} s for "
-            f"{d['cache_entries']:,} entries |", "",
-        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", nargs="+", default=["place", "route", "dirsize"])
+    ap.add_argument("--only", nargs="+", default=["place", "route"])
     ap.add_argument("--place-objects", type=int, default=20_000)
     ap.add_argument("--first-calls", type=int, default=5_000)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--route-objects", type=int, default=300)
     ap.add_argument("--route-callers", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--dir-objects", type=int, default=100_000)
-    ap.add_argument("--dir-concurrency", type=int, default=512)
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
     try:

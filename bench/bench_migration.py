@@ -49,7 +49,6 @@ from common import Table, command_line, percentile  # noqa: E402
 from duro.client.admin import _move  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
 from duro.errors import DuroError  # noqa: E402
-from duro.placement.directory import Directory  # noqa: E402
 
 APP = ROOT / "tests" / "cluster" / "apps" / "migapp"
 BINDING = "ACC"
@@ -74,7 +73,7 @@ def addresses(cluster: LocalCluster) -> dict[str, str]:
 
 
 async def owner(client: Any, cluster: LocalCluster, stub: Any) -> str:
-    entry = await Directory(client.invoker.etcd, cluster.cluster).get(stub.id.hex())
+    entry = await client.invoker.directory.resolve(stub.id.raw, create=False, fresh=True)
     assert entry is not None
     return (await client.invoker.await_owner(entry, None))[0]
 
@@ -193,10 +192,8 @@ async def bulk_run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
             await asyncio.gather(*(create(i, n) for i, n in enumerate(names)))
             owners = {}
-            d = Directory(client.invoker.etcd, cluster.cluster)
             for n in names:
-                e = await d.get(stubs[n].id.hex())
-                owners[n] = (await client.invoker.await_owner(e, None))[0]
+                owners[n] = await owner(client, cluster, stubs[n])
             adds = {n: 0 for n in names}
             failures: list[str] = []
             suspect: dict[str, int] = {}  # object -> failed calls on it
