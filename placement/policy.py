@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_REGIONS",
     "Candidate",
     "NoLiveNodeError",
+    "Placer",
     "RegionDistances",
     "choose_node",
     "choose_followers",
@@ -78,10 +79,6 @@ DEFAULT_DISTANCES = RegionDistances(
 )
 
 
-def _least_loaded(nodes: Iterable[Candidate]) -> Candidate:
-    return min(nodes, key=lambda n: (n.utilisation, n.load, n.node_id))
-
-
 def choose_node(
     live: Sequence[Candidate],
     caller_region: str = "",
@@ -89,17 +86,52 @@ def choose_node(
     distances: RegionDistances = DEFAULT_DISTANCES,
 ) -> str:
     """Return the id of the node that should host a new object (see the module docstring)."""
-    if not live:
-        raise NoLiveNodeError("no live node to place the object on")
-    by_region: dict[str, list[Candidate]] = {}
-    for n in live:
-        by_region.setdefault(n.region, []).append(n)
-    for wanted in (location_hint, caller_region):
-        if wanted and wanted in by_region:
-            return _least_loaded(by_region[wanted]).node_id
-    origin = location_hint or caller_region
-    region = min(by_region, key=lambda r: (distances.distance(origin, r) if origin else 0, r))
-    return _least_loaded(by_region[region]).node_id
+    return Placer(live, distances).choose(caller_region, location_hint)
+
+
+class Placer:
+    """:func:`choose_node` for many new objects in a row (a partition placing a batch): the
+    candidates are grouped by region once, and every choice counts one more object on the node
+    it chose, so a burst spreads over a region's nodes."""
+
+    __slots__ = ("_by_region", "_load", "_capacity", "_distances", "_nearest")
+
+    def __init__(self, live: Sequence[Candidate],
+                 distances: RegionDistances = DEFAULT_DISTANCES) -> None:
+        if not live:
+            raise NoLiveNodeError("no live node to place the object on")
+        self._by_region: dict[str, list[str]] = {}
+        self._load: dict[str, int] = {}
+        self._capacity: dict[str, int] = {}
+        for n in live:
+            self._by_region.setdefault(n.region, []).append(n.node_id)
+            self._load[n.node_id] = n.load
+            self._capacity[n.node_id] = n.capacity
+        self._distances = distances
+        self._nearest: dict[str, str] = {}
+
+    def _region(self, caller_region: str, location_hint: str) -> str:
+        for wanted in (location_hint, caller_region):
+            if wanted and wanted in self._by_region:
+                return wanted
+        origin = location_hint or caller_region
+        region = self._nearest.get(origin)
+        if region is None:
+            d = self._distances
+            region = self._nearest[origin] = min(
+                self._by_region, key=lambda r: (d.distance(origin, r) if origin else 0, r))
+        return region
+
+    def choose(self, caller_region: str = "", location_hint: str = "") -> str:
+        load, capacity = self._load, self._capacity
+
+        def rank(node: str) -> tuple[float, int, str]:
+            c = capacity[node]
+            return (load[node] / c if c > 0 else float("inf"), load[node], node)
+
+        node = min(self._by_region[self._region(caller_region, location_hint)], key=rank)
+        load[node] += 1
+        return node
 
 
 def choose_followers(

@@ -61,21 +61,21 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"at most {MAX_ITEMS} items per call")
 
-        async def one(item) -> directory_pb2.ResolveResult:  # noqa: ANN001
-            out = directory_pb2.ResolveResult()
-            try:
-                entry = await svc.resolve(item.object_id, item.binding, item.create,
-                                          item.caller_region, item.location_hint)
-            except (NotHere, Unassigned, DuroError) as exc:
-                self._fail(out, exc)
-                return out
-            if entry is not None:
+        results = await svc.resolve_many([
+            (i.object_id, i.binding, i.create, i.caller_region, i.location_hint)
+            for i in request.items])
+        resp = directory_pb2.ResolveResponse()
+        for r in results:
+            out = resp.results.add()
+            if isinstance(r, (NotHere, Unassigned, DuroError)):
+                self._fail(out, r)
+            elif isinstance(r, Exception):
+                log.warning("directory resolve failed: %r", r)
+                self._fail(out, r)
+            elif r is not None:
                 out.found = True
-                entry.to_pb(out.entry)
-            return out
-
-        results = await asyncio.gather(*(one(i) for i in request.items))
-        return directory_pb2.ResolveResponse(results=results)
+                r.to_pb(out.entry)
+        return resp
 
     async def Switch(self, request, context):  # noqa: N802, ANN001, ANN201
         svc = await self._svc(context)

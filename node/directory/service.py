@@ -1,12 +1,17 @@
 """``PartitionService``: this node's directory partitions — those held by the replica groups it
 serves as primary (docs/directory.md).
 
-Every operation on one object runs alone (a lock per object id while it is in use), reads the
-entry from RocksDB, and writes through ``GroupCommitter.write_raw`` in the partition's group, so a
-create, a switch or a forget is acknowledged only once it is durable on every in-sync copy of the
-group, and only while this node still holds the lease it leads the group with. Lookups answer the
-same way (after any write of that object in flight), which makes them linearizable: no deposed
-primary answers with an entry that moved.
+Every operation on one object runs alone (an object id is *busy* while a write of its entry is
+in flight; everything else on it waits), reads the entry from RocksDB, and writes through
+``GroupCommitter.write_raw`` in the partition's group, so a create, a switch or a forget is
+acknowledged only once it is durable on every in-sync copy of the group, and only while this
+node still holds the lease it leads the group with. Lookups answer the same way (after any write
+of that object in flight), which makes them linearizable: no deposed primary answers with an
+entry that moved.
+
+A ``Resolve`` call carries many objects (a router's lookups of one loop turn): they are resolved
+together (:meth:`PartitionService.resolve_many`): one placement view for the batch, and one
+replicated write per group for all the entries it creates.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -27,7 +31,7 @@ from duro.node.directory import store
 from duro.node.directory.entry import Entry
 from duro.node.directory.partitions import DirectorySettings, PartitionView, partition_of
 from duro.node.replication.groups import GroupConfig, GroupView
-from duro.placement.policy import Candidate, NoLiveNodeError, choose_node
+from duro.placement.policy import Candidate, NoLiveNodeError, Placer
 
 if TYPE_CHECKING:
     from duro.node.membership import NodeInfo
@@ -52,6 +56,9 @@ class NotHere(Exception):
         self.node = node
 
 
+Resolve = tuple  # (object id, binding, create, caller region, location hint)
+
+
 class Unassigned(Exception):
     """The partition has no group yet (the placement leader assigns it on first use)."""
 
@@ -70,7 +77,7 @@ class PartitionService:
         self.groups = groups
         self.partitions = partitions
         self._settings = settings
-        self._locks: dict[bytes, asyncio.Lock] = {}
+        self._busy: dict[bytes, asyncio.Future[None]] = {}  # object id -> its write in flight
         self._metas: dict[tuple[int, int], store.PartitionMeta] = {}
         self._assigned: dict[str, int] = {}  # placements per node since its last load report
         self.created = 0
@@ -106,15 +113,20 @@ class PartitionService:
                           f"partition {p} is held by group {gid}, not served here")
         return p, gid
 
+    async def _idle(self, oid: bytes) -> None:
+        """Wait until no write of ``oid``'s entry is in flight."""
+        while (busy := self._busy.get(oid)) is not None:
+            await asyncio.shield(busy)
+
     @asynccontextmanager
     async def _alone(self, oid: bytes) -> AsyncIterator[None]:
-        lock = self._locks.get(oid)
-        if lock is None:
-            lock = self._locks[oid] = asyncio.Lock()
-        async with lock:
+        await self._idle(oid)
+        done = self._busy[oid] = asyncio.get_running_loop().create_future()
+        try:
             yield
-        if not lock.locked() and self._locks.get(oid) is lock:
-            del self._locks[oid]
+        finally:
+            del self._busy[oid]
+            done.set_result(None)
 
     def _meta(self, gid: int, p: int) -> store.PartitionMeta:
         meta = self._metas.get((gid, p))
@@ -144,25 +156,114 @@ class PartitionService:
             if entry is None and create:
                 if not binding:
                     raise InvalidArgumentError("binding is required to create an entry")
-                entry = await self._create(gid, p, oid, binding, caller_region, location_hint)
+                entry = (await self._create(gid, [(p, oid, binding, caller_region,
+                                                   location_hint)], self._placement()))[0]
             return self._answer(gid, entry)
 
-    async def _create(self, gid: int, p: int, oid: bytes, binding: str, region: str,
-                      hint: str) -> Entry:
-        target_node, target_gid = self._place(region, hint)
-        meta = self._meta(gid, p)
-        meta.counter += 1
-        meta.count += 1
-        entry = Entry(oid.hex(), sys.intern(binding), target_gid, meta.counter,
-                      self.nodes.nodes[target_node].region)
+    async def resolve_many(self, items: list[Resolve]) -> list[Entry | None | Exception]:
+        """:meth:`resolve` for many objects at once; each result is the entry (or None) or the
+        exception that object's resolve would have raised."""
+        out: list[Any] = [None] * len(items)
+        engine = self.mgr.engine
+        legacy = bool(self.settings and self.settings.legacy)
+        alone: list[int] = []  # busy objects and legacy imports: one by one, after the batch
+        creates: dict[int, list[tuple[int, tuple]]] = {}  # gid -> (index, create args)
+        answered: list[tuple[int, int]] = []  # (index, gid) whose entry is in ``out``
+        claimed: list[bytes] = []
+        done: asyncio.Future[None] | None = None
+        for i, (oid, binding, create, region, hint) in enumerate(items):
+            try:
+                p, gid = self._locate(oid)
+            except (NotHere, Unassigned, InvalidArgumentError, UnavailableError) as exc:
+                out[i] = exc
+                continue
+            if oid in self._busy or legacy:
+                alone.append(i)
+                continue
+            entry = store.read_entry(engine, gid, p, oid)
+            if entry is not None or not create:
+                out[i] = entry
+                answered.append((i, gid))
+            elif not binding:
+                out[i] = InvalidArgumentError("binding is required to create an entry")
+            else:
+                if done is None:
+                    done = asyncio.get_running_loop().create_future()
+                self._busy[oid] = done  # (the same object twice in one batch: the second waits)
+                claimed.append(oid)
+                creates.setdefault(gid, []).append((i, (p, oid, binding, region, hint)))
         try:
-            await self._write(gid, store.put_ops(gid, p, entry, meta))
+            if creates:
+                try:
+                    placement = self._placement()
+                except UnavailableError as exc:
+                    results: list[Any] = [exc] * len(creates)
+                else:
+                    results = await asyncio.gather(
+                        *(self._create(gid, [a for _i, a in batch], placement)
+                          for gid, batch in creates.items()), return_exceptions=True)
+                for (gid, batch), made in zip(creates.items(), results):
+                    for k, (i, _args) in enumerate(batch):
+                        if isinstance(made, Exception):
+                            out[i] = made
+                        elif isinstance(made, BaseException):
+                            out[i] = UnavailableError(f"directory write failed: {made!r}")
+                        else:
+                            out[i] = made[k]
+                            answered.append((i, gid))
+        finally:
+            for oid in claimed:
+                del self._busy[oid]
+            if done is not None:
+                done.set_result(None)
+        if alone:
+            rest = await asyncio.gather(*(self.resolve(*items[i]) for i in alone),
+                                        return_exceptions=True)
+            for i, r in zip(alone, rest):
+                if isinstance(r, BaseException) and not isinstance(r, Exception):
+                    r = UnavailableError(f"directory resolve failed: {r!r}")  # noqa: PLW2901
+                out[i] = r
+        serving: dict[int, bool] = {}
+        for i, gid in answered:  # only while this node still leads the group with its lease
+            ok = serving.get(gid)
+            if ok is None:
+                prim = self.mgr.serving(gid)
+                ok = serving[gid] = prim is not None and self.mgr.holds_lease(prim.config)
+            if not ok:
+                out[i] = UnavailableError(f"group {gid} is no longer served here; ask again")
+        return out
+
+    async def _create(self, gid: int, batch: list[tuple],
+                      placement: tuple[Placer, dict[str, int]]) -> list[Entry]:
+        """Place and write the entries of ``batch`` ((partition, id, binding, caller region,
+        hint) each, none of them existing, all busy) in one write of group ``gid``."""
+        placer, group_of = placement
+        ops: list[list] = []
+        metas: dict[int, store.PartitionMeta] = {}
+        made: list[Entry] = []
+        for p, oid, binding, region, hint in batch:
+            node = placer.choose(region, hint)
+            meta = metas.get(p)
+            if meta is None:
+                meta = metas[p] = self._meta(gid, p)
+            meta.counter += 1
+            meta.count += 1
+            info = self.nodes.nodes[node]
+            entry = Entry(oid.hex(), sys.intern(binding), group_of[node], meta.counter,
+                          info.region)
+            ops.append(store.entry_put(gid, p, entry))
+            made.append(entry)
+            self._assigned[node] = self._assigned.get(node, 0) + 1
+        for p, meta in metas.items():
+            ops.append(store.meta_put(gid, p, meta))
+        try:
+            await self._write(gid, ops)
         except BaseException:
-            meta.count -= 1  # (the counter may stay ahead: it only has to be at least)
+            for p, *_rest in batch:  # (counters may stay ahead: they only have to be at least)
+                metas[p].count -= 1
             raise
-        self._assigned[target_node] = self._assigned.get(target_node, 0) + 1
-        self.created += 1
-        return entry
+        self.created += len(made)
+        return made
 
     def _led(self) -> dict[str, int]:
         """node id -> the group new objects placed on it go to (home group first)."""
@@ -175,19 +276,17 @@ class PartitionService:
                 out[g.primary] = g.gid
         return out
 
-    def _candidates(self, led: dict[str, int]) -> Iterator[Candidate]:
-        for n in self.nodes.nodes.values():
-            if n.draining or n.node_id not in led:
-                continue
-            yield _candidate(n, self._assigned.get(n.node_id, 0))
-
-    def _place(self, region: str, hint: str) -> tuple[str, int]:
+    def _placement(self) -> tuple[Placer, dict[str, int]]:
+        """The placement view for the objects created now: nodes that serve a replica group
+        (not draining), with the objects placed on each since its last load report; and the
+        group each such node takes new objects into."""
         led = self._led()
+        cands = [_candidate(n, self._assigned.get(n.node_id, 0))
+                 for n in self.nodes.nodes.values() if not n.draining and n.node_id in led]
         try:
-            node = choose_node(list(self._candidates(led)), region, hint)
+            return Placer(cands), led
         except NoLiveNodeError:
             raise UnavailableError("no node serves a replica group right now; retry") from None
-        return node, led[node]
 
     # -- legacy entries (upgrading) --------------------------------------------------------------
     async def _import_legacy(self, gid: int, p: int, oid: bytes) -> Entry | None:

@@ -14,7 +14,8 @@ from duro.node.storage import layout
 from duro.node.storage.engine import StorageEngine
 from duro.node.storage.object_storage import DELETE, PUT
 
-__all__ = ["PartitionMeta", "read_entry", "read_meta", "put_ops", "delete_ops", "count_entries"]
+__all__ = ["PartitionMeta", "read_entry", "read_meta", "entry_put", "meta_put", "put_ops",
+           "delete_ops", "count_entries"]
 
 
 class PartitionMeta:
@@ -41,9 +42,16 @@ def read_entry(engine: StorageEngine, gid: int, p: int, oid: bytes) -> Entry | N
     return None if raw is None else Entry.decode(oid.hex(), raw)
 
 
+def entry_put(gid: int, p: int, entry: Entry) -> list:
+    return [PUT, layout.dir_key(gid, p, bytes.fromhex(entry.object_id)), entry.encode()]
+
+
+def meta_put(gid: int, p: int, meta: PartitionMeta) -> list:
+    return [PUT, layout.dir_meta_key(gid, p), meta.encode()]
+
+
 def put_ops(gid: int, p: int, entry: Entry, meta: PartitionMeta) -> list[list]:
-    return [[PUT, layout.dir_key(gid, p, bytes.fromhex(entry.object_id)), entry.encode()],
-            [PUT, layout.dir_meta_key(gid, p), meta.encode()]]
+    return [entry_put(gid, p, entry), meta_put(gid, p, meta)]
 
 
 def delete_ops(gid: int, p: int, oid: bytes, meta: PartitionMeta) -> list[list]:

@@ -9,6 +9,7 @@ from duro.placement.policy import (
     Candidate,
     NoLiveNodeError,
     RegionDistances,
+    Placer,
     choose_node,
 )
 
@@ -77,3 +78,19 @@ def test_distance_table_is_symmetric_and_custom() -> None:
     d = RegionDistances({("x", "y"): 5, ("x", "z"): 1})
     nodes = [Candidate("y1", "y"), Candidate("z1", "z")]
     assert choose_node(nodes, caller_region="x", distances=d) == "z1"
+
+
+def test_placer_spreads_a_burst_and_agrees_with_choose_node() -> None:
+    a = Candidate("a", "us-east", load=0, capacity=100)
+    b = Candidate("b", "us-east", load=5, capacity=100)
+    placer = Placer([a, b, EU1])
+    picks = [placer.choose("us-east") for _ in range(15)]
+    # a takes the first five (it is five behind), then they alternate: 10 and 5 after 15.
+    assert picks[:5] == ["a"] * 5
+    assert picks.count("a") == 10 and picks.count("b") == 5
+    assert placer.choose("eu-west") == "eu1"
+    assert placer.choose("mars") == "eu1"  # unknown: nearest by name, as choose_node
+    for region in ("us-east", "eu-west", "ap-south", "mars", ""):
+        assert Placer(ALL).choose(region) == choose_node(ALL, caller_region=region)
+    with pytest.raises(NoLiveNodeError):
+        Placer([])
