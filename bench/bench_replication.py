@@ -71,7 +71,7 @@ import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -234,6 +234,31 @@ def run_dir(opts: argparse.Namespace) -> Iterator[str]:
         yield path
 
 
+DISCARDED: list[str] = []  # runs measured again because other processes used the CPUs
+
+
+async def clean_run(opts: argparse.Namespace, what: str,
+                    fn: Callable[[Path], Awaitable[Any]],
+                    other_of: Callable[[Any], float] = lambda r: r["other_cpu"]) -> Any:
+    """One run in a fresh directory; measured again (up to ``--retries`` times) if processes
+    outside the benchmark used more than ``--max-other`` cores meanwhile (another engineer's
+    test suite on the same 2 vCPUs makes a run worthless)."""
+    for attempt in range(opts.retries + 1):
+        with run_dir(opts) as tmp:
+            res = await fn(Path(tmp))
+        other = other_of(res)
+        if other <= opts.max_other:
+            return res
+        if attempt == opts.retries:
+            DISCARDED.append(f"{what}: kept although other processes used {other:.2f} cores "
+                             "(no retries left)")
+            _log(DISCARDED[-1])
+            return res
+        DISCARDED.append(f"{what}: measured again (other processes used {other:.2f} cores)")
+        _log(DISCARDED[-1])
+    raise AssertionError("unreachable")
+
+
 # -- a. writes ----------------------------------------------------------------------------------
 
 async def writes_cluster(opts: argparse.Namespace, root: Path, replicas: int
@@ -305,8 +330,10 @@ async def bench_writes(opts: argparse.Namespace) -> Table:
     for run in range(opts.runs):
         order = [1, 3] if run % 2 == 0 else [3, 1]
         for replicas in order:
-            with run_dir(opts) as tmp:
-                res = await writes_cluster(opts, Path(tmp), replicas)
+            res = await clean_run(
+                opts, f"writes run {run + 1} replicas={replicas}",
+                lambda d, r=replicas: writes_cluster(opts, d, r),
+                lambda out: max(x["other_cpu"] for x in out.values()))
             for callers, r in res.items():
                 rows.setdefault((callers, replicas), []).append(r)
     t = Table("Increments on one object (us-east-0's group), replicas=1 vs replicas=3",
@@ -464,10 +491,11 @@ async def failover_run(opts: argparse.Namespace, root: Path, replicas: int) -> d
 
 async def bench_failover(opts: argparse.Namespace) -> Table:
     rows: dict[int, list[dict[str, float]]] = {3: [], 1: []}
-    for _ in range(opts.runs):
+    for run in range(opts.runs):
         for replicas in opts.failover_replicas:
-            with run_dir(opts) as tmp:
-                rows.setdefault(replicas, []).append(await failover_run(opts, Path(tmp), replicas))
+            rows.setdefault(replicas, []).append(await clean_run(
+                opts, f"failover run {run + 1} replicas={replicas}",
+                lambda d, r=replicas: failover_run(opts, d, r)))
     t = Table(f"SIGKILL of the primary: {opts.objects} objects, {opts.writers} writers, "
               f"lease TTL {opts.lease_ttl} s", command_line(), [
                   ("kill → first ack p50 s", "p50_s", 2), ("p99 s", "p99_s", 2),
@@ -613,9 +641,9 @@ async def refill_run(opts: argparse.Namespace, root: Path) -> dict[str, float]:
 
 async def bench_refill(opts: argparse.Namespace) -> Table:
     runs = []
-    for _ in range(opts.runs):
-        with run_dir(opts) as tmp:
-            runs.append(await refill_run(opts, Path(tmp)))
+    for run in range(opts.runs):
+        runs.append(await clean_run(opts, f"refill run {run + 1}",
+                                    lambda d: refill_run(opts, d)))
     t = Table(f"Refill of a wiped follower by snapshot ({opts.fill_mb:g} MiB in the group)",
               command_line(), [
                   ("restart → READY s", "ready_s", 2),
@@ -719,9 +747,9 @@ async def replace_run(opts: argparse.Namespace, root: Path) -> dict[str, float]:
 
 async def bench_replace(opts: argparse.Namespace) -> Table:
     runs = []
-    for _ in range(opts.runs):
-        with run_dir(opts) as tmp:
-            runs.append(await replace_run(opts, Path(tmp)))
+    for run in range(opts.runs):
+        runs.append(await clean_run(opts, f"replace run {run + 1}",
+                                    lambda d: replace_run(opts, d)))
     t = Table(f"A node lost for good: 4 nodes, replicas=3, --replace-after {opts.replace_after:g}",
               command_line(), [
                   ("groups", "groups", 0), ("groups it was in", "member_of", 0),
@@ -750,12 +778,12 @@ def machine() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
                                 capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, check=False, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!bench"], cwd=ROOT, check=False, capture_output=True,
                                text=True).stdout.strip()
     except OSError:
         commit, dirty = "?", ""
-    dirty = " + uncommitted changes" if dirty else ""
+    dirty = " + uncommitted changes outside bench/" if dirty else ""
     return (f"{platform.platform()}, {os.cpu_count()} CPUs ({model}), Python "
             f"{platform.python_version()}, commit {commit}{dirty}, "
             f"load average {os.getloadavg()[0]:.2f}")
@@ -777,6 +805,8 @@ async def main_async(opts: argparse.Namespace) -> None:
     if "replace" in only:
         tables.append(await bench_replace(opts))
         print(tables[-1].render(), flush=True)
+    for d in DISCARDED:
+        print(f"# {d}", flush=True)
     print(f"# done, load average {os.getloadavg()[0]:.2f}", flush=True)
 
 
@@ -793,6 +823,9 @@ def main() -> None:
                    help="before each run, wait until other processes use fewer cores than this")
     p.add_argument("--quiet-timeout", type=float, default=900.0,
                    help="wait at most this long for a quiet machine (0: do not wait)")
+    p.add_argument("--max-other", type=float, default=0.25,
+                   help="measure a run again if other processes used more cores than this")
+    p.add_argument("--retries", type=int, default=3, help="at most this many times per run")
     p.add_argument("--keep", action="store_true",
                    help="keep each run's cluster directory (logs, data) and print its path")
     # writes
