@@ -18,11 +18,14 @@ With a ``duro.toml``, the bindings, ``[vars]`` and ``[[migrations]]`` come from 
     [[migrations]]
     tag = "v1"
     new_classes = ["Counter"]
+    [expose.COUNTER]            # what the public entry points reach (duro._exposure)
+    http = true
+    gateway = ["increment", "fetch"]
 
 Without one (a ``.py`` file or a module with no ``duro.toml`` next to it) bindings are
 *discovered*: every :class:`~duro.DurableObject` subclass defined in the module becomes a binding
 named by its class name upper-cased (``Counter`` -> ``COUNTER``, ``ChatRoom`` -> ``CHATROOM``), with
-no vars and no migrations. A ``.py`` file or module that does have a ``duro.toml`` next to it is
+no vars, no migrations and nothing exposed to the public entry points. A ``.py`` file or module that does have a ``duro.toml`` next to it is
 loaded through that file, which must name it as ``main`` (anything else is an error, rather than a
 silent choice between the two).
 
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from duro._exposure import Exposure, parse_exposure
 from duro._object import DurableObject
 from duro.errors import InvalidArgumentError
 
@@ -69,7 +73,7 @@ CONFIG_FILE = "duro.toml"
 
 WorkerFetch = Callable[[Any, Any], Awaitable[Any]]
 
-_TOP_FIELDS = {"name", "main", "vars", "durable_objects", "migrations"}
+_TOP_FIELDS = {"name", "main", "vars", "durable_objects", "migrations", "expose"}
 _DO_FIELDS = {"bindings"}
 _BINDING_FIELDS = {"name", "class_name"}
 _MIGRATION_FIELDS = {"tag", "new_classes", "new_sqlite_classes", "renamed_classes", "deleted_classes"}
@@ -113,6 +117,8 @@ class App:
     worker_fetch: WorkerFetch | None
     migrations: list[Migration] = field(default_factory=list)
     config_path: Path | None = None  # the duro.toml, or None when bindings were discovered
+    #: what the edge's default route and the Gateway may reach (``[expose]``; nothing by default)
+    exposure: Exposure = field(default_factory=Exposure)
 
     def binding_for_class(self, class_name: str) -> Binding:
         """The first binding (in file order) whose class is ``class_name``.
@@ -245,6 +251,8 @@ def _read_toml(config: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{config}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes the file before it parses
+        raise ConfigError(f"{config}: not valid TOML: not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{config}: cannot read: {exc}") from exc
 
@@ -325,15 +333,19 @@ def _build(config: Path, raw: dict[str, Any], app_name: str, module: types.Modul
         if name in bindings:
             raise ConfigError(f"{config}: vars.{name}: the same name is a durable object binding")
     _check_migrations(config, migrations, bindings, module)
+    worker_fetch = _worker_fetch(str(config), module)
+    exposure = parse_exposure(config, raw.get("expose"), bindings,
+                              has_worker=worker_fetch is not None)
     return App(
         name=app_name,
         root=config.parent,
         module=module,
         bindings=bindings,
         vars=vars_,
-        worker_fetch=_worker_fetch(str(config), module),
+        worker_fetch=worker_fetch,
         migrations=migrations,
         config_path=config,
+        exposure=exposure,
     )
 
 

@@ -190,6 +190,8 @@ def _read_file(file: Path) -> dict[str, Any]:
         raise ConfigError(f"{file}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes the file before it parses
+        raise ConfigError(f"{file}: not valid TOML: not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc}") from exc
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from duro import _codec
+from duro import _json as strict_json
 from duro.errors import InvalidArgumentError
 
 __all__ = ["Request", "Response", "Headers"]
@@ -111,7 +112,9 @@ class Request:
         return self.body.decode()
 
     def json(self) -> Any:
-        return _json.loads(self.body)
+        """The body parsed as JSON, as ``JSON.parse`` would: ``ValueError`` for anything that is
+        not JSON, including ``NaN``/``Infinity`` and nesting too deep to parse."""
+        return strict_json.loads(self.body)
 
     def web_socket_pair(self) -> Any:
         """The server end of this upgrade request's WebSocket (accept it, return it with 101).

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 from duro import _codec
 from duro._http import HeadersInit, Request, Response
 from duro._ids import ObjectId, namespace_key
-from duro.errors import BrokenStubError, DuroError, InvalidArgumentError
+from duro._methods import is_public_name
+from duro.errors import BrokenStubError, DuroError, InvalidArgumentError, MethodNotFoundError
 
 __all__ = ["Call", "CallKind", "Invoker", "Namespace", "Stub", "Env"]
 
@@ -61,7 +62,8 @@ class Invoker(Protocol):
 
 
 def is_public_method(name: str) -> bool:
-    return bool(name) and not name.startswith("_") and name.isidentifier()
+    """Whether ``name`` could name an RPC method (the name part of ``duro._methods``' rule)."""
+    return is_public_name(name)
 
 
 class Stub:
@@ -107,11 +109,14 @@ class Stub:
                 self._broken = err
             raise
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> asyncio.Future:
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> asyncio.Future:
         """Call a public method by name (what ``stub.<method>(...)`` does)."""
-        if not isinstance(method, str) or not is_public_method(method):
-            raise InvalidArgumentError(
-                f"{method!r} is not a public method name (names starting with '_' are private)"
+        if not isinstance(method, str):
+            raise InvalidArgumentError(f"a method name is a str, not {type(method).__name__}")
+        if not is_public_method(method):
+            raise MethodNotFoundError(
+                f"{method!r} cannot be called through a stub: names starting with '_' and the "
+                f"runtime's handlers (fetch, alarm, web_socket_*) are not RPC methods"
             )
         payload = _codec.encode([list(args), kwargs])
         task = self._submit(CallKind.RPC, method, payload)

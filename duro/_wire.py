@@ -35,6 +35,7 @@ from duro.errors import (
     MethodNotFoundError,
     ObjectError,
     OverloadedError,
+    StorageLimitError,
     UnavailableError,
     from_wire,
     to_wire,
@@ -114,8 +115,9 @@ def call_from_pb(pb: node_pb2.Call, *, validate_payload: bool = True) -> Call:
     if not pb.binding:
         raise InvalidArgumentError("call has no binding")
     if kind is CallKind.RPC and not is_public_method(pb.method):
-        raise InvalidArgumentError(
-            f"{pb.method!r} is not a public method name (names starting with '_' are private)"
+        raise MethodNotFoundError(  # as the node would answer (duro._methods)
+            f"{pb.method!r} cannot be called through a stub: names starting with '_' and the "
+            f"runtime's handlers (fetch, alarm, web_socket_*) are not RPC methods"
         )
     if validate_payload:
         check_payload(kind, pb.payload)
@@ -248,6 +250,7 @@ _TO_STATUS: tuple[tuple[type[DuroError], grpc.StatusCode], ...] = (
     (InvalidArgumentError, _S.INVALID_ARGUMENT),
     (MethodNotFoundError, _S.NOT_FOUND),
     (OverloadedError, _S.RESOURCE_EXHAUSTED),
+    (StorageLimitError, _S.RESOURCE_EXHAUSTED),
     (UnavailableError, _S.UNAVAILABLE),
     (CallTimeoutError, _S.DEADLINE_EXCEEDED),
     (ObjectError, _S.UNKNOWN),

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from duro import _codec
 from duro._http import Request, Response
-from duro._namespace import Call, CallKind, is_public_method
+from duro._methods import bind
+from duro._namespace import Call, CallKind
 from duro.errors import (
     DuroError,
     FencedError,
@@ -62,10 +63,6 @@ _held_tokens: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVa
     "duro_held_tokens", default=()
 )
 
-# Handlers the runtime calls itself; not callable through a stub.
-RESERVED = frozenset(
-    {"fetch", "alarm", "web_socket_message", "web_socket_close", "web_socket_error", "ctx", "env"}
-)
 ALARM_MAX_RETRIES = 6
 ALARM_BACKOFF_S = 2.0
 
@@ -110,8 +107,10 @@ class Activation:
         self.instance: Any = None
         hub = host.sockets
         self.ctx = ObjectContext(self) if hub is None else hub.make_context(self)
+        cfg = host.config
         self.storage = ObjectStorage(
-            oid, binding, host.engine, host.committer, self, host.config.max_value_bytes, self.gid
+            oid, binding, host.engine, host.committer, self, cfg.max_value_bytes, self.gid,
+            max_storage_bytes=cfg.max_storage_bytes, max_list_bytes=cfg.max_list_bytes,
         )
         self.state = State.ACTIVE
         self.error: DuroError | None = None
@@ -315,21 +314,8 @@ class Activation:
         assert out is not None
         return out
 
-    def _method(self, name: str) -> Callable[..., Any]:
-        inst = self.instance
-        cls = type(inst)
-        if not is_public_method(name) or name in RESERVED:
-            raise MethodNotFoundError(
-                f"{name!r} cannot be called through a stub: only public methods (no leading "
-                f"underscore, not a lifecycle handler) can"
-            )
-        attr = getattr(cls, name, None)
-        if attr is None or not callable(attr) or isinstance(attr, (staticmethod, classmethod, type)):
-            raise MethodNotFoundError(f"{cls.__name__} has no public method {name!r}")
-        return getattr(inst, name)
-
     async def _rpc(self, call: Call) -> Any:
-        method = self._method(call.method)
+        method = bind(self.instance, call.method)  # the callable-method rule: duro._methods
         try:
             args, kwargs = _codec.decode(call.payload)
         except Exception:
