@@ -24,6 +24,7 @@ from duro.errors import (
     ObjectError,
     ObjectResetError,
     OverloadedError,
+    StorageLimitError,
     UnavailableError,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "ObjectError",
     "ObjectResetError",
     "OverloadedError",
+    "StorageLimitError",
     "UnavailableError",
     "BrokenStubError",
     "FencedError",

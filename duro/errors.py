@@ -16,6 +16,8 @@ about it, as in Cloudflare Durable Objects:
      ├── MethodNotFoundError         no such public method on the object
      ├── ObjectError                 the object's own code raised (remote_type, message)
      ├── OverloadedError             too many queued events for one object   (overloaded)
+     ├── StorageLimitError           a storage limit was reached: the object's storage quota,
+     │                               or a list() result larger than the node returns
      ├── ObjectResetError            the instance was reset: constructor failed, storage failed,
      │                               ownership lost; the call did not complete     (retryable)
      ├── UnavailableError            the object cannot be reached now (node down, lease lost,
@@ -38,6 +40,7 @@ __all__ = [
     "MethodNotFoundError",
     "ObjectError",
     "OverloadedError",
+    "StorageLimitError",
     "ObjectResetError",
     "UnavailableError",
     "FencedError",
@@ -99,6 +102,14 @@ class OverloadedError(DuroError):
     overloaded = True
 
 
+class StorageLimitError(DuroError):
+    """A storage limit was reached (docs/storage.md, "Limits"): a write that would take the
+    object past its storage quota, or a ``list()`` whose result would exceed the bytes a node
+    returns at once. Nothing of the call was written; retrying the same call fails again."""
+
+    code = "storage_limit"
+
+
 class ObjectResetError(DuroError):
     code = "object_reset"
     retryable = True
@@ -132,6 +143,7 @@ _BY_CODE: dict[str, type[DuroError]] = {
         MethodNotFoundError,
         ObjectError,
         OverloadedError,
+        StorageLimitError,
         ObjectResetError,
         UnavailableError,
         FencedError,

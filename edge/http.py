@@ -50,7 +50,7 @@ _STATUS = {
     "invalid_argument": 400, "invalid_id": 400, "invalid_value": 400, "config_error": 400,
     "method_not_found": 404, "not_found": 404, "object_error": 500, "overloaded": 503,
     "object_reset": 503, "unavailable": 503, "fenced": 503, "redirect": 503, "broken_stub": 503,
-    "timeout": 504,
+    "timeout": 504, "storage_limit": 507,  # 507 Insufficient Storage (RFC 4918)
 }
 # Hop-by-hop and framing headers aiohttp computes itself.
 _SKIP_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive",

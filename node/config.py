@@ -32,6 +32,17 @@ class RuntimeConfig:
     max_value_bytes: int = field(
         default=128 * 1024, metadata={"help": "largest storage value, encoded"}
     )
+    max_storage_bytes: int = field(
+        default=10 * 1000**3,
+        metadata={"help": "storage quota of one object: its keys' UTF-8 bytes plus its encoded "
+                          "values, in bytes (default 10 GB, as Cloudflare's SQLite-backed "
+                          "Durable Objects; 0 = no quota; docs/storage.md)"},
+    )
+    max_list_bytes: int = field(
+        default=128 * 1024 * 1024,
+        metadata={"help": "most bytes (keys + encoded values) one storage.list() returns; a "
+                          "larger result is refused with a hint to paginate (0 = no cap)"},
+    )
     block_concurrency_timeout: float = field(
         default=30.0, metadata={"help": "seconds block_concurrency_while may run before a reset"}
     )
@@ -39,6 +50,11 @@ class RuntimeConfig:
         default=1.0, metadata={"help": "seconds between eviction sweeps"}
     )
     region: str = field(default="local", metadata={"help": "region this node runs in"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_storage_bytes", "max_list_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no limit) or a positive number of bytes")
 
 
 @dataclass(frozen=True)
@@ -84,5 +100,6 @@ class NodeConfig(RuntimeConfig):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.directory_cache < 1:
             raise ValueError("directory_cache must be at least 1 entry")

@@ -15,13 +15,14 @@ DURO_ALL = [
     "DurableObject", "Request", "Response", "Headers", "ObjectId", "Namespace", "Stub", "Env",
     "errors", "DuroError", "InvalidArgumentError", "InvalidIdError", "InvalidValueError",
     "MethodNotFoundError", "ObjectError", "ObjectResetError", "OverloadedError", "UnavailableError",
-    "BrokenStubError", "FencedError", "CallTimeoutError", "__version__",
+    "BrokenStubError", "FencedError", "CallTimeoutError", "StorageLimitError", "__version__",
 ]
 
 ERRORS_ALL = [
     "DuroError", "InvalidArgumentError", "InvalidIdError", "InvalidValueError",
     "MethodNotFoundError", "ObjectError", "OverloadedError", "ObjectResetError", "UnavailableError",
-    "FencedError", "CallTimeoutError", "BrokenStubError", "to_wire", "from_wire",
+    "FencedError", "CallTimeoutError", "BrokenStubError", "StorageLimitError", "to_wire",
+    "from_wire",
 ]
 
 
@@ -65,6 +66,7 @@ def test_top_level_errors_are_the_same_objects():
     ("MethodNotFoundError", errors.DuroError, False, False),
     ("ObjectError", errors.DuroError, False, False),
     ("OverloadedError", errors.DuroError, False, True),
+    ("StorageLimitError", errors.DuroError, False, False),
     ("ObjectResetError", errors.DuroError, True, False),
     ("UnavailableError", errors.DuroError, True, False),
     ("FencedError", errors.UnavailableError, True, False),

@@ -27,6 +27,7 @@ from duro.errors import (
     InvalidIdError,
     ObjectError,
     OverloadedError,
+    StorageLimitError,
     UnavailableError,
 )
 
@@ -126,6 +127,7 @@ def test_status_for_error() -> None:
     assert status_for_error(RedirectError()) is grpc.StatusCode.UNAVAILABLE
     assert status_for_error(InvalidIdError("x")) is grpc.StatusCode.INVALID_ARGUMENT
     assert status_for_error(OverloadedError()) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_for_error(StorageLimitError("quota")) is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert status_for_error(ObjectError("x")) is grpc.StatusCode.UNKNOWN
     assert status_for_error(DuroError("x")) is grpc.StatusCode.INTERNAL
 

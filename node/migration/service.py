@@ -14,7 +14,7 @@ from duro import _codec
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
 from duro.node.migration.source import clear_ops, run_move
-from duro.node.storage import layout
+from duro.node.storage import layout, usage
 from duro.node.storage.object_storage import PUT
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         gid = 0
         oid: bytes | None = None
         alarm_rel = data_rel = b""
-        keys = size = 0
+        keys = size = stored = 0  # stored: the copy's usage (its quota account, usage.py)
         binding = ""
         new_epoch = 0
         sockets: list[tuple[str, int, tuple[str, ...], bytes | None]] = []
@@ -108,6 +108,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 elif not k.startswith(data_rel):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")
+                else:
+                    stored += len(k) - len(data_rel) + len(v)
                 ops.append([PUT, prefix + k, v])
                 keys += 1
                 size += len(k) + len(v)
@@ -123,6 +125,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
             ops = []
         if oid is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty ingest")
+        if stored:  # counted here from the keys themselves, with the last chunk
+            ops.append([PUT, layout.usage_key(gid, oid), usage.encode(stored)])
         await self._write(context, gid, ops)
         if alarm_at is not None:  # fires here once the switch makes this node its owner
             host.alarms.schedule(oid, binding, alarm_at, gid)

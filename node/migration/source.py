@@ -365,8 +365,8 @@ def target_group(groups: list[GroupConfig], nodes: dict, node: str) -> int:
 
 
 def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001
-    """The write operations deleting an object's keys, alarm and alarm index entry in group
-    ``gid`` (committed with ``GroupCommitter.write_raw``: replicated like any write)."""
+    """The write operations deleting an object's keys, usage record, alarm and alarm index entry
+    in group ``gid`` (committed with ``GroupCommitter.write_raw``: replicated like any write)."""
     ops: list[list] = []
     alarm = engine.get(layout.alarm_key(gid, oid))
     if alarm is not None:
@@ -374,6 +374,7 @@ def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001
         ops.append([DELETE, layout.alarm_key(gid, oid)])
     prefix = layout.data_prefix(gid, oid)
     ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
+    ops.append([DELETE, layout.usage_key(gid, oid)])  # its storage account (usage.py)
     return ops
 
 

@@ -14,6 +14,9 @@ be copied to a follower, compared and dropped as one contiguous range::
     0x10 | gid(4) | 0x05 | p(4)                   partition p's meta: msgpack {counter, count}
     0x10 | gid(4) | 0x06 | id(32)                 the object is being moved out of the group
                                                   (a migration's marker; value: target gid)
+    0x10 | gid(4) | 0x07 | id(32)                 the bytes the object stores (its quota's
+                                                  account, docs/storage.md): u64, big-endian;
+                                                  absent when it stores nothing
 
 Keys written before groups existed (layout 0: ``0x01 | id | key``, ``0x02 | id``,
 ``0x03 | when | id``) are moved under a group once, when the node starts (:func:`legacy_spaces`).
@@ -52,6 +55,8 @@ __all__ = [
     "dir_meta_key",
     "moving_key",
     "moving_range",
+    "usage_key",
+    "DATA_HEADER_BYTES",
 ]
 
 LOCAL = b"\x00"
@@ -63,6 +68,7 @@ ALARM_INDEX = b"\x03"
 DIR_ENTRY = b"\x04"
 DIR_META = b"\x05"
 MOVING = b"\x06"
+USAGE = b"\x07"
 
 ID_BYTES = 32
 MAX_KEY_BYTES = 2048
@@ -70,7 +76,7 @@ MAX_GID = 2**32 - 1
 GROUP_PREFIX_BYTES = 5
 _BE64 = struct.Struct(">Q")
 _BE32 = struct.Struct(">I")
-_DATA_HEADER = GROUP_PREFIX_BYTES + 1 + ID_BYTES  # bytes before the user key
+DATA_HEADER_BYTES = GROUP_PREFIX_BYTES + 1 + ID_BYTES  # bytes of a data key before the user key
 
 
 def encode_user_key(key: object) -> bytes:
@@ -122,7 +128,7 @@ def is_data_key(full_key: bytes) -> bool:
 
 
 def user_key(full_key: bytes) -> str:
-    return full_key[_DATA_HEADER:].decode("utf-8")
+    return full_key[DATA_HEADER_BYTES:].decode("utf-8")
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -175,6 +181,10 @@ def moving_key(gid: int, object_id: bytes) -> bytes:
 def moving_range(gid: int) -> tuple[bytes, bytes]:
     p = group_prefix(gid) + MOVING
     return p, prefix_end(p)
+
+
+def usage_key(gid: int, object_id: bytes) -> bytes:
+    return group_prefix(gid) + USAGE + object_id
 
 
 def local_key(name: str) -> bytes:

@@ -9,7 +9,12 @@ So:
 * writes made without an ``await`` of other I/O in between land in the same pending layer, and the
   node's group committer writes one layer atomically (write coalescing);
 * ``put`` without ``await`` is still applied (unlike a bare coroutine, nothing is lost);
-* a bad key or value raises at the call, before anything of that call is written.
+* a bad key or value raises at the call, before anything of that call is written;
+* so does a write that would take the object past its storage quota (:mod:`.usage`):
+  ``StorageLimitError``, and nothing of that call is written.
+
+``list()`` is the one exception to "finishes when called": a range too large to read in one slice
+is read in slices with the input gate closed (:mod:`.listing`).
 
 Durability is the output gate's business: the pending layer is committed at the end of the loop turn
 (:class:`~duro.node.storage.commit.GroupCommitter`), and the runtime holds every response, socket
@@ -28,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, P
 import rocksdict
 
 from duro import _codec
-from duro.errors import DuroError, InvalidArgumentError, ObjectResetError
-from duro.node.storage import layout
+from duro.errors import DuroError, InvalidArgumentError, ObjectResetError, StorageLimitError
+from duro.node.storage import layout, usage
+from duro.node.storage.listing import DEFAULT_MAX_LIST_BYTES, Listing, merged
 
 if TYPE_CHECKING:
     from duro.node.storage.commit import GroupCommitter
@@ -66,13 +72,17 @@ PUT, DELETE, DELETE_RANGE = 0, 1, 2  # operations of a write batch (replicated a
 class Layer:
     """Writes not yet committed: full RocksDB key -> encoded value, or None for a delete."""
 
-    __slots__ = ("writes", "cleared", "seq", "alarm")
+    __slots__ = ("writes", "cleared", "seq", "alarm", "usage", "usage_key")
 
     def __init__(self) -> None:
         self.writes: dict[bytes, bytes | None] = {}
         self.cleared: bytes | None = None  # data prefix wiped by delete_all before these writes
         self.seq = 0
         self.alarm: Any = _UNCHANGED  # new alarm time (ms) or None once set/deleted in this layer
+        # The object's usage after this layer (None: no data write in it), written to its usage
+        # record with the layer (docs/storage.md, "Limits").
+        self.usage: int | None = None
+        self.usage_key = b""
 
     def apply_to(self, batch: rocksdict.WriteBatch) -> None:
         if self.cleared is not None:
@@ -82,6 +92,11 @@ class Layer:
                 batch.delete(k)
             else:
                 batch.put(k, v)
+        if self.usage is not None:
+            if self.usage:
+                batch.put(self.usage_key, usage.encode(self.usage))
+            else:
+                batch.delete(self.usage_key)
 
     def ops(self) -> list[list]:
         """The layer as write operations ``[PUT, k, v] | [DELETE, k] | [DELETE_RANGE, lo, hi]``,
@@ -91,6 +106,9 @@ class Layer:
             out.append([DELETE_RANGE, self.cleared, layout.prefix_end(self.cleared)])
         for k, v in self.writes.items():
             out.append([DELETE, k] if v is None else [PUT, k, v])
+        if self.usage is not None:
+            out.append([PUT, self.usage_key, usage.encode(self.usage)] if self.usage
+                       else [DELETE, self.usage_key])
         return out
 
     def merge(self, top: Layer) -> None:
@@ -102,6 +120,8 @@ class Layer:
         self.writes.update(top.writes)
         if top.alarm is not _UNCHANGED:
             self.alarm = top.alarm
+        if top.usage is not None:
+            self.usage, self.usage_key = top.usage, top.usage_key
 
 
 class _Unchanged:
@@ -132,8 +152,21 @@ class _Ops:
     _binding: str
     _engine: StorageEngine
     _max_value: int
+    _quota: int  # max_storage_bytes (0: no quota)
+    _max_list: int  # max_list_bytes (0: no cap)
 
     def _layers(self) -> Iterable[Layer]:  # newest first
+        raise NotImplementedError
+
+    def _usage_now(self) -> int:
+        """The object's usage as this view sees it, every write so far included."""
+        raise NotImplementedError
+
+    def _set_usage(self, layer: Layer, value: int) -> None:
+        """Record the usage after a write to ``layer`` (the view's write layer)."""
+        raise NotImplementedError
+
+    def _gate_owner(self) -> StorageOwner:
         raise NotImplementedError
 
     def _write_layer(self) -> Layer:
@@ -217,51 +250,40 @@ class _Ops:
             lo = max(lo, base + layout.encode_user_key(start_after) + b"\x00")
         if end is not None:
             hi = min(hi, base + layout.encode_user_key(end))
-        out: dict[str, Any] = {}
         if lo >= hi:
-            return Ready(out)
-        for k, v in self._merged(lo, hi, reverse):
-            out[layout.user_key(k)] = _codec.decode(v)
-            if limit is not None and len(out) >= limit:
-                break
-        return Ready(out)
-
-    def _merged(self, lo: bytes, hi: bytes, reverse: bool):
-        over: dict[bytes, bytes | None] = {}
-        db_visible = True
-        for layer in reversed(list(self._layers())):  # oldest first
-            if layer.cleared is not None:
-                over.clear()
-                db_visible = False
-            for k, v in layer.writes.items():
-                if lo <= k < hi:
-                    over[k] = v
-        okeys = sorted(over, reverse=reverse)
-        db_iter = self._engine.scan(lo, hi, reverse=reverse) if db_visible else iter(())
-        i = 0
-        nxt = next(db_iter, None)
-        while True:
-            ok = okeys[i] if i < len(okeys) else None
-            if nxt is None and ok is None:
-                return
-            if ok is None or (nxt is not None and (nxt[0] > ok if reverse else nxt[0] < ok)):
-                yield nxt
-                nxt = next(db_iter, None)
-                continue
-            if nxt is not None and nxt[0] == ok:
-                nxt = next(db_iter, None)
-            i += 1
-            v = over[ok]
-            if v is not None:
-                yield ok, v
+            return Ready({})
+        items = merged(reversed(list(self._layers())), self._engine, lo, hi, reverse)
+        listing = Listing(items, limit, self._max_list, self._engine, self._gate_owner())
+        if listing.step():  # the first slice, at the call: most ranges end in it
+            return Ready(listing.result)
+        return listing  # the rest is read when awaited (listing.py)
 
     # -- writes -----------------------------------------------------------------------------
+    def _charge(self, changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> int:
+        """The usage after replacing, at each data key, the old value by the new one (None:
+        absent); StorageLimitError if that grows the usage past the quota (nothing written)."""
+        before = self._usage_now()
+        after = before
+        for full, old, new in changes:
+            after += usage.entry_size(full, new) - usage.entry_size(full, old)
+        quota = self._quota
+        if quota and after > quota and after > before:
+            raise StorageLimitError(
+                f"object storage limit: this write would store {after} bytes; the limit is "
+                f"{quota} bytes (max_storage_bytes; keys and encoded values). Nothing of it was "
+                f"written; delete keys to make room"
+            )
+        return after
+
     def put(self, key: str, value: Any) -> Ready:
         """Store ``value`` (msgpack-encodable, at most the value limit) under ``key``."""
         self._check_usable()
         full = self._key(key)
         data = _codec.encode_value(value, self._max_value)
-        self._write_layer().writes[full] = data
+        after = self._charge(((full, self._read(full), data),))
+        layer = self._write_layer()
+        layer.writes[full] = data
+        self._set_usage(layer, after)
         self._wrote()
         return _DONE
 
@@ -272,33 +294,43 @@ class _Ops:
             raise InvalidArgumentError("put_many() takes a mapping of str keys to values")
         fulls = self._keys(list(entries))
         encoded = [_codec.encode_value(v, self._max_value) for v in entries.values()]
+        if not fulls:
+            return _DONE
+        # Distinct str keys are distinct bytes: each old value is read once.
+        after = self._charge([(f, self._read(f), d) for f, d in zip(fulls, encoded)])
         layer = self._write_layer()
         for full, data in zip(fulls, encoded):
             layer.writes[full] = data
-        if fulls:
-            self._wrote()
+        self._set_usage(layer, after)
+        self._wrote()
         return _DONE
 
     def delete(self, key: str) -> Ready:
         """Delete ``key``; the awaitable gives whether it existed."""
         self._check_usable()
         full = self._key(key)
-        existed = self._read(full) is not None
-        self._write_layer().writes[full] = None
+        old = self._read(full)
+        after = self._charge(((full, old, None),))
+        layer = self._write_layer()
+        layer.writes[full] = None
+        self._set_usage(layer, after)
         self._wrote()
-        return Ready(existed)
+        return Ready(old is not None)
 
     def delete_many(self, keys: Iterable[str]) -> Ready:
         """Delete several keys (at most 128); the awaitable gives how many existed."""
         self._check_usable()
         fulls = self._keys(keys)
-        count = sum(1 for f in dict.fromkeys(fulls) if self._read(f) is not None)  # distinct keys
+        if not fulls:
+            return Ready(0)
+        olds = {f: self._read(f) for f in fulls}  # distinct keys
+        after = self._charge((f, old, None) for f, old in olds.items())
         layer = self._write_layer()
         for f in fulls:
             layer.writes[f] = None
-        if fulls:
-            self._wrote()
-        return Ready(count)
+        self._set_usage(layer, after)
+        self._wrote()
+        return Ready(sum(1 for old in olds.values() if old is not None))
 
     def delete_all(self) -> Ready:
         """Delete every key of the object, and its alarm."""
@@ -308,6 +340,7 @@ class _Ops:
         for k in [k for k in layer.writes if k.startswith(prefix)]:
             del layer.writes[k]
         layer.cleared = prefix
+        self._set_usage(layer, 0)
         self._set_alarm_record(layer, None)
         self._wrote()
         return _DONE
@@ -392,6 +425,10 @@ class ObjectStorage(_Ops):
         "_committer",
         "_owner",
         "_max_value",
+        "_quota",
+        "_max_list",
+        "_usage",
+        "_usage_key",
         "_pending",
         "_inflight",
         "_settle_waiters",
@@ -413,6 +450,9 @@ class ObjectStorage(_Ops):
         owner: StorageOwner,
         max_value_bytes: int = _codec.DEFAULT_MAX_VALUE_BYTES,
         gid: int = 0,
+        *,
+        max_storage_bytes: int = usage.DEFAULT_MAX_STORAGE_BYTES,
+        max_list_bytes: int = DEFAULT_MAX_LIST_BYTES,
     ) -> None:
         self._oid = object_id
         self._gid = gid
@@ -421,6 +461,10 @@ class ObjectStorage(_Ops):
         self._committer = committer
         self._owner = owner
         self._max_value = max_value_bytes
+        self._quota = max_storage_bytes
+        self._max_list = max_list_bytes
+        self._usage: int | None = None  # read at the first data write (usage.py)
+        self._usage_key = layout.usage_key(gid, object_id)
         self._pending: Layer | None = None
         self._inflight: Layer | None = None  # taken by the group committer, not yet durable
         self._settle_waiters: list[asyncio.Future] | None = None
@@ -453,6 +497,32 @@ class ObjectStorage(_Ops):
         if self._pending is None:
             self._pending = Layer()
         return self._pending
+
+    def _gate_owner(self) -> StorageOwner:
+        return self._owner
+
+    def _usage_now(self) -> int:
+        if self._usage is None:
+            self._usage = self._load_usage()
+        return self._usage
+
+    def _load_usage(self) -> int:
+        # Every layer with a data write carries the usage after it (the first data write of an
+        # activation reads the usage before it writes), so the newest such layer is current;
+        # without one, the record on disk is, or, for an object written before records
+        # existed, a count of its keys (usage.py).
+        for layer in self._layers():
+            if layer.usage is not None:
+                return layer.usage
+        raw = self._engine.get(self._usage_key)
+        if raw is not None:
+            return usage.decode(raw)
+        return usage.recount(self._engine, self._gid, self._oid)
+
+    def _set_usage(self, layer: Layer, value: int) -> None:
+        self._usage = value
+        layer.usage = value
+        layer.usage_key = self._usage_key
 
     def _wrote(self) -> None:
         self._write_seq += 1
@@ -574,7 +644,7 @@ class Transaction(_Ops):
     """The ``txn`` of ``storage.transaction()``: the storage API plus ``rollback()``."""
 
     __slots__ = ("_storage", "_layer", "_done", "_rolled_back", "_token", "_oid", "_gid",
-                 "_binding", "_engine", "_max_value")
+                 "_binding", "_engine", "_max_value", "_quota", "_max_list", "_usage")
 
     def __init__(self, storage: ObjectStorage) -> None:
         self._storage = storage
@@ -587,6 +657,9 @@ class Transaction(_Ops):
         self._binding = storage._binding
         self._engine = storage._engine
         self._max_value = storage._max_value
+        self._quota = storage._quota
+        self._max_list = storage._max_list
+        self._usage: int | None = None  # as the transaction sees it, its own writes included
 
     def _layers(self) -> Iterable[Layer]:
         yield self._layer
@@ -594,6 +667,17 @@ class Transaction(_Ops):
 
     def _write_layer(self) -> Layer:
         return self._layer
+
+    def _gate_owner(self) -> StorageOwner:
+        return self._storage._owner
+
+    def _usage_now(self) -> int:
+        if self._usage is None:
+            self._usage = self._storage._usage_now()
+        return self._usage
+
+    def _set_usage(self, layer: Layer, value: int) -> None:
+        self._usage = value  # the storage's own account is settled when the transaction commits
 
     def _wrote(self) -> None:
         pass
@@ -629,7 +713,10 @@ class Transaction(_Ops):
             if exc_type is None and not self._rolled_back:
                 layer = self._layer
                 if layer.writes or layer.cleared is not None:
+                    after = self._usage_after_commit(layer)  # may refuse the whole transaction
                     st._write_layer().merge(layer)
+                    if after is not None:
+                        st._set_usage(st._write_layer(), after)
                     st._wrote()
                     if layer.alarm is not _UNCHANGED:
                         st._alarm_version += 1
@@ -638,6 +725,30 @@ class Transaction(_Ops):
             st._in_txn = False
             st._owner._unblock_events(self._token)
         return False
+
+    def _usage_after_commit(self, layer: Layer) -> int | None:
+        """The storage's usage once ``layer`` is merged into it (None: no data write in it).
+
+        Counted against the storage as it is now, not as the transaction saw it: writes the
+        object made outside the transaction meanwhile (``ctx.storage.put`` while it ran) are in
+        the storage and may be overwritten by the transaction's. StorageLimitError (the whole
+        transaction discarded) if that grows the usage past the quota."""
+        st = self._storage
+        data = [(k, v) for k, v in layer.writes.items() if layout.is_data_key(k)]
+        if not data and layer.cleared is None:
+            return None
+        if layer.cleared is not None:  # delete_all in the transaction: only its writes remain
+            before = st._usage_now()
+            after = sum(usage.entry_size(k, v) for k, v in data)
+            if self._quota and after > self._quota and after > before:
+                raise StorageLimitError(
+                    f"object storage limit: this transaction would store {after} bytes; the "
+                    f"limit is {self._quota} bytes (max_storage_bytes). It was not applied")
+            return after
+        try:
+            return st._charge([(k, st._read(k), v) for k, v in data])
+        except StorageLimitError as exc:
+            raise StorageLimitError(f"{exc} (the transaction was not applied)") from None
 
 
 def now_ms() -> int:
