@@ -67,6 +67,27 @@ async def wait_leader(a: dict[str, Any]) -> dict[str, Any]:
         return {"seconds": await wait_for(leader, 30, "placement leader")}
 
 
+async def wait_replicated(a: dict[str, Any]) -> dict[str, Any]:
+    """Until every running node leads its home group and every group has ``want`` members in
+    sync: the steady state after a start (before it, a write may be refused as under-replicated,
+    a retryable error the caller would see)."""
+    from etcd3aio import Etcd3Client
+
+    from duro.client.etcdkv import get_prefix
+    from duro.node.replication.groups import GroupConfig, groups_prefix
+
+    nodes, want = set(a["nodes"]), a["want"]
+    async with Etcd3Client([a["etcd"]]) as client:
+        async def replicated() -> bool:
+            groups = [GroupConfig.from_json(v, 0)
+                      for _, v in await get_prefix(client, groups_prefix(a["cluster"]))]
+            homes = {g.home: g for g in groups}
+            return all(n in homes and homes[n].primary == n for n in nodes) and all(
+                len(g.in_sync) >= want for g in groups if g.home in nodes)
+
+        return {"seconds": await wait_for(replicated, a.get("wait", 60), "replica groups in sync")}
+
+
 async def rtt(a: dict[str, Any]) -> dict[str, Any]:
     out = {}
     loop = asyncio.get_running_loop()
@@ -217,7 +238,8 @@ async def settle(a: dict[str, Any]) -> dict[str, Any]:
         return out
 
 
-COMMANDS = {"wait-etcd": wait_etcd, "wait-leader": wait_leader, "rtt": rtt, "call": call,
+COMMANDS = {"wait-etcd": wait_etcd, "wait-leader": wait_leader,
+            "wait-replicated": wait_replicated, "rtt": rtt, "call": call,
             "follow": follow, "registered": registered, "migrate": migrate, "settle": settle}
 
 

@@ -36,7 +36,10 @@ ROUTER_DELAYS_ENV = "DURO_NETNS_ROUTER_DELAYS"
 def _env() -> dict[str, str]:
     """The children's environment: the net delays, not the in-process latency simulation — unless
     netem is missing and the test asked for router-injected delays (ROUTER_DELAYS_ENV)."""
-    env = {k: v for k, v in os.environ.items() if k not in (LATENCY_ENV, "DURO_MIGRATION_FAULT")}
+    # Plaintext (the suite's DURO_TLS_* certificate is not for this cluster): these tests are
+    # about the network between regions, not its security (docs/security.md).
+    env = {k: v for k, v in os.environ.items()
+           if k not in (LATENCY_ENV, "DURO_MIGRATION_FAULT") and not k.startswith("DURO_TLS_")}
     if os.environ.get(ROUTER_DELAYS_ENV) == "1":
         env[LATENCY_ENV] = "1"
     return {**env, "PYTHONUNBUFFERED": "1"}
@@ -59,7 +62,7 @@ class NetnsCluster:
             "placement", "placement-0",
             [python, "-m", "duro.placement", "--etcd", self.etcd_endpoint, "--cluster", cluster,
              "--listen", f"{hub}:{PLACEMENT_PORT}", "--id", "placement-0", "--log-level",
-             "WARNING", *placement_args],
+             "WARNING", "--insecure", *placement_args],
             root / "logs" / "placement-0.log")
         self.nodes: list[ProcSpec] = []
         for region in regions:
@@ -71,7 +74,7 @@ class NetnsCluster:
                  "--cluster", cluster, "--region", region, "--zone", f"{region}-a",
                  "--node-id", name, "--data-dir", str(root / "nodes" / name),
                  "--listen", addr, "--advertise", addr, "--lease-ttl", str(lease_ttl),
-                 "--log-level", "WARNING"],
+                 "--log-level", "WARNING", "--insecure"],
                 root / "logs" / f"{name}.log", region=region))
         self._ns = {"etcd": topo.hub, "placement-0": topo.hub,
                     **{n.name: topo.ns(n.region) for n in self.nodes}}
@@ -98,6 +101,11 @@ class NetnsCluster:
         await self._spawn(self.placement)
         await self.run_client(self.topo.hub, "wait-leader", timeout=timeout)
         await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
+        # Every group with its copies (the cluster's default replicas=3, or as many nodes as
+        # there are): before, a first write may be refused as under-replicated (retryable).
+        await self.run_client(self.topo.hub, "wait-replicated", timeout=timeout,
+                              nodes=[n.name for n in self.nodes], want=min(3, len(self.nodes)),
+                              wait=timeout)
 
     async def start_node(self, i: int, timeout: float = 60.0,
                          env: dict[str, str] | None = None) -> ProcSpec:
