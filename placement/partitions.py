@@ -16,7 +16,7 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from duro.client.etcdkv import put_value
 from duro.node.directory.entry import Entry
 from duro.node.directory.partitions import (
-    DirectorySettings, PartitionView, assign_partition, directory_settings_key,
+    DirectorySettings, PartitionView, assign_partitions, directory_settings_key,
     read_directory_settings)
 
 if TYPE_CHECKING:
@@ -80,22 +80,23 @@ class PartitionManager:
         if any(not 0 <= p < n for p in partitions):
             raise ValueError(f"partitions are numbered 0..{n - 1}")
         async with self._lock:
-            out = []
-            for p in partitions:
-                gid = self.view.group_of(p)
-                if gid is None:
-                    gid = await assign_partition(self.etcd, self.cluster, p,
-                                                 self._least_loaded_group(), guard)
+            missing = sorted({p for p in partitions if self.view.group_of(p) is None})
+            if missing:
+                # The groups holding fewest partitions take them, one at a time, so a batch
+                # spreads over the groups; written together (a transaction per 100).
+                groups = self.groups.all()
+                if not groups:
+                    raise RuntimeError("no replica group exists yet")
+                held = Counter(self.view.items.values())
+                wanted = {}
+                for p in missing:
+                    gid = min(groups, key=lambda g: (held.get(g.gid, 0), g.gid)).gid
+                    wanted[p] = gid
+                    held[gid] += 1
+                written = await assign_partitions(self.etcd, self.cluster, wanted, guard)
+                for p, gid in written.items():
                     self.view._set(f"{p:06d}", gid)  # our own write: do not wait for the watch
-                out.append(gid)
-            return out
-
-    def _least_loaded_group(self) -> int:
-        groups = self.groups.all()
-        if not groups:
-            raise RuntimeError("no replica group exists yet")
-        held = Counter(self.view.items.values())
-        return min(groups, key=lambda g: (held.get(g.gid, 0), g.gid)).gid
+            return [self.view.group_of(p) for p in partitions]  # type: ignore[misc]
 
     # -- upgrading a directory from before partitions ----------------------------------------
     async def _legacy_count(self) -> int:

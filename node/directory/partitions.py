@@ -25,6 +25,7 @@ __all__ = [
     "DirectorySettings",
     "PartitionView",
     "assign_partition",
+    "assign_partitions",
     "directory_settings_key",
     "partition_key",
     "partition_of",
@@ -89,6 +90,35 @@ async def assign_partition(client: Etcd3Client, cluster: str, p: int, gid: int,
     if not kvs:
         raise RuntimeError("not the placement leader any more")
     return int(json.loads(kvs[0].value)["group"])
+
+
+TXN_KEYS = 100  # partitions per transaction: etcd allows 128 compares and 128 ops by default
+
+
+async def assign_partitions(client: Etcd3Client, cluster: str, wanted: dict[int, int],
+                            guard: object) -> dict[int, int]:
+    """Create each partition's map key (``wanted``: partition -> group) unless it exists, up to
+    ``TXN_KEYS`` in one transaction; return every partition's group, as written or as found."""
+    out: dict[int, int] = {}
+    items = sorted(wanted.items())
+    kv = client.kv
+    for i in range(0, len(items), TXN_KEYS):
+        chunk = items[i:i + TXN_KEYS]
+        keys = [partition_key(cluster, p).encode() for p, _ in chunk]
+        resp = await kv.txn(
+            [*(Compare(result=Compare.EQUAL, target=Compare.CREATE, key=k, create_revision=0)
+               for k in keys), guard.compare()],  # type: ignore[attr-defined]
+            [kv.txn_op_put(k, json.dumps({"group": gid}).encode())
+             for k, (_, gid) in zip(keys, chunk)],
+            [], timeout=5.0, max_attempts=1)
+        if resp.succeeded:
+            out.update(chunk)
+            continue
+        # Another leader's assignment got there first for some of them, or we lead no more:
+        # one by one, which tells the two apart and keeps what exists.
+        for p, gid in chunk:
+            out[p] = await assign_partition(client, cluster, p, gid, guard)
+    return out
 
 
 def _parse(name: str, raw: bytes, _rev: int, _lease: int) -> int:

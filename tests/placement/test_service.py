@@ -99,6 +99,28 @@ async def test_partitions_go_to_the_groups_holding_fewest(etcd: EtcdProcess) -> 
             assert [n.node_id for n in st.nodes] == ["ap1", "eu1", "us1", "us2"]
 
 
+async def test_a_batch_spanning_transactions_keeps_what_exists(etcd: EtcdProcess) -> None:
+    """250 partitions in one request (three etcd transactions), some of them already assigned
+    by a previous leader that this one has not seen yet: those keep their group, the others
+    spread over the groups, and each map key is written once."""
+    async with registered_nodes(etcd), PlacementService(config(etcd, "p1")) as svc:
+        await leading(svc)
+        async with Etcd3Client([etcd.endpoint]) as client:
+            for p in (0, 150, 249):  # behind the view's back, as a previous leader's writes
+                await client.kv.put(f"/duro/{CLUSTER}/partitions/{p:06d}".encode(),
+                                    b'{"group": 999}')
+            groups = await svc.assign_partitions(list(range(250)))
+            assert [groups[p] for p in (0, 150, 249)] == [999, 999, 999]
+            held = Counter(g for i, g in enumerate(groups) if i not in (0, 150, 249))
+            assert sum(held.values()) == 247 and max(held.values()) - min(held.values()) <= 1, held
+            resp = await client.kv.get(f"/duro/{CLUSTER}/partitions/".encode(),
+                                       f"/duro/{CLUSTER}/partitions0".encode())
+            assert len(resp.kvs) == 250
+            assert all(kv.version == 1 for kv in resp.kvs)  # none rewritten
+            again = await svc.assign_partitions([0, 1, 249])
+            assert again == [999, groups[1], 999]
+
+
 async def test_200_concurrent_assignments_of_one_partition(etcd: EtcdProcess) -> None:
     async with registered_nodes(etcd), PlacementService(config(etcd, "p1")) as svc:
         await leading(svc)
