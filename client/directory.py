@@ -43,10 +43,11 @@ AssignFn = Callable[[list[int]], Awaitable[list[int]]]
 
 
 class DirectoryStats:
-    __slots__ = ("hits", "misses", "resolves", "rpcs", "evicted", "retries")
+    __slots__ = ("hits", "misses", "resolves", "rpcs", "local", "evicted", "retries")
 
     def __init__(self) -> None:
         self.hits = self.misses = self.resolves = self.rpcs = self.evicted = self.retries = 0
+        self.local = 0  # Resolve calls answered by this process's own partitions (a node's)
 
 
 class _Want:
@@ -82,6 +83,8 @@ class DirectoryClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = DirectoryStats()
+        # (address, resolve): set by a node, whose own partitions answer without gRPC
+        self.here: tuple[str, Callable[[Any], Awaitable[Any]]] | None = None
 
     async def start(self, timeout: float | None = 30.0) -> None:
         await asyncio.gather(self.partitions.start(timeout), self._settings.start(timeout))
@@ -218,8 +221,8 @@ class DirectoryClient:
             n = self.settings.partitions
             if "directory" not in self._settings.items:
                 n = (await self.wait_settings(self.failover_wait)).partitions
-            unassigned = sorted({partition_of(w.oid, n) for w in pending}
-                                - {int(k) for k in self.partitions.items})
+            unassigned = sorted({p for p in {partition_of(w.oid, n) for w in pending}
+                                 if self.partitions.group_of(p) is None})
             if unassigned:
                 await self._assign(unassigned)
                 await self.partitions.wait_until(
@@ -255,11 +258,19 @@ class DirectoryClient:
             req = directory_pb2.ResolveRequest(items=[directory_pb2.ResolveItem(
                 object_id=w.oid, binding=w.binding, create=w.create, caller_region=w.region,
                 location_hint=w.hint) for w in chunk])
-            self.stats.rpcs += 1
             try:
-                resp = await self._stub(address).Resolve(req, timeout=RPC_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                log.debug("directory resolve at %s failed: %s", address, exc.code().name)
+                if self.here is not None and address == self.here[0]:
+                    self.stats.local += 1  # this process serves the partition: no gRPC
+                    async with asyncio.timeout(RPC_TIMEOUT):
+                        resp = await self.here[1](req)
+                    if resp is None:
+                        retry.extend(chunk)
+                        continue
+                else:
+                    self.stats.rpcs += 1
+                    resp = await self._stub(address).Resolve(req, timeout=RPC_TIMEOUT)
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                log.debug("directory resolve at %s failed: %r", address, exc)
                 retry.extend(chunk)  # a resolve is idempotent: asking again is safe
                 continue
             for w, r in zip(chunk, resp.results):

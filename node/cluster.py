@@ -226,6 +226,8 @@ class NodeCluster:
         self.address = address
         await self.etcd.connect()
         await self.router.start()
+        # The partitions this node serves answer its own lookups without a gRPC call to itself.
+        self.router.directory.here = (address, self.directory_service.resolve_here)
         bindings = {n: self.app.namespace_class(b.class_name) for n, b in self.app.bindings.items()}
         await put_value(self.etcd, app_key(self.config.cluster), json.dumps(bindings, sort_keys=True))
         self.replication = ReplicationManager(

@@ -69,6 +69,11 @@ class NodeCollector(Collector):
                       r.redirects)
         yield gauge("client", "directory_cache_entries", "directory entries cached by this "
                     "node's router (bounded: --directory-cache)", len(c.router.directory))
+        d = c.router.directory.stats
+        yield counter("client", "directory_resolve_rpcs", "Resolve calls this node's router "
+                      "sent to other nodes' partitions", d.rpcs)
+        yield counter("client", "directory_resolve_local", "Resolve calls this node's router "
+                      "answered from its own partitions (no gRPC)", d.local)
         yield counter("node", "redirects_sent", "calls answered with a redirect to the owner",
                       c.ownership.redirects)
         yield counter("node", "fenced_writes", "write batches refused: ownership lost",

@@ -60,7 +60,19 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
         if len(request.items) > MAX_ITEMS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"at most {MAX_ITEMS} items per call")
+        return await self._resolve(svc, request)
 
+    async def resolve_here(self, request: directory_pb2.ResolveRequest
+                           ) -> directory_pb2.ResolveResponse | None:
+        """``Resolve`` for this node's own router, without gRPC (its partitions' lookups on the
+        way to activating an object); None if the directory is not running yet."""
+        svc = self._service()
+        if svc is None:
+            return None
+        return await self._resolve(svc, request)
+
+    async def _resolve(self, svc: PartitionService, request: directory_pb2.ResolveRequest
+                       ) -> directory_pb2.ResolveResponse:
         results = await svc.resolve_many([
             (i.object_id, i.binding, i.create, i.caller_region, i.location_hint)
             for i in request.items])

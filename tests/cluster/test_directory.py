@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 import duro.client
-from duro.client.etcdkv import etcd_client
 from duro.dev import LocalCluster
 from duro.errors import DuroError, FencedError
 from duro.node.directory.partitions import partition_of
@@ -61,7 +60,7 @@ async def fresh_name_in_partition_led_by(c: duro.client.Client, node: str) -> tu
 
 async def etcd_keys(cluster: LocalCluster) -> dict[str, int]:
     """Every key in etcd with its value's size."""
-    async with etcd_client(cluster.etcd.endpoint) as client:
+    async with cluster.etcd_client() as client:
         resp = await client.kv.get(b"\0", b"\0", timeout=10.0)  # the whole keyspace
         return {kv.key.decode(): len(kv.value) for kv in resp.kvs}
 
@@ -181,6 +180,11 @@ async def test_objects_that_store_nothing_leave_the_directory(make_cluster: Make
         assert set(await asyncio.gather(*(touch(n) for n in names))) == {0}
         touched_in = time.monotonic() - t
         assert await node_sum(cluster, "duro_directory_created_total") - created0 >= n_objects
+        # Before activating each object a node asks its partition (batched per loop turn):
+        # its own partitions (about a third of them here) without gRPC, the others' over gRPC.
+        local = await node_sum(cluster, "duro_client_directory_resolve_local_total")
+        remote = await node_sum(cluster, "duro_client_directory_resolve_rpcs_total")
+        assert local >= 1 and remote >= 1 and 4 * local >= remote, (local, remote)
 
         keys_after = await etcd_keys(cluster)
         assert set(keys_after) == set(keys_before), (
