@@ -22,9 +22,17 @@ class Counter(DurableObject):
 
     # -- RPC ----------------------------------------------------------------------------------
     async def increment(self, by: int = 1) -> int:
-        self.value += by
-        self.ctx.storage.put("value", self.value)  # coalesced; the output gate makes it durable
-        return self.value
+        if not isinstance(by, int) or isinstance(by, bool):
+            raise TypeError(f"increment by an integer, not {type(by).__name__}")
+        return self._add(by)
+
+    def _add(self, by: int) -> int:
+        # Store first, change the object second: a value storage refuses (an integer past
+        # 2**64 - 1) leaves the counter as it was instead of ahead of its storage.
+        value = self.value + by
+        self.ctx.storage.put("value", value)  # coalesced; the output gate makes it durable
+        self.value = value
+        return value
 
     async def get(self) -> int:
         return self.value
@@ -33,9 +41,7 @@ class Counter(DurableObject):
     async def fetch(self, request: Request) -> Response:
         path = request.path.rstrip("/").rsplit("/", 1)[-1]
         if path == "increment":
-            self.value += 1
-            self.ctx.storage.put("value", self.value)
-            return Response(json.dumps({"value": self.value}))
+            return Response(json.dumps({"value": self._add(1)}))
         if path == "get":
             return Response(json.dumps({"value": self.value}))
         if path == "websocket":
@@ -60,8 +66,7 @@ class Counter(DurableObject):
             ws.send(json.dumps({"type": "error", "error": "message must be a JSON object"}))
             return
         if data.get("type") == "increment":
-            self.value += 1
-            self.ctx.storage.put("value", self.value)
+            self._add(1)
             for socket in self.ctx.get_web_sockets():
                 socket.send(json.dumps({"type": "update", "value": self.value}))
 

@@ -76,3 +76,18 @@ async def test_concurrent_increments_across_stubs_and_fetch(tb):
     calls += [stubs[0].fetch("/increment") for _ in range(250)]
     await asyncio.gather(*calls)
     assert await stubs[0].get() == 500
+
+
+async def test_a_value_storage_refuses_leaves_the_counter_as_it_was(tb):
+    """msgpack stores integers up to 2**64 - 1: an increment past that is refused, and the
+    counter keeps its last stored value (the example validates before it changes itself)."""
+    counter = tb.env.COUNTER.get_by_name("big")
+    assert await counter.increment(2**63) == 2**63
+    with pytest.raises(Exception) as err:
+        await counter.increment(2**63)
+    assert "InvalidValue" in type(err.value).__name__ or "invalid" in str(err.value).lower()
+    assert await counter.get() == 2**63
+    assert await counter.increment() == 2**63 + 1
+    with pytest.raises(Exception):
+        await counter.increment("1")  # not an integer
+    assert await counter.get() == 2**63 + 1
