@@ -9,6 +9,7 @@
     duro where   BINDING NAME --etcd H:P   owner node, region, epoch
     duro call    BINDING NAME METHOD [JSON_ARGS] (--etcd H:P | --node H:P)
     duro migrate BINDING NAME (--to-region R | --to-node N)   move an object, live
+    duro gateway-token --name N [--file F]  make a Gateway bearer token (docs/security.md)
     duro drain   NODE_ID                   move every object off a node
 
 Every service takes its settings from an optional TOML file (``--config``), then ``DURO_<ROLE>_*``
@@ -173,6 +174,28 @@ def _cmd_drain(args: argparse.Namespace) -> int:
     return 0 if res["failed"] == 0 else 1
 
 
+def _cmd_gateway_token(args: argparse.Namespace) -> int:
+    from duro.edge.tokens import new_token, token_entry
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    token = new_token()
+    entry = token_entry(args.name, token, bindings=names(args.bindings),
+                        methods=names(args.methods))
+    if args.file:
+        path = Path(args.file)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(("\n" if path.stat().st_size else "") + entry)
+        print(f"appended token {args.name!r} to {path} (its SHA-256 only); the token, shown "
+              f"once, is on stdout", file=sys.stderr)
+    else:
+        print(entry, file=sys.stderr, end="")
+    print(token)
+    return 0
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser, *, node: bool = False) -> None:
     dev = _dev_state()
     p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", dev.get("etcd", "127.0.0.1:2379")),
@@ -209,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate-latency", action="store_true",
                    help="inject inter-region latency (us-east↔eu-west 40 ms, to ap-south 90 ms)")
     p.set_defaults(fn=_cmd_dev)
+
+    p = sub.add_parser("gateway-token",
+                       help="make a Gateway bearer token (prints it; stores only its SHA-256)")
+    p.add_argument("--name", required=True, help="who holds it (shown in logs and errors)")
+    p.add_argument("--file", default=None,
+                   help="append its [[token]] entry to this tokens file (created 0600); "
+                        "without: the entry is printed on stderr")
+    p.add_argument("--bindings", default=None, metavar="A,B",
+                   help="only these bindings (default: every binding the app exposes)")
+    p.add_argument("--methods", default=None, metavar="m,B.m",
+                   help="only these methods, as name or BINDING.name; fetch = the Fetch RPC")
+    p.set_defaults(fn=_cmd_gateway_token)
 
     p = sub.add_parser("node", help="run a host node")
     p.add_argument("--config", help="TOML file with node settings")

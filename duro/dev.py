@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from duro._etcd import EtcdProcess, free_port, supervised
+from duro.edge.tokens import dev_token
 
 __all__ = ["LocalCluster", "ProcSpec", "main", "read_ready"]
 
@@ -144,6 +145,10 @@ class LocalCluster:
                      "--lease-ttl", str(lease_ttl), "--log-level", "WARNING", *node_args],
                     self.root / "logs" / f"{name}.log", region=region,
                 ))
+        # The Gateway needs a token (docs/security.md): one for this cluster, kept in its root
+        # (reused by the next run on the same root), allowed everything the app exposes.
+        self.gateway_token, self.gateway_token_file, self.gateway_tokens_file = dev_token(
+            self.root / "gateway")
         # One edge per region (HTTP/WebSocket + gRPC Gateway); the first region's edge gets
         # ``http_port`` (duro dev: 8787, as wrangler) and its Gateway ``http_port + 1``, the others
         # free ports.
@@ -158,7 +163,7 @@ class LocalCluster:
                  "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
                  "--edge-id", name, "--http-listen", f"127.0.0.1:{port}",
                  "--grpc-listen", f"127.0.0.1:{grpc_port}", "--log-level", "WARNING",
-                 *edge_args],
+                 "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))
 
@@ -354,6 +359,8 @@ async def _dev(args: argparse.Namespace) -> int:
         if cluster.edges:
             url = cluster.edge_url(0)
             print(f"      curl {url}/counter/demo/increment    (chat page: {url}/)", flush=True)
+            print(f"      Gateway token in {cluster.gateway_token_file}: send the gRPC metadata "
+                  f"'authorization: Bearer <token>' (docs/edge.md)", flush=True)
         print("DURO-DEV-READY etcd=" + cluster.etcd.endpoint, flush=True)
         await stop.wait()
         print("duro dev: stopping", flush=True)

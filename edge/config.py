@@ -28,6 +28,17 @@ class EdgeConfig:
     grpc_listen: str = field(
         default="127.0.0.1:0", metadata={"help": "gRPC Gateway host:port ('' = off)"}
     )
+    gateway_tokens_file: Path | None = field(
+        default=None,
+        metadata={"help": "TOML file of the Gateway's bearer tokens, re-read when it changes "
+                          "(docs/security.md); no tokens at all: every Gateway call is refused"},
+    )
+    gateway_tokens: str = field(
+        default="",
+        metadata={"help": "Gateway tokens allowed everything the app exposes, comma-separated, "
+                          "each the token or sha256:<hex> (give it as an environment variable, "
+                          "not a flag: flags show in ps)"},
+    )
     directory_cache: int = field(
         default=100_000,
         metadata={"help": "object directory entries this edge caches (LRU; docs/directory.md)"},

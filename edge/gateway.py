@@ -3,11 +3,30 @@
 ``Invoke`` takes JSON arguments and answers a JSON result or a typed :class:`GatewayError` (the
 duro error's code, message, ``retryable``, ``overloaded``, ``remote_type``); ``Fetch`` sends an
 HTTP-shaped request to an object's ``fetch``. Both go through the edge's ``Router`` with the edge's
-region. Object answers and duro errors always come back as an OK RPC whose message says which; a
-non-OK gRPC status means the transport failed (or the request could not be parsed at all).
+region.
+
+One call, in order (docs/security.md, "Public entry points"):
+
+1. **Credentials**: the metadata ``authorization: Bearer <token>`` must name a configured token
+   (``duro.edge.tokens``), else the RPC fails with ``UNAUTHENTICATED``, before its bytes are read.
+2. **The request**: bytes that are not an ``InvokeRequest``/``FetchRequest`` fail the RPC with
+   ``INVALID_ARGUMENT``.
+3. **The token's limits**: a binding or method the token is not allowed fails the RPC with
+   ``PERMISSION_DENIED`` (whether or not the binding exists).
+4. **What the app exposes** (``duro.toml`` ``[expose]``, ``duro._exposure``) and **the
+   callable-method rule** (``duro._methods``): a binding that is not exposed answers ``not_found``
+   as an unknown one does; a method that is not exposed or not callable (a staticmethod, ``mro``,
+   ``_load``) answers ``method_not_found`` as a missing one does. Nothing reaches a node.
+5. **Arguments**: ``args_json``/``kwargs_json`` must be strict JSON (``duro._json``: no
+   ``NaN``/``Infinity``, bounded nesting), else ``invalid_argument``.
+
+From step 4 on, refusals and the object's answers come back as an OK RPC whose message says which
+(``error`` is a :class:`GatewayError`), as every duro error does; a non-OK status means the call
+was refused before it was understood (steps 1-3) or the transport failed.
 
 JSON mapping of results: msgpack values map to JSON directly; ``bytes`` become base64 strings; map
-keys that are not strings become strings.
+keys that are not strings become strings; a result JSON cannot carry (``NaN``, ``Infinity``)
+answers ``invalid_value``.
 """
 
 from __future__ import annotations
@@ -15,19 +34,29 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable, NoReturn, TypeVar
 
+import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
+from duro import _json as strict_json
+from duro._app import App, Binding
+from duro._exposure import FETCH
 from duro._http import Request
+from duro._methods import check_method, no_such_method
 from duro._namespace import Env, Namespace, Stub
-from duro._pb import gateway_pb2, gateway_pb2_grpc
+from duro._pb import gateway_pb2
 from duro.edge.metrics import EdgeMetrics
-from duro.errors import DuroError, InvalidArgumentError, to_wire
+from duro.edge.tokens import Principal, TokenStore, Unauthenticated
+from duro.errors import DuroError, InvalidArgumentError, InvalidValueError, to_wire
 
-__all__ = ["GatewayServicer", "to_json"]
+__all__ = ["GatewayServicer", "to_json", "SERVICE"]
 
 log = logging.getLogger("duro.edge.gateway")
+
+SERVICE = "duro.v1.Gateway"
+M = TypeVar("M", bound=Message)
 
 
 def _json_default(value: Any) -> Any:
@@ -44,11 +73,20 @@ def _stringify_keys(value: Any) -> Any:
     return value
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False)
+
+
 def to_json(value: Any) -> str:
     try:
-        return json.dumps(value, default=_json_default, separators=(",", ":"))
-    except TypeError:
-        return json.dumps(_stringify_keys(value), default=_json_default, separators=(",", ":"))
+        try:
+            return _dumps(value)
+        except TypeError:
+            return _dumps(_stringify_keys(value))
+    except ValueError as exc:  # NaN or Infinity: not JSON
+        raise InvalidValueError(f"the result cannot be sent as JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidValueError("the result is nested too deeply for JSON") from None
 
 
 def _error_pb(exc: BaseException) -> gateway_pb2.GatewayError:
@@ -57,18 +95,86 @@ def _error_pb(exc: BaseException) -> gateway_pb2.GatewayError:
                                     overloaded=overloaded, remote_type=remote_type)
 
 
-class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, env: Env, metrics: EdgeMetrics) -> None:
+class _NotFound(DuroError):
+    code = "not_found"
+
+
+class GatewayServicer:
+    """The Gateway's two RPCs; :meth:`register` adds them to a ``grpc.aio`` server."""
+
+    def __init__(self, env: Env, metrics: EdgeMetrics, *, app: App, tokens: TokenStore) -> None:
         self.env = env
         self.metrics = metrics
-        self._by_name = {name.lower(): ns for name, ns in env._bindings.items()}
+        self.app = app
+        self.tokens = tokens
+        self._by_name = {name.lower(): name for name in env._bindings}
 
-    def _stub(self, binding: str, name: str, oid: str, hint: str) -> Stub:
-        ns: Namespace | None = self.env._bindings.get(binding) or self._by_name.get(binding.lower())
-        if ns is None:
-            raise InvalidArgumentError(
-                f"unknown binding {binding!r}; known: {sorted(self.env._bindings)}"
-            )
+    def register(self, server: aio.Server) -> None:
+        # Requests arrive as bytes (no request_deserializer): bytes that are not a request are
+        # the Gateway's to refuse with INVALID_ARGUMENT, not grpc's to fail with UNKNOWN.
+        handlers = {
+            "Invoke": grpc.unary_unary_rpc_method_handler(
+                self.Invoke, response_serializer=gateway_pb2.InvokeResponse.SerializeToString),
+            "Fetch": grpc.unary_unary_rpc_method_handler(
+                self.Fetch, response_serializer=gateway_pb2.FetchResponse.SerializeToString),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    # -- the steps before any object -------------------------------------------------------------
+    async def _admit(self, rpc: str, data: bytes, cls: type[M],
+                     context: aio.ServicerContext) -> tuple[Principal, M]:
+        """Steps 1-2: the caller's token and the parsed request, or an aborted RPC."""
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else None
+                break
+        try:
+            principal = self.tokens.authenticate(authorization)
+        except Unauthenticated as exc:
+            await self._abort(context, rpc, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        try:
+            request = cls.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the request is not a duro.v1.{cls.__name__}: {exc}")
+        return principal, request
+
+    async def _abort(self, context: aio.ServicerContext, rpc: str, code: grpc.StatusCode,
+                     message: str) -> NoReturn:
+        self.metrics.gateway_calls.labels(rpc=rpc, outcome=code.name.lower()).inc()
+        log.debug("Gateway %s refused: %s %s", rpc, code.name, message)
+        await context.abort(code, message)
+        raise AssertionError("context.abort returned")  # it raises
+
+    async def _permit(self, context: aio.ServicerContext, rpc: str, principal: Principal,
+                      binding: str, method: str) -> None:
+        """Step 3: the token's limits."""
+        name = self._canonical(binding)
+        if not principal.allows(name, method):
+            await self._abort(context, rpc, grpc.StatusCode.PERMISSION_DENIED,
+                              f"token {principal.name!r} may not call {name}.{method}")
+
+    def _canonical(self, binding: str) -> str:
+        return binding if binding in self.env._bindings else self._by_name.get(
+            binding.lower(), binding)
+
+    def _binding(self, binding: str) -> Binding:
+        """Step 4: the binding, if this Gateway exposes it."""
+        name = self._canonical(binding)
+        exposure = self.app.exposure
+        if name not in self.app.bindings or not exposure.gateway_open(name):
+            open_ = sorted(b for b in self.app.bindings if exposure.gateway_open(b))
+            raise _NotFound(f"no binding {binding!r} on this Gateway (bindings: {open_})")
+        return self.app.bindings[name]
+
+    def _method(self, b: Binding, method: str) -> None:
+        check_method(b.cls, method)  # "fetch" too: it is not an RPC method
+        if not self.app.exposure.gateway_method_open(b.name, method):
+            raise no_such_method(b.cls, method)
+
+    def _stub(self, b: Binding, name: str, oid: str, hint: str) -> Stub:
+        ns: Namespace = self.env._bindings[b.name]
         if bool(name) == bool(oid):
             raise InvalidArgumentError("give exactly one of name and id")
         hint_ = hint or None
@@ -76,50 +182,72 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             return ns.get(ns.id_from_string(oid), location_hint=hint_)
         return ns.get_by_name(name, location_hint=hint_)
 
-    async def Invoke(  # noqa: N802 (gRPC method name)
-        self, request: gateway_pb2.InvokeRequest, context: aio.ServicerContext
-    ) -> gateway_pb2.InvokeResponse:
+    async def _answer(self, rpc: str, run: Callable[[], Awaitable[Message]],
+                      error: Callable[[gateway_pb2.GatewayError], Message]) -> Message:
         try:
+            response = await run()
+        except DuroError as exc:
+            self.metrics.gateway_calls.labels(rpc=rpc, outcome=exc.code).inc()
+            return error(_error_pb(exc))
+        self.metrics.gateway_calls.labels(rpc=rpc, outcome="ok").inc()
+        return response
+
+    # -- the RPCs ---------------------------------------------------------------------------------
+    async def Invoke(  # noqa: N802 (gRPC method name)
+        self, data: bytes, context: aio.ServicerContext
+    ) -> gateway_pb2.InvokeResponse:
+        principal, request = await self._admit("Invoke", data, gateway_pb2.InvokeRequest, context)
+        await self._permit(context, "Invoke", principal, request.binding, request.method)
+
+        async def run() -> gateway_pb2.InvokeResponse:
+            b = self._binding(request.binding)
+            self._method(b, request.method)
             args = _parse(request.args_json, list, "args_json", "a JSON array")
             kwargs = _parse(request.kwargs_json, dict, "kwargs_json", "a JSON object")
-            stub = self._stub(request.binding, request.name, request.id, request.location_hint)
+            stub = self._stub(b, request.name, request.id, request.location_hint)
             result = await stub.call(request.method, *args, **kwargs)
-        except DuroError as exc:
-            self.metrics.gateway_calls.labels(rpc="Invoke", outcome=exc.code).inc()
-            return gateway_pb2.InvokeResponse(error=_error_pb(exc))
-        self.metrics.gateway_calls.labels(rpc="Invoke", outcome="ok").inc()
-        return gateway_pb2.InvokeResponse(result_json=to_json(result))
+            return gateway_pb2.InvokeResponse(result_json=to_json(result))
+
+        return await self._answer(  # type: ignore[return-value]
+            "Invoke", run, lambda e: gateway_pb2.InvokeResponse(error=e))
 
     async def Fetch(  # noqa: N802
-        self, request: gateway_pb2.FetchRequest, context: aio.ServicerContext
+        self, data: bytes, context: aio.ServicerContext
     ) -> gateway_pb2.FetchResponse:
-        try:
-            stub = self._stub(request.binding, request.name, request.id, request.location_hint)
+        principal, request = await self._admit("Fetch", data, gateway_pb2.FetchRequest, context)
+        await self._permit(context, "Fetch", principal, request.binding, FETCH)
+
+        async def run() -> gateway_pb2.FetchResponse:
+            b = self._binding(request.binding)
+            if not self.app.exposure.gateway_method_open(b.name, FETCH):
+                raise _NotFound(f"{b.name} objects are not reachable with Fetch on this Gateway")
+            stub = self._stub(b, request.name, request.id, request.location_hint)
             headers = [(h.name, h.value) for h in request.headers
                        if h.name.lower() not in ("duro-socket", "upgrade")]
-            req = Request(request.url or "/", method=request.method or "GET", headers=headers,
-                          body=request.body)
+            try:
+                req = Request(request.url or "/", method=request.method or "GET",
+                              headers=headers, body=request.body)
+            except ValueError as exc:  # a URL urlsplit refuses
+                raise InvalidArgumentError(f"bad request: {exc}") from None
             resp = await stub.fetch(req)
-        except DuroError as exc:
-            self.metrics.gateway_calls.labels(rpc="Fetch", outcome=exc.code).inc()
-            return gateway_pb2.FetchResponse(error=_error_pb(exc))
-        self.metrics.gateway_calls.labels(rpc="Fetch", outcome="ok").inc()
-        return gateway_pb2.FetchResponse(
-            status=resp.status,
-            headers=[gateway_pb2.HttpHeader(name=k, value=v) for k, v in resp.headers.items()],
-            body=resp.body,
-        )
+            return gateway_pb2.FetchResponse(
+                status=resp.status,
+                headers=[gateway_pb2.HttpHeader(name=k, value=v)
+                         for k, v in resp.headers.items()],
+                body=resp.body,
+            )
+
+        return await self._answer(  # type: ignore[return-value]
+            "Fetch", run, lambda e: gateway_pb2.FetchResponse(error=e))
 
 
 def _parse(text: str, kind: type, field: str, what: str) -> Any:
     if not text:
         return kind()
     try:
-        value = json.loads(text)
+        value = strict_json.loads(text)
     except ValueError as exc:
         raise InvalidArgumentError(f"{field} is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
         raise InvalidArgumentError(f"{field} must be {what}, got {type(value).__name__}")
     return value
-
-

@@ -96,8 +96,10 @@ class EdgeHttp:
         self.config = config
         self.metrics = metrics
         self.edge_id = edge_id
+        # The default route reaches only the bindings duro.toml exposes (``[expose.X] http``);
+        # one not exposed answers 404 exactly as one that does not exist (docs/security.md).
         self.routes: dict[str, Namespace] = {
-            name.lower(): ns for name, ns in env._bindings.items()
+            name.lower(): ns for name, ns in env._bindings.items() if app.exposure.http_open(name)
         }
         self.static = find_static_dir(app, config.static_dir)
         self._status_counters: dict[int, Any] = {}

@@ -24,13 +24,13 @@ from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._metrics import start_metrics_server, stop_metrics_server
 from duro._namespace import Env, Namespace
-from duro._pb import gateway_pb2_grpc
 from duro.client.router import Router
 from duro.edge.config import ENV_PREFIX, EdgeConfig, load_edge_config, split_hostport
 from duro.edge.gateway import GatewayServicer
 from duro.edge.http import EdgeHttp
 from duro.edge.metrics import EdgeMetrics
 from duro.edge.sockets import SocketManager
+from duro.edge.tokens import TokenStore
 
 __all__ = ["EdgeProcess", "run_edge", "main"]
 
@@ -65,6 +65,10 @@ class EdgeProcess:
         self.sockets = SocketManager(self.edge_id, self.router, config, self.metrics)
         self.http = EdgeHttp(self.app, self.env, self.sockets, config, self.metrics,
                              edge_id=self.edge_id)
+        # The Gateway's credentials (docs/security.md); a bad tokens file stops the edge here,
+        # before it listens on anything.
+        self.gateway_tokens = TokenStore(config.gateway_tokens_file, config.gateway_tokens,
+                                         known_bindings=self.app.bindings)
         self._runner: web.ServerRunner | None = None
         self._grpc: aio.Server | None = None
         self.http_port = 0
@@ -100,8 +104,11 @@ class EdgeProcess:
             server = aio.server(options=[("grpc.so_reuseport", 0),
                                          ("grpc.max_receive_message_length", 64 << 20),
                                          ("grpc.max_send_message_length", 64 << 20)])
-            gateway_pb2_grpc.add_GatewayServicer_to_server(
-                GatewayServicer(self.env, self.metrics), server)
+            if not self.gateway_tokens.principals:
+                log.warning("the Gateway has no tokens: every call is refused (UNAUTHENTICATED);"
+                            " see --gateway-tokens-file and docs/security.md")
+            GatewayServicer(self.env, self.metrics, app=self.app,
+                            tokens=self.gateway_tokens).register(server)
             self.grpc_port = server.add_insecure_port(cfg.grpc_listen)
             if not self.grpc_port:
                 raise OSError(f"cannot bind the Gateway to {cfg.grpc_listen}")

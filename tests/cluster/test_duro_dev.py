@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -94,6 +95,15 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
         rc, out, err = await cli("where", "COUNTER", "demo", cwd=tmp_path)
         assert rc == 0 and json.loads(out)["node"] == where["node"], err
 
+        # The Gateway takes the token duro dev made in its data directory and printed.
+        token_file = data / "gateway" / "gateway-token"
+        assert f"Gateway token in {token_file}" in banner
+        assert token_file.stat().st_mode & 0o077 == 0  # private to the user
+        gateway = re.search(r"edge-us-east .*gRPC Gateway (\S+)", banner)
+        assert gateway, banner
+        assert await _gateway_get(gateway.group(1), token_file.read_text().strip()) == 3
+        assert await _gateway_get(gateway.group(1), "") == "UNAUTHENTICATED"
+
         children = processes_mentioning(str(data))
         assert len(children) >= 5, children  # etcd, placement, 3 nodes (and duro dev itself)
 
@@ -111,6 +121,23 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
             await dev.wait()
         for pid, _ in processes_mentioning(str(data)):  # never leave strays behind on failure
             os.kill(pid, signal.SIGKILL)
+
+
+async def _gateway_get(address: str, token: str) -> object:
+    """COUNTER demo's value through the Gateway, or the gRPC status that refused the call."""
+    from grpc import aio
+
+    from duro._pb import gateway_pb2, gateway_pb2_grpc
+
+    async with aio.insecure_channel(address) as ch:
+        request = gateway_pb2.InvokeRequest(binding="COUNTER", name="demo", method="get")
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        try:
+            r = await gateway_pb2_grpc.GatewayStub(ch).Invoke(request, metadata=metadata,
+                                                              timeout=30)
+        except aio.AioRpcError as exc:
+            return exc.code().name
+    return json.loads(r.result_json) if r.WhichOneof("outcome") == "result_json" else r.error
 
 
 def _logs(data: Path) -> str:

@@ -7,7 +7,9 @@ run beside a developer's cluster or another run of itself):
    else by running that script), then ``up -d`` and waits until every container is healthy;
 2. calls the Counter through each region's HTTP edge (``POST /counter/<name>/increment``) and
    through the edges' gRPC ``Gateway`` with a client generated from ``proto/`` by grpc_tools
-   (in a subprocess: generated modules of the same proto package must not meet duro's own);
+   (in a subprocess: generated modules of the same proto package must not meet duro's own),
+   with the bearer token the test gives the edges as ``DURO_GATEWAY_TOKENS`` (without it:
+   UNAUTHENTICATED);
 3. ``docker kill``s the node that owns some objects, sees them unavailable (a retryable error),
    starts it again and sees them back with their state, then writes again;
 4. ``down -v``.
@@ -197,6 +199,10 @@ def cluster(timings: dict[str, Any]) -> Iterator[Cluster]:
     timings["image size"] = f"{size / 1e6:.0f} MB ({IMAGE})"
 
     project = f"durotest{os.getpid()}"
+    # The edges' Gateway token (docker-compose.yml: DURO_GATEWAY_TOKENS -> the edges' env).
+    from duro.edge.tokens import new_token
+
+    env["DURO_GATEWAY_TOKENS"] = new_token()
     for region in REGIONS:
         key = region.upper().replace("-", "_")
         env[f"DURO_HTTP_PORT_{key}"] = str(_free_port())
@@ -256,21 +262,28 @@ GRPC_CLIENT = textwrap.dedent('''
     import grpc
     import gateway_pb2, gateway_pb2_grpc
 
-    port, name = sys.argv[1], sys.argv[2]
+    port, name, token = sys.argv[1], sys.argv[2], sys.argv[3]
+    auth = [("authorization", f"Bearer {token}")]  # DURO_GATEWAY_TOKENS (docs/security.md)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         out = []
+        try:  # without the token: refused
+            stub.Invoke(gateway_pb2.InvokeRequest(binding="COUNTER", name=name, method="get"),
+                        timeout=30)
+            out.append("no token: accepted")
+        except grpc.RpcError as exc:
+            out.append(exc.code().name)
         for by in (2, 3):
             r = stub.Invoke(gateway_pb2.InvokeRequest(
                 binding="COUNTER", name=name, method="increment", args_json=json.dumps([by])),
-                timeout=30)
+                timeout=30, metadata=auth)
             out.append(json.loads(r.result_json) if r.WhichOneof("outcome") == "result_json"
                        else {"error": r.error.code})
         r = stub.Invoke(gateway_pb2.InvokeRequest(binding="COUNTER", name=name, method="nope"),
-                        timeout=30)
+                        timeout=30, metadata=auth)
         out.append(r.error.code)
         f = stub.Fetch(gateway_pb2.FetchRequest(binding="COUNTER", name=name, method="GET",
-                                                url="/get"), timeout=30)
+                                                url="/get"), timeout=30, metadata=auth)
         out.append([f.status, json.loads(f.body)])
     print(json.dumps(out))
 ''')
@@ -285,12 +298,14 @@ def test_counter_via_generated_grpc_gateway_client(cluster: Cluster, tmp_path: P
           f"--grpc_python_out={tmp_path}", "gateway.proto"])
     (tmp_path / "client.py").write_text(GRPC_CLIENT)
     name = f"grpc-{os.getpid()}"
+    token = cluster.env["DURO_GATEWAY_TOKENS"]
     proc = subprocess.run([sys.executable, str(tmp_path / "client.py"),
-                           str(cluster.grpc["eu-west"]), name],
+                           str(cluster.grpc["eu-west"]), name, token],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == [2, 5, "method_not_found", [200, {"value": 5}]]
+    assert json.loads(proc.stdout) == ["UNAUTHENTICATED", 2, 5, "method_not_found",
+                                       [200, {"value": 5}]]
     # The same object over HTTP, through another region's edge.
     assert cluster.http_call("us-east", f"/counter/{name}/get", "GET") == (200, {"value": 5})
 

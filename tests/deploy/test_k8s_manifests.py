@@ -170,3 +170,27 @@ def test_settings_name_real_config_fields(manifests: dict[str, list[dict[str, An
     (c,) = _pod_spec(objs[("Deployment", "duro-placement")])["containers"]
     assert "duro.placement" in c["command"]
     build_parser().parse_args(c["args"])
+
+
+def test_edges_read_gateway_tokens_from_a_secret(
+        manifests: dict[str, list[dict[str, Any]]]) -> None:
+    """The Gateway's tokens file is a Secret generated from deploy/k8s/gateway-tokens.toml,
+    mounted where DURO_EDGE_GATEWAY_TOKENS_FILE points; as shipped it parses and holds no token
+    (every Gateway call refused until an operator adds one: docs/security.md)."""
+    from duro.edge.tokens import parse_tokens_file
+
+    objs = _objects(manifests)
+    spec = _pod_spec(objs[("Deployment", "duro-edge")])
+    (c,) = spec["containers"]
+    path = _env(c)["DURO_EDGE_GATEWAY_TOKENS_FILE"]
+    directory, _, key = path.rpartition("/")
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == directory]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]["secretName"]
+    assert "DURO_EDGE_GATEWAY_TOKENS" not in _env(c)  # no token in the manifest itself
+    (kust,) = manifests["kustomization.yaml"]
+    (gen,) = [g for g in kust["secretGenerator"] if g["name"] == secret]
+    sources = dict(f.split("=", 1) if "=" in f else (f.rsplit("/", 1)[-1], f)
+                   for f in gen["files"])
+    assert parse_tokens_file(K8S / sources[key]) == []
