@@ -89,9 +89,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 def _parse_json_args(text: str | None) -> tuple[list[Any], dict[str, Any]]:
     if not text:
         return [], {}
+    from duro import _json as strict_json
+
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = strict_json.loads(text)  # as the Gateway: no NaN/Infinity (docs/security.md)
+    except ValueError as exc:
         raise SystemExit(f"duro call: JSON_ARGS is not valid JSON: {exc}") from None
     if isinstance(value, list):
         return value, {}
