@@ -125,7 +125,7 @@ async def test_overloaded_object_answers_overloaded_instead_of_queueing(tmp_path
         await wait_for(gate_closed)
         # A fresh stub per call: an overloaded answer breaks the stub it came through.
         queued = [asyncio.ensure_future(ns.get_by_name("o").quick()) for _ in range(10)]
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: len(act._waiters or ()) == 10)  # all ten wait at the gate
         extra = [asyncio.ensure_future(ns.get_by_name("o").quick()) for _ in range(25)]
         results = await asyncio.gather(*extra, return_exceptions=True)
         assert all(isinstance(r, OverloadedError) for r in results), results

@@ -101,8 +101,9 @@ async def test_no_other_event_is_delivered_while_a_transaction_awaits(tb, objs, 
     await wait_for(lambda: ("start", "txn") in objs.LOG)
     pings = [asyncio.ensure_future(tb.env.RECORDER.get_by_name("r").ping(f"p{i}"))
              for i in range(3)]
-    await asyncio.sleep(0.05)
-    assert all(not p.done() for p in pings)  # held at the gate
+    act = tb.host.activation(rec.id.raw)
+    await wait_for(lambda: len(act._waiters or ()) == 3)  # the three pings reached the object...
+    assert all(not p.done() for p in pings)  # ...and are held at its gate
     assert await call == "txn-done"
     await asyncio.gather(*pings)
     assert objs.LOG == [("start", "txn"), ("end", "txn"),
