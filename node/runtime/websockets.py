@@ -22,7 +22,7 @@ edge does not come back within ``edge_grace`` seconds, its sockets are closed on
 (``web_socket_close(ws, 1006, "edge connection lost", False)``): no socket looks open after its
 client is gone.
 
-Limits (DESIGN §2): 32,768 sockets per object, 32 MiB per message, 10 tags of at most 256
+Limits (as Cloudflare's, docs/edge.md): 32,768 sockets per object, 32 MiB per message, 10 tags of at most 256
 characters, attachments of at most 16 KiB encoded.
 """
 
