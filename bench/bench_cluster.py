@@ -44,6 +44,7 @@ from duro._namespace import Call, CallKind  # noqa: E402
 from duro.client.connection import NodeConnection  # noqa: E402
 from duro._wire import RedirectError  # noqa: E402
 from duro.client.router import Router  # noqa: E402
+from duro import tls  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
 
 APP = ROOT / "examples"
@@ -136,6 +137,7 @@ async def start_cluster(root: Path) -> LocalCluster:
     if "edges" in inspect.signature(LocalCluster).parameters:
         kw["edges"] = False  # no edge processes competing for the 2 CPUs
     cluster = LocalCluster(root, app=APP, **kw)  # etcd with fsync, synced node WALs
+    tls.configure(cluster.client_tls)  # this process calls the cluster as admin (mTLS)
     await cluster.start()  # stops what it started if it fails
     return cluster
 

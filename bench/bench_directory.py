@@ -50,6 +50,7 @@ from common import command_line, cpu_seconds, wait_quiet  # noqa: E402
 from duro._ids import ObjectId, namespace_key  # noqa: E402
 from duro._namespace import Call, CallKind  # noqa: E402
 from duro.client.router import Router  # noqa: E402
+from duro import tls  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
 from duro.node.directory.entry import Entry  # noqa: E402
 from duro.node.storage import layout  # noqa: E402
@@ -116,9 +117,7 @@ async def bounded(items: list[Any], fn: Any, concurrency: int = CONCURRENCY) -> 
 
 
 async def etcd_state(cluster: LocalCluster) -> dict[str, float]:
-    from duro.client.etcdkv import etcd_client
-
-    async with etcd_client(cluster.etcd.endpoint) as client:
+    async with cluster.etcd_client() as client:
         resp = await client.kv.get(b"\0", b"\0", timeout=30.0)
     m = scrape(cluster.etcd.client_port)
     return {"etcd_keys": len(resp.kvs),
@@ -192,6 +191,7 @@ async def cold_lookups(cluster: LocalCluster, known: int, n: int, run: str,
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="duro-bench-directory-"))
     cluster = LocalCluster(root, app=APP)  # what `duro dev` runs: fsync, 3 copies, edges
+    tls.configure(cluster.client_tls)  # this process calls the cluster as admin (mTLS)
     await cluster.start()
     run = uuid.uuid4().hex[:8]
     regions = list(cluster.regions)

@@ -47,6 +47,7 @@ import uvloop  # noqa: E402
 import duro.client  # noqa: E402
 from common import Table, command_line, percentile  # noqa: E402
 from duro.client.admin import _move  # noqa: E402
+from duro import tls  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
 from duro.errors import DuroError  # noqa: E402
 
@@ -64,6 +65,7 @@ def pct(values: list[float], q: float) -> float:
 async def start(root: Path, regions: tuple[str, ...]) -> LocalCluster:
     cluster = LocalCluster(root, app=APP, regions=regions, edges=False,
                            placement_args=("--rebalance", "false"))
+    tls.configure(cluster.client_tls)  # this process calls the cluster as admin (mTLS)
     await cluster.start()  # stops what it started if it fails
     return cluster
 

@@ -89,7 +89,8 @@ from common import (  # noqa: E402
     percentile,
     wait_quiet,
 )
-from duro.client.etcdkv import etcd_client, get_value  # noqa: E402
+from duro.client.etcdkv import get_value  # noqa: E402
+from duro import tls  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
 from duro.node.membership import node_key  # noqa: E402
 from duro.node.replication.groups import GroupConfig, group_key  # noqa: E402
@@ -147,12 +148,14 @@ def make_cluster(root: Path, opts: argparse.Namespace, *, replicas: int, app: Pa
                  regions: tuple[str, ...] = THREE, nodes_per_region: int = 1,
                  node_args: tuple[str, ...] = (), placement_args: tuple[str, ...] = ()
                  ) -> LocalCluster:
-    return LocalCluster(
+    cluster = LocalCluster(
         root, app=app, regions=regions, nodes_per_region=nodes_per_region, replicas=replicas,
         min_in_sync=min(2, replicas), lease_ttl=opts.lease_ttl, edges=False,
         etcd_no_fsync=opts.etcd_no_fsync, node_args=(*node_args, *shlex.split(opts.node_args)),
         placement_args=("--rebalance", "false", *placement_args),
     )
+    tls.configure(cluster.client_tls)  # this process calls the cluster as admin (mTLS)
+    return cluster
 
 
 def metrics(cluster: LocalCluster, i: int) -> dict[str, float]:
@@ -415,7 +418,7 @@ async def failover_run(opts: argparse.Namespace, root: Path, replicas: int) -> d
 
             async def watch() -> None:
                 """When etcd shows us-east-0's registration gone and the group's next config."""
-                async with etcd_client(cluster.etcd.endpoint) as etcd:
+                async with cluster.etcd_client() as etcd:
                     while not st["stop"]:
                         k = st["kill"]
                         if k is not None and "config" not in seen:

@@ -9,6 +9,11 @@
 ``etcd=`` routes every call to the object's owner through the directory (placing new objects);
 ``node=`` talks to one node directly (a standalone node, or tools). The stub API is the one objects
 use inside the cluster.
+
+A cluster with mTLS (docs/security.md) needs a certificate of its CA: the client presents the one
+named by ``DURO_TLS_CA``/``DURO_TLS_CERT``/``DURO_TLS_KEY``, or the one given to
+``duro.tls.configure(duro.tls.TlsConfig(ca, cert, key))`` before connecting (one per process; a
+``duro://client/<name>`` certificate from ``duro certs --client <name>``).
 """
 
 from __future__ import annotations

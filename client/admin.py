@@ -138,9 +138,10 @@ def _choose_target(nodes: dict[str, NodeInfo], exclude: str, region: str | None,
 async def _move(address: str, oid: bytes, binding: str, target: str) -> dict[str, Any]:
     import grpc
 
+    from duro import tls
     from duro._pb import migration_pb2, migration_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls.channel(address) as channel:
         stub = migration_pb2_grpc.MigrationStub(channel)
         try:
             r = await stub.Move(migration_pb2.MoveRequest(object_id=oid, binding=binding,
@@ -179,8 +180,7 @@ async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
     """Move every object off ``node_id`` (marked draining first), reporting progress."""
     import asyncio
 
-    import grpc
-
+    from duro import tls
     from duro._pb import migration_pb2, migration_pb2_grpc
 
     async with etcd_client(etcd) as client:
@@ -189,7 +189,7 @@ async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
     source = nodes.get(node_id)
     if source is None:
         raise InvalidArgumentError(f"node {node_id!r} is not live")
-    async with grpc.aio.insecure_channel(source.address) as channel:
+    async with tls.channel(source.address) as channel:
         stub = migration_pb2_grpc.MigrationStub(channel)
         await stub.SetDraining(migration_pb2.DrainingRequest(draining=True), timeout=10.0)
         owned = (await stub.Owned(migration_pb2.OwnedRequest(), timeout=60.0)).objects

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from duro import tls
 from duro._pb import directory_pb2, directory_pb2_grpc
 from duro.client.connection import channel_options
 from duro.client.watch import PrefixView
@@ -157,8 +158,7 @@ class DirectoryClient:
     def _stub(self, address: str) -> directory_pb2_grpc.DirectoryStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=channel_options())
+            ch = self._channels[address] = tls.channel(address, options=channel_options())
         return directory_pb2_grpc.DirectoryStub(ch)
 
     async def _partition_address(self, p: int, deadline: float) -> str:

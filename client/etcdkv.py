@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Iterable
+from typing import Any, Iterable
 
 from etcd3aio import Etcd3Client, prefix_range_end
+
+from duro import tls as _tls
+
+_PROCESS: Any = object()  # the process's certificate (duro.tls.configured())
 
 __all__ = ["etcd_client", "resolve_endpoint", "get_value", "get_prefix", "put_value"]
 
@@ -31,11 +35,14 @@ def resolve_endpoint(endpoint: str) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def etcd_client(endpoints: str | Iterable[str]) -> Etcd3Client:
-    """An etcd client for ``endpoints`` (one ``host:port``, a comma list, or a sequence)."""
+def etcd_client(endpoints: str | Iterable[str], *, tls: Any = _PROCESS) -> Etcd3Client:
+    """An etcd client for ``endpoints`` (one ``host:port``, a comma list, or a sequence), over
+    mTLS with this process's certificate when it has one (``tls``: another
+    :class:`~duro.tls.TlsMaterial`, or None for plaintext; docs/security.md)."""
     if isinstance(endpoints, str):
         endpoints = [e for e in endpoints.split(",") if e.strip()]
-    return Etcd3Client([resolve_endpoint(e.strip()) for e in endpoints])
+    args = _tls.etcd_client_args() if tls is _PROCESS else _tls.etcd_client_args(tls)
+    return Etcd3Client([resolve_endpoint(e.strip()) for e in endpoints], **args)
 
 
 async def get_value(client: Etcd3Client, key: str, *, timeout: float | None = 5.0) -> bytes | None:

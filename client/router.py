@@ -27,10 +27,11 @@ from typing import Any
 import grpc
 from etcd3aio import Etcd3Client
 
+from duro import tls
 from duro._namespace import Call
 from duro._pb import placement_pb2, placement_pb2_grpc
 from duro._wire import RedirectError
-from duro.client.connection import ConnectionPool
+from duro.client.connection import PLACEMENT_BACKOFF_MS, ConnectionPool, channel_options
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
 from duro.errors import UnavailableError
@@ -303,6 +304,8 @@ class Router:
     async def _set_placement(self, address: str) -> None:
         channel = self._placement_channels.get(address)
         if channel is None:
-            channel = self._placement_channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._placement_channels[address] = tls.channel(
+                address, role="placement",
+                options=channel_options(max_backoff_ms=PLACEMENT_BACKOFF_MS))
         self._placement = (address, placement_pb2_grpc.PlacementStub(channel))
 

@@ -23,11 +23,17 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+from duro.tls import server_name
+
+if TYPE_CHECKING:
+    from duro.tls import TlsConfig
 
 __all__ = ["EtcdNotFoundError", "EtcdProcess", "find_etcd_binary", "free_port"]
 
@@ -153,7 +159,12 @@ class EtcdProcess:
         log_path: str | os.PathLike[str] | None = None,
         unsafe_no_fsync: bool = False,
         extra_args: tuple[str, ...] = (),
+        tls: TlsConfig | None = None,
+        client_tls: TlsConfig | None = None,
     ) -> None:
+        """``tls``: etcd's server certificate (``duro certs etcd``): clients then need TLS and a
+        certificate of the same CA (``--client-cert-auth``); ``client_tls`` is the certificate
+        the health check presents (any of the cluster's)."""
         self.data_dir = Path(data_dir)
         self.host = host
         self.client_port = client_port or free_port(host)
@@ -163,6 +174,10 @@ class EtcdProcess:
         self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"{name}.log"
         self.unsafe_no_fsync = unsafe_no_fsync
         self.extra_args = extra_args
+        if (tls is None) != (client_tls is None):
+            raise ValueError("etcd TLS needs both its server certificate and a client one")
+        self.tls = tls
+        self.client_tls = client_tls
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -174,7 +189,14 @@ class EtcdProcess:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls is not None else 'http'}://{self.endpoint}"
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if self.client_tls is None:
+            return None
+        from duro.tls import client_ssl_context
+
+        return client_ssl_context(self.client_tls.load())  # checks server_name("etcd")
 
     @property
     def pid(self) -> int | None:
@@ -205,6 +227,9 @@ class EtcdProcess:
         ]  # fmt: skip
         if self.unsafe_no_fsync:
             cmd.append("--unsafe-no-fsync")
+        if self.tls is not None:  # clients: TLS with a certificate of the cluster CA
+            cmd.extend(["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+                        "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"])
         cmd.extend(self.extra_args)
         return cmd
 
@@ -226,19 +251,25 @@ class EtcdProcess:
     def is_healthy(self, timeout: float = 1.0) -> bool:
         """One ``GET /health`` (a quorum read inside etcd)."""
         try:
-            with socket.create_connection((self.host, self.client_port), timeout=timeout) as s:
+            with socket.create_connection((self.host, self.client_port), timeout=timeout) as raw:
+                ctx = self._ssl()
+                s = (ctx.wrap_socket(raw, server_hostname=server_name("etcd"))
+                     if ctx is not None else raw)
                 s.sendall(_health_request(self.host, self.client_port))
                 data = b""
                 while chunk := s.recv(4096):
                     data += chunk
             return _is_healthy_reply(data)
-        except OSError:
+        except (OSError, ssl.SSLError):
             return False
 
     async def is_healthy_async(self, timeout: float = 1.0) -> bool:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.client_port)
+                ctx = self._ssl()
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.client_port, ssl=ctx,
+                    server_hostname=server_name("etcd") if ctx is not None else None)
                 try:
                     writer.write(_health_request(self.host, self.client_port))
                     data = await reader.read()

@@ -11,6 +11,7 @@
     duro migrate BINDING NAME (--to-region R | --to-node N)   move an object, live
     duro gateway-token --name N [--file F]  make a Gateway bearer token (docs/security.md)
     duro drain   NODE_ID                   move every object off a node
+    duro certs   --dir D [--node ID ...]   the cluster CA and per-process certificates (mTLS)
 
 Every service takes its settings from an optional TOML file (``--config``), then ``DURO_<ROLE>_*``
 environment variables, then flags (later wins).
@@ -176,6 +177,30 @@ def _cmd_drain(args: argparse.Namespace) -> int:
     return 0 if res["failed"] == 0 else 1
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from duro._certs import ensure_ca, issue
+
+    directory = Path(args.dir)
+    ca_dir = Path(args.ca_dir) if args.ca_dir else directory
+    if ensure_ca(ca_dir, days=max(args.days, 3650)):
+        print(f"created the cluster CA: {ca_dir / 'ca.pem'} (keep ca-key.pem off the hosts)")
+    wanted = [("node", n) for n in args.node] + [("edge", e) for e in args.edge] + [
+        ("client", c) for c in args.client]
+    wanted += [(r, "") for r in ("placement", "admin") if getattr(args, r)]
+    if args.etcd_host:
+        wanted.append(("etcd", ""))
+    for role, ident in wanted:
+        hosts = tuple(args.etcd_host) if role == "etcd" else tuple(args.host)
+        c = issue(directory, role, ident, hosts=hosts, days=args.days, overwrite=args.force,
+                  ca_dir=ca_dir)
+        print(f"{role}{'/' + ident if ident else ''}: {c.cert} {c.key}")
+    if args.group_readable:  # containers that run as another user of the same group
+        for key in directory.glob("*-key.pem"):
+            if key.name != "ca-key.pem":
+                key.chmod(0o640)
+    return 0
+
+
 def _cmd_gateway_token(args: argparse.Namespace) -> int:
     from duro.edge.tokens import new_token, token_entry
 
@@ -198,8 +223,21 @@ def _cmd_gateway_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_tls(args: argparse.Namespace) -> None:
+    """Operator commands present the certificate they are given (an admin's, usually)."""
+    from duro import tls
+
+    tls.configure(tls.from_settings(args.tls_ca, args.tls_cert, args.tls_key))
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser, *, node: bool = False) -> None:
     dev = _dev_state()
+    for name, what in (("ca", "cluster CA"), ("cert", "certificate (an admin's: duro certs "
+                                                        "--admin)"), ("key", "private key")):
+        p.add_argument(f"--tls-{name}", default=os.environ.get(f"DURO_TLS_{name.upper()}",
+                                                               dev.get(f"tls_{name}")),
+                       help=f"mTLS: the {what}, PEM (env DURO_TLS_{name.upper()}; default: "
+                            "the running duro dev's)")
     p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", dev.get("etcd", "127.0.0.1:2379")),
                    help="etcd endpoint host:port (env DURO_ETCD; default: the running duro dev, "
                         "else 127.0.0.1:2379)")
@@ -233,7 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes are refused below this many in-sync copies (default 2)")
     p.add_argument("--simulate-latency", action="store_true",
                    help="inject inter-region latency (us-east↔eu-west 40 ms, to ap-south 90 ms)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS anywhere (debugging): by default every connection is mutual TLS "
+                        "with certificates made in the data directory")
     p.set_defaults(fn=_cmd_dev)
+
+    p = sub.add_parser("certs", help="create the cluster CA and certificates for mTLS")
+    p.add_argument("--dir", required=True, help="where the certificates are written")
+    p.add_argument("--ca-dir", default=None,
+                   help="where the CA (ca.pem, ca-key.pem) is kept (default: --dir); apart, the "
+                        "CA's key stays out of what the processes mount")
+    p.add_argument("--node", action="append", default=[], metavar="ID", help="a node's (repeat)")
+    p.add_argument("--edge", action="append", default=[], metavar="ID", help="an edge's (repeat)")
+    p.add_argument("--client", action="append", default=[], metavar="NAME",
+                   help="an application client's (duro://client/NAME; repeat)")
+    p.add_argument("--placement", action="store_true", help="the placement replicas' (shared)")
+    p.add_argument("--admin", action="store_true", help="an operator's (duro drain, migrate)")
+    p.add_argument("--etcd-host", action="append", default=[], metavar="HOST",
+                   help="etcd's server certificate, for these host names or addresses (repeat)")
+    p.add_argument("--host", action="append", default=[], metavar="HOST",
+                   help="extra DNS names or addresses in the other certificates (repeat)")
+    p.add_argument("--days", type=int, default=825, help="validity of the certificates")
+    p.add_argument("--force", action="store_true", help="re-issue certificates that exist")
+    p.add_argument("--group-readable", action="store_true",
+                   help="keys readable by the group (0640), e.g. for containers")
+    p.set_defaults(fn=_cmd_certs)
 
     p = sub.add_parser("gateway-token",
                        help="make a Gateway bearer token (prints it; stores only its SHA-256)")
@@ -293,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from duro.errors import InvalidArgumentError
+    from duro.tls import TlsSettingsError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -302,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         args.rest = [*extra, *args.rest]
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
+        if hasattr(args, "tls_ca") and not hasattr(args, "rest"):  # the operator commands
+            _use_tls(args)
         return fn(args)
-    except InvalidArgumentError as exc:  # config errors and the like: one clear line
+    except (InvalidArgumentError, TlsSettingsError) as exc:  # config errors: one clear line
         print(f"duro {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,12 @@ replicas (``python -m duro.placement``) and host nodes (``python -m duro.cli nod
 each with its own data directory under one root, and stops all of them (SIGTERM, then SIGKILL after
 a grace period) so that no process is left behind. The test suite's cluster fixture is the same
 class, so what the tests prove is what ``duro dev`` runs.
+
+With ``tls=True`` (the default) every connection is mutual TLS (docs/security.md): the cluster CA
+is kept in ``certs_dir`` (default ``<root>/certs``; created on first use, reused afterwards), each
+process gets its own certificate there, etcd requires client certificates, and the harness itself
+talks to the cluster as ``duro://admin`` (:attr:`LocalCluster.client_tls`). ``tls=False``
+(``duro dev --insecure``) runs everything in plaintext.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from duro._certs import ensure_ca
 from duro._etcd import EtcdProcess, free_port, supervised
 from duro.edge.tokens import dev_token
+from duro.tls import TlsConfig
 
 __all__ = ["LocalCluster", "ProcSpec", "main", "read_ready"]
 
@@ -101,8 +109,16 @@ class LocalCluster:
         edges: bool = True,
         http_port: int = 0,
         edge_args: tuple[str, ...] = (),
+        tls: bool = True,
+        certs_dir: str | Path | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self.certs_dir = Path(certs_dir).resolve() if certs_dir else self.root / "certs"
+        self.tls = tls
+        self.client_tls: TlsConfig | None = None  # the harness's own certificate (admin)
+        if tls:
+            ensure_ca(self.certs_dir)
+            self.client_tls = self.issue("admin")
         self.app = str(Path(app).resolve()) if Path(app).exists() else str(app)
         self.regions = regions
         self.cluster = cluster
@@ -117,6 +133,8 @@ class LocalCluster:
         self.etcd = EtcdProcess(
             self.root / "etcd" / "data", log_path=self.root / "logs" / "etcd.log",
             unsafe_no_fsync=etcd_no_fsync, client_port=etcd_port,
+            tls=self.issue("etcd", hosts=("127.0.0.1", "localhost")) if tls else None,
+            client_tls=self.client_tls,
         )
         self.placements: list[ProcSpec] = []
         self.nodes: list[ProcSpec] = []
@@ -128,7 +146,7 @@ class LocalCluster:
                 [python, "-m", "duro.placement", "--etcd", self.etcd.endpoint, "--cluster", cluster,
                  "--listen", f"127.0.0.1:{free_port()}", "--id", f"placement-{i}",
                  "--replicas", str(replicas), "--min-in-sync", str(min_in_sync),
-                 "--log-level", "WARNING", *placement_args],
+                 "--log-level", "WARNING", *self._tls_args("placement"), *placement_args],
                 self.root / "logs" / f"placement-{i}.log",
             ))
         for region in regions:
@@ -142,7 +160,8 @@ class LocalCluster:
                      "--data-dir", str(self.root / "nodes" / name),
                      "--listen", f"127.0.0.1:{free_port()}", "--metrics-port", "0",
                      "--replication-listen", f"127.0.0.1:{free_port()}",
-                     "--lease-ttl", str(lease_ttl), "--log-level", "WARNING", *node_args],
+                     "--lease-ttl", str(lease_ttl), "--log-level", "WARNING",
+                     *self._tls_args("node", name), *node_args],
                     self.root / "logs" / f"{name}.log", region=region,
                 ))
         # The Gateway needs a token (docs/security.md): one for this cluster, kept in its root
@@ -163,9 +182,31 @@ class LocalCluster:
                  "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
                  "--edge-id", name, "--http-listen", f"127.0.0.1:{port}",
                  "--grpc-listen", f"127.0.0.1:{grpc_port}", "--log-level", "WARNING",
+                 *self._tls_args("edge", name),
                  "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))
+
+    # -- certificates -------------------------------------------------------------------------
+    def issue(self, role: str, ident: str = "", *, hosts: tuple[str, ...] = ()) -> TlsConfig:
+        """The certificate of ``role``/``ident`` from this cluster's CA (made if missing): for
+        a process the harness starts, or a test that plays one."""
+        from duro._certs import issue
+
+        return issue(self.certs_dir, role, ident, hosts=hosts)
+
+    def _tls_args(self, role: str, ident: str = "") -> list[str]:
+        if not self.tls:
+            return []
+        c = self.issue(role, ident)
+        return ["--tls-ca", str(c.ca), "--tls-cert", str(c.cert), "--tls-key", str(c.key)]
+
+    def etcd_client(self) -> Any:
+        """An etcd3aio client of this cluster's etcd (as admin when TLS is on); ``async with``."""
+        from duro.client.etcdkv import etcd_client
+
+        return etcd_client(self.etcd.endpoint,
+                           tls=self.client_tls.load() if self.client_tls is not None else None)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, timeout: float = 60.0) -> None:
@@ -272,13 +313,11 @@ class LocalCluster:
 
     # -- views --------------------------------------------------------------------------------
     async def wait_leader(self, timeout: float = 30.0) -> dict[str, Any]:
-        from etcd3aio import Etcd3Client
-
         from duro.client.etcdkv import get_value
         from duro.placement.election import leader_key
 
         deadline = time.monotonic() + timeout
-        async with Etcd3Client([self.etcd.endpoint]) as client:
+        async with self.etcd_client() as client:
             while time.monotonic() < deadline:
                 value = await get_value(client, leader_key(self.cluster))
                 if value is not None:
@@ -288,10 +327,10 @@ class LocalCluster:
 
     async def groups(self) -> list[Any]:
         """Every replica group's configuration, from etcd (docs/replication.md)."""
-        from duro.client.etcdkv import etcd_client, get_prefix
+        from duro.client.etcdkv import get_prefix
         from duro.node.replication.groups import GroupConfig, groups_prefix
 
-        async with etcd_client(self.etcd.endpoint) as client:
+        async with self.etcd_client() as client:
             return [GroupConfig.from_json(v, 0)
                     for _, v in await get_prefix(client, groups_prefix(self.cluster))]
 
@@ -341,7 +380,7 @@ async def _dev(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port,
                            edges=not args.no_edge, http_port=args.http_port,
                            nodes_per_region=args.nodes_per_region, replicas=args.replicas,
-                           min_in_sync=args.min_in_sync)
+                           min_in_sync=args.min_in_sync, tls=not args.insecure)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -351,9 +390,19 @@ async def _dev(args: argparse.Namespace) -> int:
           f"(app {cluster.app}, data {cluster.root})", flush=True)
     async with cluster:
         state = Path(args.data_dir) / "cluster.json"
+        tls_state = {}
+        if cluster.client_tls is not None:  # `duro call/status/...` here use the admin cert
+            c = cluster.client_tls
+            tls_state = {"tls_ca": str(c.ca), "tls_cert": str(c.cert), "tls_key": str(c.key)}
         state.write_text(json.dumps({"etcd": cluster.etcd.endpoint, "cluster": cluster.cluster,
-                                     "app": cluster.app}))
+                                     "app": cluster.app, **tls_state}))
         print(cluster.describe(), flush=True)
+        if cluster.client_tls is not None:
+            exports = " ".join(f"{k}={v}" for k, v in cluster.client_tls.env().items())
+            print(f"mTLS on: CA and certificates in {cluster.certs_dir} (--insecure: off); other "
+                  f"programs: export {exports}", flush=True)
+        else:
+            print("mTLS OFF (--insecure): any local process can call every node", flush=True)
         print(f"try:  duro call COUNTER demo increment --etcd {cluster.etcd.endpoint} "
               f"--app {args.app}", flush=True)
         if cluster.edges:

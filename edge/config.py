@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from duro._config import load_config
+from duro.tls import TlsConfig, from_settings
 
 __all__ = ["EdgeConfig", "load_edge_config", "ENV_PREFIX"]
 
@@ -43,6 +44,11 @@ class EdgeConfig:
         default=100_000,
         metadata={"help": "object directory entries this edge caches (LRU; docs/directory.md)"},
     )
+    tls_ca: Path | None = field(
+        default=None, metadata={"help": "cluster CA certificate, PEM (mTLS; docs/security.md)"})
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "this process's certificate, PEM (duro certs)"})
+    tls_key: Path | None = field(default=None, metadata={"help": "its private key, PEM"})
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
     static_dir: str = field(
         default="", metadata={"help": "static files served at / (default: the app's static/)"}
@@ -81,6 +87,13 @@ class EdgeConfig:
             raise ValueError("directory_cache must be at least 1 entry")
         if self.max_message_bytes < 1 or self.max_message_bytes > 32 * MiB:
             raise ValueError("max_message_bytes must be in 1..32 MiB (DESIGN §2)")
+        self.tls  # half the TLS settings: an error now, not at the first connection
+
+    @property
+    def tls(self) -> TlsConfig | None:
+        """The edge's certificate for its connections into the cluster (duro.tls), or None:
+        plaintext. The edge's public listeners (HTTP, Gateway) do not use it."""
+        return from_settings(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 def load_edge_config(

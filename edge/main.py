@@ -20,6 +20,7 @@ from typing import Sequence
 from aiohttp import web
 from grpc import aio
 
+from duro import tls
 from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._metrics import start_metrics_server, stop_metrics_server
@@ -50,7 +51,12 @@ class EdgeProcess:
     def __init__(self, config: EdgeConfig, app: App | None = None) -> None:
         self.config = config
         self.app = app or load_app(config.app)
-        self.edge_id = config.edge_id or f"edge-{config.region}-{uuid.uuid4().hex[:8]}"
+        # With TLS the edge is the edge its certificate names (nodes accept its socket stream
+        # only under that id, node/socket_server.py).
+        cert = config.tls.load() if config.tls is not None else None
+        self.edge_id = (config.edge_id or (cert.identity.id if cert is not None else "")
+                        or f"edge-{config.region}-{uuid.uuid4().hex[:8]}")
+        tls.configure(config.tls, expect=tls.Identity("edge", self.edge_id))
         self.status = Status.CREATED
         self.metrics = EdgeMetrics()
         self.router = Router(config.etcd, cluster=config.cluster, region=config.region,

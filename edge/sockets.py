@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from grpc import aio
 
+from duro import tls
 from duro._pb import node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class NodeLink:
     def __init__(self, mgr: SocketManager, address: str) -> None:
         self.mgr = mgr
         self.address = address
-        self._channel = aio.insecure_channel(address, options=_channel_options())
+        self._channel = tls.channel(address, options=_channel_options())
         self._stub = node_pb2_grpc.NodeSocketsStub(self._channel)
         self._outbox: list[node_pb2.SocketFrame] = []
         self._wake = asyncio.Event()

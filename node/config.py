@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from duro.tls import TlsConfig, check_plaintext, from_settings
+
 __all__ = ["NodeConfig", "RuntimeConfig"]
 
 
@@ -89,6 +91,14 @@ class NodeConfig(RuntimeConfig):
         metadata={"help": "object directory entries this node's router caches (LRU; "
                           "docs/directory.md)"},
     )
+    tls_ca: Path | None = field(
+        default=None, metadata={"help": "cluster CA certificate, PEM (mTLS; docs/security.md)"})
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "this process's certificate, PEM (duro certs)"})
+    tls_key: Path | None = field(default=None, metadata={"help": "its private key, PEM"})
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "allow plaintext (no TLS) on a non-loopback address; debugging only"})
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
     log_json: bool = field(default=False, metadata={"help": "JSON log lines"})
@@ -103,3 +113,10 @@ class NodeConfig(RuntimeConfig):
         super().__post_init__()
         if self.directory_cache < 1:
             raise ValueError("directory_cache must be at least 1 entry")
+        if self.tls is None:
+            check_plaintext((self.listen, self.replication_listen), self.insecure, "the node")
+
+    @property
+    def tls(self) -> TlsConfig | None:
+        """The node's certificate (duro.tls), or None: plaintext."""
+        return from_settings(self.tls_ca, self.tls_cert, self.tls_key)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from duro import tls
 from duro._app import App, load_app
 from duro._log import set_process_context
 from duro._metrics import start_metrics_server, stop_metrics_server
@@ -65,6 +66,9 @@ class NodeProcess:
         self.config = config
         self.app = app or load_app(config.app)
         self.node_id = node_identity(Path(config.data_dir), config.node_id)
+        # One certificate per process (duro.tls): this node's, for its gRPC port, its replication
+        # stream, etcd and every connection it makes; None: plaintext.
+        self.tls = tls.configure(config.tls, expect=tls.Identity("node", self.node_id))
         self.status = Status.CREATED
         self.engine: StorageEngine | None = None
         self.host: ObjectHost | None = None
@@ -112,6 +116,7 @@ class NodeProcess:
         self.server = NodeGrpcServer(
             self.host, cfg.listen, health=self._health, sockets=self.host.sockets,
             extra=[self.cluster.add_to] if self.cluster is not None else [],
+            tls_material=self.tls,
         )
         await self.server.start()
         if self.cluster is not None:

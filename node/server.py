@@ -38,6 +38,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from grpc import aio
 
+from duro import tls
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
 from duro._wire import call_from_pb, chunk_by_size, result_error, result_ok
@@ -365,6 +366,7 @@ class NodeGrpcServer:
         options: Sequence[tuple[str, int | str]] = (),
         sockets: Any = None,
         extra: Sequence[Callable[[aio.Server], None]] = (),
+        tls_material: tls.TlsMaterial | None = None,
     ) -> None:
         self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight)
         self._extra = list(extra)  # more services on the same port (e.g. duro.v1.Migration)
@@ -375,6 +377,7 @@ class NodeGrpcServer:
 
             self.socket_servicer = SocketServicer(sockets)
         self._bind = address
+        self._tls = tls_material  # mTLS and per-method rules (node/access.py); None: plaintext
         self._options = [*server_options(), *options]
         self._server: aio.Server | None = None
         self._port = 0
@@ -397,14 +400,17 @@ class NodeGrpcServer:
         if self.status is not ServerStatus.CREATED:
             raise RuntimeError(f"server is {self.status.value}; start() runs once")
         self._stopped = asyncio.Event()
-        server = aio.server(options=self._options)
+        from duro.node.access import NODE_RULES
+
+        server = aio.server(options=self._options,
+                            interceptors=tls.authorizer(NODE_RULES, tls=self._tls))
         node_pb2_grpc.add_NodeServicer_to_server(self.servicer, server)
         if self.socket_servicer is not None:
             node_pb2_grpc.add_NodeSocketsServicer_to_server(self.socket_servicer, server)
         for add in self._extra:
             add(server)
         try:
-            port = server.add_insecure_port(self._bind)
+            port = tls.add_port(server, self._bind, tls=self._tls)
         except RuntimeError as exc:
             raise OSError(f"cannot bind the node's gRPC server to {self._bind}: {exc}") from None
         if not port:

@@ -19,8 +19,10 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
+import grpc
 from grpc import aio
 
+from duro import tls
 from duro._pb import node_pb2, node_pb2_grpc
 from duro.node.runtime.websockets import Frame, Op, SocketHub
 
@@ -147,8 +149,16 @@ class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
         edge = str(md.get(EDGE_ID_METADATA, ""))
         if not edge:
             await context.abort(
-                __import__("grpc").StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.INVALID_ARGUMENT,
                 f"Sockets needs the {EDGE_ID_METADATA} metadata",
+            )
+        # With TLS, an edge attaches only as the edge its certificate names (or an instance of
+        # it): another edge's frames (its clients' messages, its sockets' closes) are not for it.
+        peer = tls.peer_identity(context)
+        if peer is not None and not peer.may_act_as("edge", edge):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{peer} may not attach as edge {edge!r}",
             )
         link = _EdgeLink(edge, context, self.max_outbox_bytes)
         self._links.add(link)

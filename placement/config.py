@@ -14,7 +14,8 @@ TOML file (``--config``), section ``[placement]`` or top level::
 Environment: ``DURO_ETCD`` (comma-separated), ``DURO_CLUSTER``, ``DURO_PLACEMENT_LISTEN``,
 ``DURO_PLACEMENT_ADVERTISE``, ``DURO_PLACEMENT_ID``, ``DURO_PLACEMENT_LEADER_TTL``,
 ``DURO_PLACEMENT_METRICS_PORT``, ``DURO_PLACEMENT_METRICS_HOST``, ``DURO_REPLICAS``,
-``DURO_MIN_IN_SYNC``.
+``DURO_MIN_IN_SYNC``, ``DURO_PLACEMENT_TLS_CA``, ``DURO_PLACEMENT_TLS_CERT``,
+``DURO_PLACEMENT_TLS_KEY``, ``DURO_PLACEMENT_INSECURE``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class PlacementConfig:
     group_interval: float = 0.5  # seconds between two rounds of the group manager (at most)
     # The object directory (docs/directory.md): fixed when the cluster is first started
     partitions: int = 1024
+    # mTLS (docs/security.md): the cluster CA, this replica's certificate (duro://placement) and
+    # key; without them the service speaks plaintext, allowed only on loopback or with insecure
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -68,6 +75,10 @@ class PlacementConfig:
             raise ValueError("leader_ttl must be at least 2 seconds")
         if not 1 <= self.partitions <= 1 << 20:
             raise ValueError("partitions must be between 1 and 1048576")
+        from duro.tls import check_plaintext, from_settings
+
+        if from_settings(self.tls_ca, self.tls_cert, self.tls_key) is None:
+            check_plaintext((self.listen,), self.insecure, "placement")
 
     @property
     def effective_replica_id(self) -> str:
@@ -106,7 +117,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name in ("rebalance_interval", "min_share", "min_calls", "min_dwell", "cooldown",
                 "replace_after", "group_interval"):
         return float(value)
-    if name == "rebalance":
+    if name in ("rebalance", "insecure"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if name == "metrics_port":
         return None if value in ("", None, "off") else int(value)
@@ -131,6 +142,10 @@ _ENV = {
     "DURO_PLACEMENT_METRICS_HOST": "metrics_host",
     "DURO_REPLICAS": "replicas",
     "DURO_MIN_IN_SYNC": "min_in_sync",
+    "DURO_PLACEMENT_TLS_CA": "tls_ca",
+    "DURO_PLACEMENT_TLS_CERT": "tls_cert",
+    "DURO_PLACEMENT_TLS_KEY": "tls_key",
+    "DURO_PLACEMENT_INSECURE": "insecure",
 }
 
 
@@ -175,5 +190,10 @@ def build_parser(prog: str = "python -m duro.placement") -> argparse.ArgumentPar
                    help="directory partitions (fixed when the cluster is first started; 1024)")
     p.add_argument("--group-interval", dest="group_interval",
                    help="seconds between group manager rounds (default 0.5)")
+    p.add_argument("--tls-ca", dest="tls_ca", help="cluster CA certificate (PEM; docs/security.md)")
+    p.add_argument("--tls-cert", dest="tls_cert", help="this replica's certificate (duro://placement)")
+    p.add_argument("--tls-key", dest="tls_key", help="this replica's private key")
+    p.add_argument("--insecure", action="store_const", const=True, default=None,
+                   help="allow plaintext on a non-loopback address (no TLS; debugging only)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from etcd3aio import Etcd3Client
 
+from duro import tls
 from duro._pb import replication_pb2, replication_pb2_grpc
 from duro.client.connection import channel_options
 from duro.client.watch import ETCD_ERRORS
@@ -242,8 +243,7 @@ class GroupManager:
     def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address,
-                                                                     options=channel_options())
+            ch = self._channels[address] = tls.channel(address, options=channel_options())
         return ch
 
     # -- failover -----------------------------------------------------------------------------

@@ -55,6 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(opts.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = PlacementConfig.load(args)
-    asyncio.run(run_placement(config))
+    from duro.tls import TlsSettingsError
+
+    try:  # bad settings, certificates that do not fit: one clear line, no traceback
+        config = PlacementConfig.load(args)
+    except ValueError as exc:
+        print(f"duro placement: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_placement(config))
+    except TlsSettingsError as exc:
+        print(f"duro placement: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 import grpc
 
+from duro import tls
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro.placement.planner import Move, NodeState, ObjectStats, PlannerConfig, plan_moves
 
@@ -65,7 +66,7 @@ class Rebalancer:
     def _stub(self, address: str) -> migration_pb2_grpc.MigrationStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address)
+            ch = self._channels[address] = tls.channel(address)
         return migration_pb2_grpc.MigrationStub(ch)
 
     async def _run(self) -> None:

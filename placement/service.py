@@ -23,10 +23,12 @@ import grpc
 from etcd3aio import EtcdError
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from duro import tls
 from duro._pb import placement_pb2, placement_pb2_grpc
 from duro.client.directory import DirectoryClient
 from duro.client.etcdkv import etcd_client
 from duro.node.directory.service import legacy_entry
+from duro.node.access import CALLERS
 from duro.node.membership import NodeInfo
 from duro.node.replication.settings import ReplicationSettings
 from duro.placement.config import PlacementConfig
@@ -87,6 +89,10 @@ class PlacementService:
         self.metrics = _Metrics(self.registry)
         self.address = config.listen
         self.metrics_port: int | None = None
+        # One certificate per process (duro.tls): the placement identity, for etcd, the nodes
+        # and this service's port; None: plaintext (insecure).
+        self.tls = tls.configure(tls.from_settings(config.tls_ca, config.tls_cert, config.tls_key),
+                                 expect=tls.Identity("placement"))
         self._client = etcd_client(config.etcd)
         self.nodes = NodeView(self._client, config.cluster,
                               on_update=lambda *_: self.metrics.nodes.set(len(self.nodes.nodes)))
@@ -108,10 +114,12 @@ class PlacementService:
         self.status = PlacementServiceStatus.STARTING
         await self._client.connect()
         await self.nodes.start()
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=tls.authorizer({"/duro.v1.Placement/": CALLERS}, tls=self.tls))
         placement_pb2_grpc.add_PlacementServicer_to_server(_Servicer(self), self._server)
         host, _, port = self.config.listen.rpartition(":")
-        bound = self._server.add_insecure_port(f"{host}:{port}")
+        bound = tls.add_port(self._server, f"{host}:{port}", tls=self.tls)
         self.address = f"{host}:{bound}"
         await self._server.start()
         self.election = Election(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
-from duro import _codec
+from duro import _codec, tls
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
@@ -342,7 +342,7 @@ def peer_channel(address: str) -> grpc.aio.Channel:
     key = (id(loop), address)
     cached = _CHANNELS.get(key)
     if cached is None or cached[0] is not loop:
-        cached = _CHANNELS[key] = (loop, grpc.aio.insecure_channel(address))
+        cached = _CHANNELS[key] = (loop, tls.channel(address))
     return cached[1]
 
 

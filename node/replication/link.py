@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
+from duro import tls
 from duro._pb import replication_pb2, replication_pb2_grpc
 from duro.client.connection import channel_options
 from duro.node.replication.log import LogEntry
@@ -47,7 +48,7 @@ class PeerLink:
         self.peer = peer
         self.address = address  # gRPC
         self.stream_address = stream_address  # the replication stream (TCP)
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self._channel = tls.channel(address, options=channel_options())
         self._stub = replication_pb2_grpc.ReplicationStub(self._channel)
         self._md = ((NODE_ID_MD, node_id),)
         self._feeding: dict[int, int] = {}  # gid -> the next seq to send
@@ -124,8 +125,11 @@ class PeerLink:
             host, _, port = self.stream_address.rpartition(":")
             if not host:
                 raise ConnectionError(f"{self.peer} has no replication address")
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port)), CONNECT_TIMEOUT)
+            ctx = tls.client_ssl_context()
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                host.strip("[]"), int(port), ssl=ctx,
+                server_hostname=tls.server_name("node") if ctx is not None else None),
+                CONNECT_TIMEOUT)
             writer.write(encode_frame(HELLO, replication_pb2.ReplicateHello(
                 node_id=self.node_id, cluster=self.cluster)))
             reader_task = asyncio.ensure_future(self._read(reader))

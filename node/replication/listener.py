@@ -5,7 +5,8 @@ are read as they come (a reader task) and applied by :meth:`Follower.apply` — 
 queued while the previous write was being fsynced goes into the next one write — and answered
 with one ACKS frame (wire.py). A malformed frame, a HELLO from another cluster, or a node that is
 shutting down ends the connection; the primary reconnects and catches the copy up from its
-position.
+position. With TLS (duro.tls) the connection is TLS with a client certificate of the cluster CA,
+and the HELLO must name the node in that certificate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from google.protobuf.message import DecodeError
 
+from duro import tls
 from duro._pb import replication_pb2
 from duro.node.replication.wire import ACKS, BATCH, HELLO, FrameError, encode_frame, read_frame
 
@@ -37,7 +39,10 @@ class ReplicationListener:
         self.address = ""
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._accept, host, port)
+        ctx = tls.server_ssl_context()
+        self._server = await asyncio.start_server(
+            self._accept, host, port, ssl=ctx,
+            **({"ssl_handshake_timeout": 10.0} if ctx is not None else {}))
         bound = int(self._server.sockets[0].getsockname()[1])
         self.address = f"{host}:{bound}"
         return bound
@@ -64,6 +69,11 @@ class ReplicationListener:
             hello = replication_pb2.ReplicateHello.FromString(body)
             if not hello.node_id or hello.cluster != self.cluster:
                 raise FrameError(f"HELLO from {hello.node_id!r} of cluster {hello.cluster!r}")
+            ssl_object = writer.get_extra_info("ssl_object")
+            if ssl_object is not None:  # TLS: only the node named in the certificate
+                who = tls.ssl_peer_identity(ssl_object)
+                if who != tls.Identity("node", hello.node_id):
+                    raise FrameError(f"{who} may not send batches as node {hello.node_id!r}")
             peer = hello.node_id
             await self._serve(peer, reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):

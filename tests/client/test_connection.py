@@ -26,7 +26,7 @@ from duro.errors import (
 )
 from duro.node.server import NodeGrpcServer, NodeServicer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("plaintext")]  # in-process, no TLS
 
 if os.environ.get("DURO_TEST_UVLOOP"):
     import uvloop

@@ -24,6 +24,7 @@ from etcd3aio import Etcd3Client
 from duro.dev import LocalCluster
 from duro.node.membership import node_key
 from tests.cluster.etcd_fixture import pid_alive
+from tests.helpers.tls import cluster_tls_kwargs
 
 __all__ = [
     "ROOT",
@@ -76,6 +77,8 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
         kw.setdefault("etcd_no_fsync", True)
         kw.setdefault("lease_ttl", 3)
         kw.setdefault("app", str(ROOT / "examples"))
+        for k, v in cluster_tls_kwargs().items():  # mTLS with the session's CA (helpers/tls.py)
+            kw.setdefault(k, v)
         if "edges" in inspect.signature(LocalCluster).parameters:
             kw.setdefault("edges", False)  # these tests are about nodes; edges have their own
         c = LocalCluster(tmp_path / f"cluster{len(clusters)}", **kw)

@@ -13,6 +13,7 @@ import uuid
 import grpc
 import pytest
 
+from duro import tls
 from duro._ids import ObjectId, namespace_key
 from duro._pb import directory_pb2, directory_pb2_grpc
 from duro.client.router import Router
@@ -109,7 +110,7 @@ async def test_resolve_answers_bad_requests_clearly(make_cluster: MakeCluster) -
             if mine is not None and other is not None:
                 break
         assert mine is not None and other is not None
-        async with grpc.aio.insecure_channel(cluster.nodes[0].address) as ch:
+        async with tls.channel(cluster.nodes[0].address) as ch:  # as admin
             stub = directory_pb2_grpc.DirectoryStub(ch)
             item = directory_pb2.ResolveItem
             resp = await stub.Resolve(directory_pb2.ResolveRequest(items=[

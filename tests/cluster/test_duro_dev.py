@@ -61,18 +61,23 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
         for region in ("us-east", "eu-west", "ap-south"):
             assert f"region {region}" in banner
         assert (data / "cluster.json").is_file()
+        # mTLS by default: from another directory, the CLI needs the admin certificate duro dev
+        # made (it finds it itself in the directory duro dev runs in: the README form below).
+        state = json.loads((data / "cluster.json").read_text())
+        tls = [f for k in ("ca", "cert", "key") for f in (f"--tls-{k}", state[f"tls_{k}"])]
+        assert "mTLS on" in banner
 
         # Keep draining its output so that it can never block on a full pipe.
         drain = asyncio.create_task(_drain(dev.stdout, lines))
 
         rc, out, err = await cli("call", "COUNTER", "demo", "increment", "--etcd", endpoint,
-                                 cwd=ROOT)
+                                 *tls, cwd=ROOT)
         assert (rc, out.strip()) == (0, "1"), err
         rc, out, err = await cli("call", "COUNTER", "demo", "increment", "[2]",
-                                 "--etcd", endpoint, cwd=ROOT)
+                                 "--etcd", endpoint, *tls, cwd=ROOT)
         assert (rc, out.strip()) == (0, "3"), err
 
-        rc, out, err = await cli("where", "COUNTER", "demo", "--etcd", endpoint, cwd=ROOT)
+        rc, out, err = await cli("where", "COUNTER", "demo", "--etcd", endpoint, *tls, cwd=ROOT)
         assert rc == 0, err
         where = json.loads(out)
         assert where["node"] in {"us-east-0", "eu-west-0", "ap-south-0"}
@@ -80,7 +85,7 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
         assert [m["in_sync"] for m in where["group"]["replicas"]] == [True, True, True]
         assert where["region"] == where["node"].rsplit("-", 1)[0]
 
-        rc, out, err = await cli("status", "--etcd", endpoint, cwd=ROOT)
+        rc, out, err = await cli("status", "--etcd", endpoint, *tls, cwd=ROOT)
         assert rc == 0, err
         status = json.loads(out)
         assert status["regions"] == ["ap-south", "eu-west", "us-east"]

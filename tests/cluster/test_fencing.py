@@ -19,6 +19,7 @@ import pytest
 import duro.client
 from duro import DurableObject
 from duro._app import load_app
+from duro.dev import LocalCluster
 from duro.errors import DuroError, FencedError
 from duro.node.config import NodeConfig
 from duro.node.main import NodeProcess
@@ -46,6 +47,14 @@ class Gated(DurableObject):
         return await self.ctx.storage.get("v")
 
 
+def _tls_of(cluster: LocalCluster, node_id: str) -> dict[str, Path]:
+    """The in-process node's certificate from the cluster's CA (none when it runs plaintext)."""
+    if not cluster.tls:
+        return {}
+    c = cluster.issue("node", node_id)
+    return {"tls_ca": c.ca, "tls_cert": c.cert, "tls_key": c.key}
+
+
 @pytest.mark.timeout(90)
 async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_path: Path) -> None:
     global GATE, ENTERED
@@ -55,6 +64,7 @@ async def test_superseded_epoch_cannot_commit(make_cluster: MakeCluster, tmp_pat
     config = NodeConfig(
         etcd=cluster.etcd.endpoint, cluster=cluster.cluster, region="us-east", zone="us-east-a",
         node_id="inproc-0", data_dir=tmp_path / "node", listen="127.0.0.1:0", lease_ttl=3,
+        **_tls_of(cluster, "inproc-0"),
     )
     node = NodeProcess(config, app=app)
     await node.start()

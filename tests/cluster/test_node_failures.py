@@ -41,7 +41,7 @@ async def test_sigkilled_node_lease_expires_and_it_comes_back_with_every_acked_w
     async with (
         duro.client.connect(etcd=cluster.etcd.endpoint, region="eu-west") as c,
         duro.client.connect(etcd=cluster.etcd.endpoint, region="us-east") as other,
-        Etcd3Client([cluster.etcd.endpoint]) as etcd,
+        cluster.etcd_client() as etcd,
     ):
         for n in names:
             for _ in range(5):
@@ -125,7 +125,7 @@ async def test_node_partitioned_from_etcd_self_fences_before_its_lease_expires(
         nid = spec.ready["node_id"]
         async with (
             duro.client.connect(etcd=cluster.etcd.endpoint, region="us-east") as c,
-            Etcd3Client([cluster.etcd.endpoint]) as observer,  # NOT through the proxy
+            cluster.etcd_client() as observer,  # NOT through the proxy
         ):
             conn = NodeConnection(spec.address)
             try:

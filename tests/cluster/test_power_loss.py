@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 import duro.client
-from duro.client.etcdkv import etcd_client, get_prefix
+from duro.client.etcdkv import get_prefix
 from duro.dev import LocalCluster
 from duro.errors import DuroError, FencedError
 from duro.node.membership import nodes_prefix
@@ -78,7 +78,7 @@ async def primary_of(client: duro.client.Client, name: str) -> str:
 
 async def registered(cluster: LocalCluster) -> list[str]:
     """Node ids with a registration in etcd (their lease has not expired)."""
-    async with etcd_client(cluster.etcd.endpoint) as client:
+    async with cluster.etcd_client() as client:
         return [k for k, _ in await get_prefix(client, nodes_prefix(cluster.cluster))]
 
 

@@ -39,7 +39,7 @@ async def test_a_cluster_from_before_partitions_upgrades_in_place(make_cluster: 
         tar.extractall(cluster.root, filter="data")
     expected = json.loads((cluster.root / "expected.json").read_text())
     assert {e["node"] for e in expected.values()} == {"us-east-0", "eu-west-0", "ap-south-0"}
-    async with Etcd3Client([cluster.etcd.endpoint]) as etcd:
+    async with cluster.etcd_client() as etcd:
         await cluster.start()
         async with duro.client.connect(etcd=cluster.etcd.endpoint, region="us-east") as c:
             ns = c.namespace("ACC")

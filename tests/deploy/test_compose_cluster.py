@@ -360,3 +360,80 @@ def test_killed_node_fails_over_and_comes_back(cluster: Cluster, timings: dict[s
 
 def error_retryable(error: Any) -> bool:
     return isinstance(error, dict) and bool(error.get("retryable"))
+
+
+NO_CERT_CLIENT = textwrap.dedent('''
+    """Run on the compose network: call node-us-east as a stranger would (docs/security.md)."""
+    import json, socket, ssl, tempfile
+    from pathlib import Path
+    import grpc
+    from duro._certs import ensure_ca, issue
+    from duro._pb import migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc
+
+    def grpc_calls(channel):
+        out = {}
+        with channel as ch:
+            for name, call in (
+                ("health", lambda: node_pb2_grpc.NodeStub(ch).Health(
+                    node_pb2.HealthRequest(), timeout=10)),
+                ("drain", lambda: migration_pb2_grpc.MigrationStub(ch).SetDraining(
+                    migration_pb2.DrainingRequest(draining=False), timeout=10))):
+                try:
+                    call()
+                    out[name] = "OK"
+                except grpc.RpcError as exc:
+                    out[name] = exc.code().name
+        return out
+
+    def handshake(port, cert):
+        """TLS to node-us-east:port with this client certificate, not checking the server's
+        (a stranger does not care): does the node finish the handshake and keep talking?"""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+        try:
+            with socket.create_connection(("node-us-east", port), 10) as raw:
+                with ctx.wrap_socket(raw) as s:
+                    s.settimeout(3)
+                    s.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" if port == 7100
+                              else b"\\0\\0\\0\\1\\1")
+                    # The server's refusal arrives here (TLS 1.3): an alert, or a close.
+                    return "accepted" if s.recv(1) else "refused"
+        except socket.timeout:
+            return "accepted"  # still connected: it is waiting for more
+        except (ssl.SSLError, OSError):
+            return "refused"
+
+    result = {"plaintext": grpc_calls(grpc.insecure_channel("node-us-east:7100"))}
+    other = Path(tempfile.mkdtemp())
+    ensure_ca(other)  # a CA of its own: a certificate naming the admin, signed by a stranger
+    forged = issue(other, "admin")
+    result["other CA"] = {"grpc": handshake(7100, forged), "replication": handshake(7101, forged)}
+    admin = Path("/certs/admin.pem")
+    if admin.exists():  # the cluster's admin certificate, when mounted
+        from duro import tls
+        cert = tls.TlsConfig(Path("/certs/ca.pem"), admin, Path("/certs/admin-key.pem"))
+        result["admin"] = {**grpc_calls(tls.sync_channel("node-us-east:7100", tls=cert.load())),
+                           "grpc": handshake(7100, cert)}
+    print(json.dumps(result))
+''')
+
+
+def test_a_container_without_a_certificate_cannot_call_a_node(cluster: Cluster) -> None:
+    """mTLS in compose: a container on the cluster's network, with the duro image but without
+    a certificate of the cluster CA, cannot call a node (not even an object, let alone drain it);
+    with the admin certificate mounted, the same script can."""
+    node = cluster.container("node-us-east")
+    network = _run(["docker", "inspect", "--format",
+                    "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", node]
+                   ).stdout.split()[0]
+    base = ["docker", "run", "--rm", "--network", network, "--entrypoint", "/opt/duro/bin/python"]
+    stranger = _run([*base, IMAGE, "-c", NO_CERT_CLIENT], timeout=120)
+    assert json.loads(stranger.stdout) == {
+        "plaintext": {"health": "UNAVAILABLE", "drain": "UNAVAILABLE"},
+        "other CA": {"grpc": "refused", "replication": "refused"},
+    }, stranger.stderr
+    admin = _run([*base, "-v", f"{cluster.project}_duro-certs:/certs:ro", IMAGE, "-c",
+                  NO_CERT_CLIENT], timeout=120)
+    assert json.loads(admin.stdout)["admin"] == {"health": "OK", "drain": "OK",
+                                                 "grpc": "accepted"}, admin.stderr

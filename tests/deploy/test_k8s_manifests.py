@@ -172,6 +172,51 @@ def test_settings_name_real_config_fields(manifests: dict[str, list[dict[str, An
     build_parser().parse_args(c["args"])
 
 
+def test_every_process_mounts_its_certificate(tmp_path: Path) -> None:
+    """mTLS on Kubernetes: make-certs.sh makes the files the Secrets are generated from, and
+    after ``kubectl kustomize`` every workload mounts a Secret that holds the CA and the
+    certificate and key its TLS settings name (the node's by its pod name)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (its built-in kustomize) is not installed")
+    import sys
+
+    import yaml
+
+    work = tmp_path / "k8s"
+    shutil.copytree(K8S, work, ignore=shutil.ignore_patterns("certs"))
+    env = {**__import__("os").environ, "DURO": f"{sys.executable} -m duro.cli",
+           "DURO_CA_DIR": str(tmp_path / "ca")}
+    subprocess.run(["bash", str(work / "make-certs.sh")], env=env, check=True,
+                   capture_output=True)
+    assert not (work / "certs" / "ca-key.pem").exists()  # the CA's key stays out of the Secrets
+    out = subprocess.run([kubectl, "kustomize", str(work)], capture_output=True, text=True,
+                         check=True).stdout
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    secrets = {name: set(d["data"]) for (kind, name), d in objs.items() if kind == "Secret"}
+    for (kind, name), obj in objs.items():
+        if kind not in ("StatefulSet", "Deployment"):
+            continue
+        spec = _pod_spec(obj)
+        (c,) = spec["containers"]
+        env_vars = _env(c)
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+        prefix = {"duro-node": "DURO_NODE_", "duro-placement": "DURO_PLACEMENT_",
+                  "duro-edge": "DURO_EDGE_"}[name]
+        # The volume the TLS files are in (edges also mount the Gateway's tokens).
+        (vol, secret), = ((v, s) for v, s in vols.items()
+                          if mounts[v] == env_vars[prefix + "TLS_CA"].rpartition("/")[0])
+        pods = [f"duro-node-{i}" for i in range(obj["spec"].get("replicas", 1))] \
+            if kind == "StatefulSet" else ["any"]
+        for pod in pods:
+            for setting in ("TLS_CA", "TLS_CERT", "TLS_KEY"):
+                path = env_vars[prefix + setting].replace("$(POD_NAME)", pod)
+                directory, _, file = path.rpartition("/")
+                assert directory == mounts[vol] and file in secrets[secret], (name, path)
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]
+
+
 def test_edges_read_gateway_tokens_from_a_secret(
         manifests: dict[str, list[dict[str, Any]]]) -> None:
     """The Gateway's tokens file is a Secret generated from deploy/k8s/gateway-tokens.toml,

@@ -10,6 +10,7 @@ import pytest_asyncio
 
 from duro.dev import LocalCluster
 from tests.cluster.etcd_fixture import pid_alive
+from tests.helpers.tls import cluster_tls_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -19,6 +20,8 @@ TEST_APP = Path(__file__).parent / "app"
 async def start_cluster(root: Path, **kw) -> LocalCluster:
     kw.setdefault("etcd_no_fsync", True)
     kw.setdefault("regions", ("us-east", "eu-west"))
+    for k, v in cluster_tls_kwargs().items():  # mTLS with the session's CA (helpers/tls.py)
+        kw.setdefault(k, v)
     cluster = LocalCluster(root, **kw)
     await cluster.start()  # stops what it started if it fails
     return cluster

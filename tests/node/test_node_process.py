@@ -13,6 +13,7 @@ import pytest
 
 import duro.client
 from duro.errors import DuroError
+from tests.helpers.tls import process_tls_args
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "counter"
@@ -21,7 +22,8 @@ APP = ROOT / "examples" / "counter"
 def start_node(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "duro.cli", "node", "--app", str(APP), "--data-dir", str(data_dir),
-         "--listen", "127.0.0.1:0", "--log-level", "WARNING", *extra],
+         "--listen", "127.0.0.1:0", "--log-level", "WARNING", "--node-id", data_dir.name,
+         *process_tls_args("node", data_dir.name), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert proc.stdout is not None

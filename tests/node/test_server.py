@@ -36,7 +36,7 @@ from duro.errors import (
 )
 from duro.node.server import HealthStatus, NodeGrpcServer, ServerStatus
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("plaintext")]  # in-process, no TLS
 
 if os.environ.get("DURO_TEST_UVLOOP"):
     import uvloop
