@@ -175,13 +175,15 @@ class LocalCluster:
         for k, region in enumerate(regions if edges else ()):
             port = http_port if (k == 0 and http_port) else free_port()
             grpc_port = http_port + 1 if (k == 0 and http_port) else free_port()
+            admin_port = http_port + 2 if (k == 0 and http_port) else free_port()
             name = f"edge-{region}"
             self.edges.append(ProcSpec(
                 "edge", name,
                 [python, "-m", "duro.cli", "edge", "--app", self.app,
                  "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
                  "--edge-id", name, "--http-listen", f"127.0.0.1:{port}",
-                 "--grpc-listen", f"127.0.0.1:{grpc_port}", "--log-level", "WARNING",
+                 "--grpc-listen", f"127.0.0.1:{grpc_port}",
+                 "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "WARNING",
                  *self._tls_args("edge", name),
                  "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
@@ -291,6 +293,10 @@ class LocalCluster:
         """``http://host:port`` of edge ``i``."""
         return "http://" + self.edges[i].ready["http"]
 
+    def edge_admin_url(self, i: int = 0) -> str:
+        """``http://host:port`` of edge ``i``'s admin listener (``/health``, ``/metrics``)."""
+        return "http://" + self.edges[i].ready["admin"]
+
     async def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
         spec = self.nodes[i]
         assert spec.proc is not None
@@ -365,7 +371,8 @@ class LocalCluster:
                          f"metrics :{n.ready.get('metrics_port', '-')}")
         for e in self.edges:
             lines.append(f"edge       {e.name:<12} region {e.region:<9} HTTP http://"
-                         f"{e.ready.get('http', '?')}  gRPC Gateway {e.ready.get('grpc', '-')}")
+                         f"{e.ready.get('http', '?')}  gRPC Gateway {e.ready.get('grpc', '-')}  "
+                         f"admin http://{e.ready.get('admin', '-')}/health")
         return "\n".join(lines)
 
 

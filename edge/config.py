@@ -49,7 +49,10 @@ class EdgeConfig:
     tls_cert: Path | None = field(
         default=None, metadata={"help": "this process's certificate, PEM (duro certs)"})
     tls_key: Path | None = field(default=None, metadata={"help": "its private key, PEM"})
-    metrics_port: int = field(default=-1, metadata={"help": "Prometheus port (0 = any, -1 = off)"})
+    admin_listen: str = field(
+        default="127.0.0.1:8789",
+        metadata={"help": "admin HTTP host:port: /health and /metrics ('' = off; never public)"},
+    )
     static_dir: str = field(
         default="", metadata={"help": "static files served at / (default: the app's static/)"}
     )
@@ -65,6 +68,62 @@ class EdgeConfig:
     )
     socket_window: int = field(
         default=64, metadata={"help": "messages of one socket in flight to its object"}
+    )
+    socket_window_bytes: int = field(
+        default=1 * MiB,
+        metadata={"help": "message bytes of one socket in flight to its object (one larger "
+                          "message is allowed when none is in flight)"},
+    )
+    socket_inflight_bytes: int = field(
+        default=256 * MiB,
+        metadata={"help": "client message bytes in flight to objects over all of this edge's "
+                          "sockets; beyond it the edge stops reading clients until some are "
+                          "handled"},
+    )
+    max_connections: int = field(
+        default=0,
+        metadata={"help": "open client connections (HTTP and WebSocket) this edge holds; "
+                          "beyond it new ones get 503 and are closed (0 = the process's "
+                          "open-file limit less 256)"},
+    )
+    max_requests: int = field(
+        default=4096,
+        metadata={"help": "HTTP requests handled at once; beyond it 503 (WebSockets count "
+                          "only until their upgrade)"},
+    )
+    max_body_bytes_in_flight: int = field(
+        default=64 * MiB,
+        metadata={"help": "request body bytes this edge holds at once over all requests; "
+                          "beyond it 503"},
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds a connection has to send a complete request head (from "
+                          "its start, or from the first byte of a later head): else it is "
+                          "closed"},
+    )
+    idle_timeout: float = field(
+        default=75.0,
+        metadata={"help": "seconds a kept-alive HTTP connection may wait for its next request"},
+    )
+    body_timeout: float = field(
+        default=20.0,
+        metadata={"help": "seconds to read a request body, plus one second per "
+                          "body_min_rate bytes received; else 408"},
+    )
+    body_min_rate: int = field(
+        default=64 * 1024,
+        metadata={"help": "bytes per second a slow body must keep up (see body_timeout)"},
+    )
+    new_objects_per_second: float = field(
+        default=50.0,
+        metadata={"help": "objects one client (remote address) may create per second through "
+                          "this edge; beyond it 429 (0 = no limit)"},
+    )
+    new_objects_burst: int = field(
+        default=200,
+        metadata={"help": "objects one client may create at once before "
+                          "new_objects_per_second applies"},
     )
     node_loss_grace: float = field(
         default=30.0,
@@ -87,6 +146,19 @@ class EdgeConfig:
             raise ValueError("directory_cache must be at least 1 entry")
         if self.max_message_bytes < 1 or self.max_message_bytes > 32 * MiB:
             raise ValueError("max_message_bytes must be in 1..32 MiB (DESIGN §2)")
+        for name in ("socket_window_bytes", "socket_inflight_bytes", "max_requests",
+                     "max_body_bytes_in_flight", "body_min_rate", "new_objects_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_connections < 0:
+            raise ValueError("max_connections must be 0 (automatic) or more")
+        if min(self.header_timeout, self.body_timeout, self.idle_timeout) <= 0:
+            raise ValueError("header_timeout, body_timeout and idle_timeout must be more than "
+                             "0 seconds")
+        if self.new_objects_per_second < 0:
+            raise ValueError("new_objects_per_second must be 0 (no limit) or more")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("max_body_bytes_in_flight must be at least max_body_bytes")
         self.tls  # half the TLS settings: an error now, not at the first connection
 
     @property

@@ -2,9 +2,13 @@
 
 One request, in order:
 
-1. ``/_duro/health`` and ``/_duro/metrics`` are the edge's own; ``GET /`` and ``/static/<file>``
-   serve the app's static directory (``static_dir``, default ``<app>/static`` or the first
-   ``<app>/*/static``).
+0. Admission (docs/security.md): at most ``max_requests`` requests at once and at most
+   ``max_body_bytes_in_flight`` body bytes held (503 beyond); the body must arrive in time (408)
+   and fit ``max_body_bytes`` (413); connections and request heads are bounded by
+   ``duro.edge.listener``. Health and metrics are not here: they are on the admin listener
+   (``duro.edge.admin``); every path of this port belongs to the app.
+1. ``GET /`` and ``/static/<file>`` serve the app's static directory (``static_dir``, default
+   ``<app>/static`` or the first ``<app>/*/static``).
 2. The request becomes a :class:`duro.Request` (absolute URL, headers, body; for the default
    route only its wire form, encoded once, with no Request/Response objects). A WebSocket upgrade
    (``Upgrade: websocket``) gets a socket id from the :class:`~duro.edge.sockets.SocketManager`,
@@ -12,9 +16,11 @@ One request, in order:
    dropped, so it cannot be forged).
 3. The app's worker ``fetch(request, env)`` runs if the app defines one; else the default route
    ``/<binding lower-cased>/<name>/<rest>`` calls ``env.<BINDING>.get_by_name(name).fetch(request)``
-   (``/<binding>/@<64 hex digits>/<rest>`` addresses an object by id).
+   (``/<binding>/@<64 hex digits>/<rest>`` addresses an object by id; a percent-encoded name
+   must decode to UTF-8, else 400, so that two spellings never reach one object).
 4. Every call goes through the edge's ``Router`` with the edge's region (new objects are placed in
-   this region). A 101 answer completes the upgrade (``SocketManager.serve``); errors become JSON
+   this region; a client creating objects too fast gets 429, ``duro.edge.admission``). A 101
+   answer completes the upgrade (``SocketManager.serve``); errors become JSON
    ``{"error": {"code", "message", "retryable", "overloaded"}}`` with a matching HTTP status.
 """
 
@@ -29,13 +35,15 @@ from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from duro import _codec
 from duro._app import App
 from duro._http import Request, Response
 from duro._namespace import Call, CallKind, Env, Namespace
+from duro.edge.admission import NewObjectsLimitError, current_client
 from duro.edge.config import EdgeConfig
+from duro.edge.limits import ByteBudget
+from duro.edge.listener import BodyError, EdgeServer, read_body
 from duro.edge.metrics import EdgeMetrics
 from duro.edge.sockets import SOCKET_HEADER, EdgeSocket, SocketManager
 from duro.errors import DuroError, InvalidArgumentError, to_wire
@@ -51,6 +59,7 @@ _STATUS = {
     "method_not_found": 404, "not_found": 404, "object_error": 500, "overloaded": 503,
     "object_reset": 503, "unavailable": 503, "fenced": 503, "redirect": 503, "broken_stub": 503,
     "timeout": 504, "storage_limit": 507,  # 507 Insufficient Storage (RFC 4918)
+    "rate_limited": 429,
 }
 # Hop-by-hop and framing headers aiohttp computes itself.
 _SKIP_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive",
@@ -69,6 +78,10 @@ def error_response(code: str, message: str, status: int, *, retryable: bool = Fa
         body["remote_type"] = remote_type
     headers = {"Retry-After": "1"} if status == 503 else None
     return web.json_response({"error": body}, status=status, headers=headers)
+
+
+def _overloaded(message: str) -> web.Response:
+    return error_response("overloaded", message, 503, retryable=True, overloaded=True)
 
 
 def find_static_dir(app: App, configured: str) -> Path | None:
@@ -104,34 +117,66 @@ class EdgeHttp:
         self.static = find_static_dir(app, config.static_dir)
         self._status_counters: dict[int, Any] = {}
         self._upstream = metrics.upstream_seconds.labels(kind="fetch")
+        self.bodies = ByteBudget(config.max_body_bytes_in_flight)
+        self.requests = 0  # being handled now (an upgraded WebSocket no longer counts)
+        self.server: EdgeServer | None = None
+        metrics.http_requests_in_flight.set_function(lambda: self.requests)
+        metrics.http_body_bytes_in_flight.set_function(lambda: self.bodies.used)
 
-    def make_server(self, **handler_args: Any) -> web.Server:
+    def make_server(self, max_connections: int, **handler_args: Any) -> EdgeServer:
         """aiohttp's low-level server: no router or middlewares (every request comes here), which
-        saves time per request and memory per open WebSocket."""
-        max_body = self.config.max_body_bytes
+        saves time per request and memory per open WebSocket; with the connection cap and the
+        request-head deadline of :class:`~duro.edge.listener.EdgeServer`."""
+        cfg = self.config
+        refused = self.metrics.refused
 
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any,
                          task: Any) -> web.BaseRequest:
+            # (the body is read by read_body, which enforces max_body_bytes itself)
             return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop,
-                                   client_max_size=max_body)
+                                   client_max_size=cfg.max_body_bytes)
 
-        return web.Server(self.handle, request_factory=make_request, **handler_args)
+        self.server = EdgeServer(
+            self.handle, request_factory=make_request, max_connections=max_connections,
+            header_timeout=cfg.header_timeout, idle_timeout=cfg.idle_timeout,
+            on_refused=lambda reason: refused.labels(reason=reason).inc(), **handler_args)
+        self.metrics.http_connections.set_function(lambda: self.server.open if self.server else 0)
+        return self.server
 
     # -- one request --------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.server is not None:
+            self.server.head_received(request.protocol)
+        if self.requests >= self.config.max_requests:
+            self.metrics.refused.labels(reason="requests").inc()
+            resp: Any = _overloaded("this edge handles its maximum of requests at once; retry")
+            self._count(resp.status)
+            if self.server is not None:
+                self.server.answered(request.protocol)
+            return resp
+        self.requests += 1
+        current_client.set(request.remote or "")
         try:
-            resp = await self._handle(request)
-        except web.HTTPException as exc:
-            resp = exc
-        except Exception:  # the edge's own bug: answer 500, keep serving
-            log.exception("edge failed on %s %s", request.method, request.path)
-            resp = error_response("internal", "edge error", 500)
+            try:
+                resp = await self._handle(request)
+            except web.HTTPException as exc:
+                resp = exc
+            except ConnectionError:  # the client went away mid-request: nobody to answer
+                resp = error_response("invalid_argument", "connection lost", 400)
+                resp.force_close()
+            except Exception:  # the edge's own bug: answer 500, keep serving
+                log.exception("edge failed on %s %s", request.method, request.path)
+                resp = error_response("internal", "edge error", 500)
+        finally:
+            self.requests -= 1
         if isinstance(resp, EdgeSocket):
             # Upgraded: serve the socket from here, so that _handle's frame (the request's
             # copy, headers, body, the object's answer) is freed for the socket's lifetime.
             self._count(101)
             return await self.sockets.serve(request, resp)
         self._count(resp.status)
+        if self.server is not None:
+            self.server.answered(request.protocol)
         return resp
 
     def _count(self, status: int) -> None:
@@ -143,8 +188,6 @@ class EdgeHttp:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse | EdgeSocket:
         path = request.path
-        if path.startswith("/_duro/"):
-            return self._own(path)
         if self.static is not None and request.method in ("GET", "HEAD"):
             static = self._static(path)
             if static is not None:
@@ -158,27 +201,46 @@ class EdgeHttp:
         if rh.get("Upgrade", "").lower() == "websocket":
             sock = self.sockets.new_socket()
             items["duro-socket"] = (SOCKET_HEADER, self.sockets.upgrade_mark(sock))
+        charged = 0
         try:
-            body = await request.read() if request.body_exists else b""
+            body: bytes | bytearray = b""
+            if request.body_exists:
+                try:
+                    body, charged = await read_body(
+                        request, max_bytes=self.config.max_body_bytes, budget=self.bodies,
+                        timeout=self.config.body_timeout, min_rate=self.config.body_min_rate)
+                except BodyError as exc:
+                    self.metrics.refused.labels(reason=exc.code).inc()
+                    resp = error_response(exc.code, exc.message, exc.status,
+                                          retryable=exc.status == 503,
+                                          overloaded=exc.status == 503)
+                    if exc.status != 503:
+                        resp.force_close()  # the rest of the body is not read
+                    return resp
             url = f"{request.scheme}://{request.host}{request.raw_path}"
             started = time.perf_counter()
             try:
                 if self.app.worker_fetch is not None:
                     req = Request(url, method=request.method, headers=list(items.values()),
-                                  body=body)
+                                  body=bytes(body))
+                    body = b""
                     resp = await self._worker(req)
                     status, headers, resp_body = resp.status, resp.headers.items(), resp.body
                 else:
                     # One msgpack encode of exactly what Request.to_wire() would produce.
                     payload = _codec.encode(
                         [url, request.method.upper(), list(items.values()), body])
+                    body = b""  # only its encoded copy travels on
                     answer = await self._default_route(url, payload)
                     status, headers, resp_body = _codec.decode(answer)
                 out = None if status == 101 else _to_aiohttp(status, headers, resp_body)
             except DuroError as exc:
                 code, message, retryable, overloaded, remote_type = to_wire(exc)
-                return error_response(code, message, error_status(exc), retryable=retryable,
+                resp = error_response(code, message, error_status(exc), retryable=retryable,
                                       overloaded=overloaded, remote_type=remote_type)
+                if isinstance(exc, NewObjectsLimitError):
+                    resp.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+                return resp
             finally:
                 self._upstream.observe(time.perf_counter() - started)
             if status == 101:
@@ -191,6 +253,8 @@ class EdgeHttp:
                                       "WebSocket upgrade", 502)
             return out
         finally:
+            if charged:
+                self.bodies.give(charged)
             if sock is not None:  # not upgraded: forget the socket id
                 sock.closed = True
                 self.sockets.sockets.pop(sock.sid, None)
@@ -206,7 +270,10 @@ class EdgeHttp:
 
     async def _default_route(self, url: str, payload: bytes) -> bytes:
         """``/<binding>/<name>/<rest>``: the object's encoded answer to the encoded request."""
-        path = urlsplit(url).path or "/"  # as Request.path (urlsplit caches repeated URLs)
+        try:
+            path = urlsplit(url).path or "/"  # as Request.path (urlsplit caches repeated URLs)
+        except ValueError as exc:  # e.g. a Host header "[" (an unclosed IPv6 literal)
+            raise InvalidArgumentError(f"the request's URL is not valid: {exc}") from None
         parts = path.split("/", 3)
         if len(parts) < 3 or not parts[1]:
             known = ", ".join(f"/{b}/<name>/..." for b in sorted(self.routes))
@@ -214,7 +281,11 @@ class EdgeHttp:
         ns = self.routes.get(parts[1].lower())
         if ns is None:
             raise _NotFound(f"unknown binding {parts[1]!r}; known: {sorted(self.routes)}")
-        name = unquote(parts[2])
+        try:  # strict: two names must never decode to one (x%ff and x%fe, as U+FFFD)
+            name = unquote(parts[2], errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidArgumentError(
+                f"{path!r}: the object name is not valid UTF-8 once percent-decoded") from None
         if not name:
             raise InvalidArgumentError(f"{path!r}: the object name is empty")
         oid = ns.id_from_string(name[1:]) if name.startswith("@") else ns.id_from_name(name)
@@ -223,18 +294,14 @@ class EdgeHttp:
                     payload=payload, caller_region=ns.caller_region)
         return await ns.invoker.invoke(call)
 
-    # -- the edge's own routes ----------------------------------------------------------------
-    def _own(self, path: str) -> web.Response:
-        if path == "/_duro/health":
-            return web.json_response({
-                "edge_id": self.edge_id, "region": self.config.region, "status": "serving",
-                "sockets": len(self.sockets.sockets),
-                "nodes": {a: link.connected for a, link in self.sockets.links.items()},
-            })
-        if path == "/_duro/metrics":
-            return web.Response(body=generate_latest(self.metrics.registry),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})
-        return error_response("not_found", f"no edge route {path!r}", 404)
+    def health(self) -> dict[str, Any]:
+        """What the admin listener's ``/health`` answers."""
+        return {
+            "edge_id": self.edge_id, "region": self.config.region, "status": "serving",
+            "sockets": len(self.sockets.sockets), "requests": self.requests,
+            "connections": self.server.open if self.server is not None else 0,
+            "nodes": {a: link.connected for a, link in self.sockets.links.items()},
+        }
 
     def _static(self, path: str) -> web.StreamResponse | None:
         assert self.static is not None

@@ -42,5 +42,17 @@ class EdgeMetrics:
                                    "clients closed with 1008 for not reading", registry=r)
         self.upstream_batches = Counter(_n("socket_stream_batches"),
                                         "messages written on edge-node socket streams", registry=r)
+        self.http_connections = Gauge(_n("http_connections"),
+                                      "client connections open now (HTTP and WebSocket)",
+                                      registry=r)
+        self.http_requests_in_flight = Gauge(_n("http_requests_in_flight"),
+                                             "HTTP requests being handled now", registry=r)
+        self.http_body_bytes_in_flight = Gauge(_n("http_body_in_flight", "bytes"),
+                                               "request body bytes held now", registry=r)
+        self.socket_inflight_bytes = Gauge(_n("websocket_in_flight", "bytes"),
+                                           "client message bytes in flight to objects now",
+                                           registry=r)
+        self.refused = Counter(_n("refused"), "clients refused by a limit (docs/security.md), "
+                               "by reason", ["reason"], registry=r)
         self.gateway_calls = Counter(_n("gateway_calls"), "gRPC Gateway calls", ["rpc", "outcome"],
                                      registry=r)

@@ -10,8 +10,11 @@ message (:class:`NodeLink`)::
 
 Flow control, per socket so that one slow party cannot stall the others:
 
-* client → object: at most ``socket_window`` messages of one socket are in flight to its object
-  (the node ACKs them, folded per socket); beyond that the edge stops reading that client only.
+* client → object: at most ``socket_window`` messages and ``socket_window_bytes`` bytes of one
+  socket are in flight to its object (one message is always allowed when none is in flight), and
+  at most ``socket_inflight_bytes`` over every socket of the edge; the node ACKs handled messages
+  (folded per socket). Beyond that the edge stops reading that client only. Batches on the
+  stream are cut by bytes (``duro._socket_batches``), below gRPC's message limit.
 * object → client: each socket has its own queue and writer; the stream reader never waits on a
   client. A client whose queue (plus its transport buffer) grows over ``max_socket_buffer_bytes``
   does not read: it is closed with **1008** ("client too slow") and its object sees
@@ -40,6 +43,8 @@ from grpc import aio
 
 from duro import tls
 from duro._pb import node_pb2, node_pb2_grpc
+from duro._socket_batches import split_frames
+from duro.edge.ws_masking import ClientWebSocket
 
 if TYPE_CHECKING:
     from duro.client.router import Router
@@ -94,7 +99,7 @@ class EdgeSocket:
         "sid", "binding", "oid", "node", "tags", "attachment", "ws", "transport", "pre",
         "out", "out_bytes", "writer", "unacked", "credit", "accepted", "closed",
         "close_code", "close_reason", "object_closed", "redeliveries", "up", "seq", "held",
-        "bounced", "hint",
+        "bounced", "hint", "inflight", "unacked_bytes",
     )
 
     def __init__(self, sid: int) -> None:
@@ -130,6 +135,10 @@ class EdgeSocket:
         self.held: deque[tuple[bytes, bool]] | None = None
         self.bounced: list[tuple[int, bytes, bool]] | None = None
         self.hint = ""  # the owner an UNKNOWN named
+        # Bytes of the messages in flight (seq -> size, oldest first; made on the first send):
+        # the window in bytes, and this socket's share of the edge's budget.
+        self.inflight: dict[int, int] | None = None
+        self.unacked_bytes = 0
 
 
 class NodeLink:
@@ -192,13 +201,18 @@ class NodeLink:
                 waiter.cancel()
                 continue
             frames, self._outbox = self._outbox, []
-            try:
-                await call.write(node_pb2.SocketBatch(frames=frames))
-            except Exception:
-                # Not sent: keep the frames (MESSAGE/CLOSE) for the next stream, after REGISTERs.
-                self._outbox[:0] = [f for f in frames if f.op != _REGISTER]
-                raise
-            self.mgr.metrics.upstream_batches.inc()
+            # Cut by bytes: a few big messages together would exceed gRPC's message limit, fail
+            # the stream, and be resent together again, stalling every socket on this node.
+            batches = list(split_frames(frames))
+            for i, batch in enumerate(batches):
+                try:
+                    await call.write(node_pb2.SocketBatch(frames=batch))
+                except Exception:
+                    # Not sent: keep the frames (MESSAGE/CLOSE) for the next stream, after the
+                    # REGISTERs it starts with.
+                    self._outbox[:0] = [f for b in batches[i:] for f in b if f.op != _REGISTER]
+                    raise
+                self.mgr.metrics.upstream_batches.inc()
 
     async def _read(self, call: Any) -> None:
         try:
@@ -276,6 +290,11 @@ class SocketManager:
         self.by_object: dict[bytes, set[int]] = {}  # object id -> its socket ids (re-binding)
         self._resume_timers: dict[int, asyncio.TimerHandle] = {}
         self._next_sid = 0
+        # Client message bytes in flight to objects, over every socket (``socket_inflight_bytes``
+        # bounds it), and the sockets waiting for some of it to be freed.
+        self.inflight_bytes = 0
+        self._blocked: set[EdgeSocket] = set()
+        metrics.socket_inflight_bytes.set_function(lambda: self.inflight_bytes)
         self._sync_task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -351,6 +370,7 @@ class SocketManager:
         for s in list(self.sockets.values()):
             if s.up == address and s.unacked and not s.closed:
                 s.unacked = 0
+                self._drop_inflight(s)
                 _release(s)
                 if s.held is not None:
                     self._resume(s)
@@ -449,6 +469,7 @@ class SocketManager:
                 if s is not None:
                     s.unacked = max(0, s.unacked - f.count)
                     s.redeliveries = 0
+                    self._acked(s, f.count)
                     _release(s)
                     if s.held is not None and not s.unacked:
                         self._resume(s)
@@ -494,6 +515,7 @@ class SocketManager:
                 if s is None or s.closed:
                     continue
                 s.unacked = max(0, s.unacked - 1)
+                self._bounced(s, f.seq)
                 # It did not run there: keep it (with its number) for the owner, and pause.
                 if s.bounced is None:
                     s.bounced = []
@@ -640,8 +662,57 @@ class SocketManager:
         s.unacked += 1
         s.seq += 1
         s.up = link.address
+        n = len(data)
+        if s.inflight is None:
+            s.inflight = {}
+        s.inflight[s.seq] = n
+        s.unacked_bytes += n
+        self.inflight_bytes += n
         link.push(node_pb2.SocketFrame(socket_id=s.sid, op=_MESSAGE, binding=s.binding,
                                        object_id=s.oid, data=data, text=text, seq=s.seq))
+
+    def _may_send(self, s: EdgeSocket, n: int) -> bool:
+        """Whether a message of ``n`` bytes from ``s``'s client may go to its object now: the
+        socket's windows (messages and bytes; one message is always allowed when nothing is in
+        flight) and the edge's budget of bytes in flight over all sockets."""
+        cfg = self.config
+        if s.unacked + (len(s.held) if s.held else 0) >= cfg.socket_window:
+            return False
+        if s.unacked_bytes and s.unacked_bytes + n > cfg.socket_window_bytes:
+            return False
+        if self.inflight_bytes and self.inflight_bytes + n > cfg.socket_inflight_bytes:
+            self._blocked.add(s)  # woken when any socket's bytes are freed
+            return False
+        return True
+
+    def _acked(self, s: EdgeSocket, count: int) -> None:
+        """The ``count`` oldest messages in flight of ``s`` were handled."""
+        inflight = s.inflight
+        freed = 0
+        while count and inflight:
+            freed += inflight.pop(next(iter(inflight)))
+            count -= 1
+        self._free(s, freed)
+
+    def _bounced(self, s: EdgeSocket, seq: int) -> None:
+        """Message ``seq`` did not run (UNKNOWN): it is sent again later, and charged again."""
+        self._free(s, s.inflight.pop(seq, 0) if s.inflight else 0)
+
+    def _drop_inflight(self, s: EdgeSocket) -> None:
+        """Every message in flight of ``s`` is lost (its stream broke) or moot (it closed)."""
+        if s.inflight:
+            self._free(s, sum(s.inflight.values()))
+        s.inflight = None
+
+    def _free(self, s: EdgeSocket, n: int) -> None:
+        if not n:
+            return
+        s.unacked_bytes -= n
+        self.inflight_bytes -= n
+        if self._blocked:
+            blocked, self._blocked = self._blocked, set()
+            for b in blocked:
+                _release(b)
 
     def _gone(self, s: EdgeSocket) -> None:
         """The client is gone: tell the object (unless it closed the socket itself)."""
@@ -649,6 +720,8 @@ class SocketManager:
             return
         s.closed = True
         self.sockets.pop(s.sid, None)
+        self._drop_inflight(s)
+        self._blocked.discard(s)
         timer = self._resume_timers.pop(s.sid, None)
         if timer is not None:
             timer.cancel()
@@ -683,7 +756,7 @@ class SocketManager:
             s.closed = True
             raise web.HTTPBadGateway(text="the object accepted the WebSocket but its node did "
                                           "not confirm it in time; retry")
-        ws = web.WebSocketResponse(
+        ws = ClientWebSocket(  # unmasked client frames fail the connection (1002)
             max_msg_size=cfg.max_message_bytes,
             heartbeat=cfg.ws_heartbeat or None,
             compress=False,
@@ -711,7 +784,6 @@ class SocketManager:
         # The client's messages, read here (no frame of its own: this coroutine lives as long as
         # the socket, and every frame costs memory per idle socket).
         try:
-            window = self.config.socket_window
             metrics = self.metrics
             auto = self.auto
             while True:
@@ -732,21 +804,25 @@ class SocketManager:
                     s.close_reason = msg.extra or ""
                     break
                 elif t == WSMsgType.ERROR:
-                    exc = ws.exception()
+                    exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
                     if s.close_code == 0:
-                        s.close_code = ws.close_code or 1006
+                        # A protocol error the edge failed the connection for (1002 unmasked
+                        # frame, 1007, 1009...) is the code its object hears; else 1006.
+                        s.close_code = getattr(exc, "code", 0) or ws.close_code or 1006
                         s.close_reason = str(exc or "")[:120]
                     break
                 else:  # CLOSING, CLOSED
                     break
                 metrics.frames_in.inc()
                 metrics.bytes_in.inc(len(raw))
-                if s.unacked + (len(s.held) if s.held else 0) >= window:
+                # Flow control: stop reading this client (TCP pushes back on it) until its
+                # message may go (see _may_send).
+                while not s.closed and not self._may_send(s, len(raw)):
                     s.credit = asyncio.get_running_loop().create_future()
                     await s.credit
                     s.credit = None
-                    if s.closed:
-                        break
+                if s.closed:
+                    break
                 if s.held is not None:  # paused (its object is moving): keep the order
                     s.held.append((raw, text))
                     continue

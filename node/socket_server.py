@@ -10,13 +10,17 @@ Batching is as in ``duro.node.server``: everything pushed during one loop turn (
 is in progress) goes out as one message. ACKs of one socket are folded into one frame with a
 count. An edge that stops reading lets its outbox grow only up to ``max_outbox_bytes``; beyond it
 the stream is ended (the edge reconnects and re-registers its sockets), so one stuck edge cannot
-grow the node's memory without bound.
+grow the node's memory without bound. Batches are cut by bytes (``duro._socket_batches``), below
+gRPC's message limit. Client messages an edge has in flight here (received, not yet ACKed or
+answered UNKNOWN) are bounded too (``max_inflight_bytes``, 512 MiB): an edge past it, which
+ignored its own windows, has its stream ended with ``RESOURCE_EXHAUSTED``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import AsyncIterator
 
 import grpc
@@ -24,6 +28,7 @@ from grpc import aio
 
 from duro import tls
 from duro._pb import node_pb2, node_pb2_grpc
+from duro._socket_batches import split_frames
 from duro.node.runtime.websockets import Frame, Op, SocketHub
 
 __all__ = ["SocketServicer", "frame_to_pb", "frame_from_pb", "EDGE_ID_METADATA"]
@@ -31,8 +36,11 @@ __all__ = ["SocketServicer", "frame_to_pb", "frame_from_pb", "EDGE_ID_METADATA"]
 log = logging.getLogger("duro.node.sockets")
 
 EDGE_ID_METADATA = "duro-edge-id"
-MAX_BATCH_BYTES = 16 * 1024 * 1024  # a message stays well below the 64 MiB gRPC limit
 _FRAME_OVERHEAD = 48
+# Client message bytes one edge may have in flight here (received, not yet handled). An edge
+# keeps to its own budget (socket_inflight_bytes, 256 MiB by default, over all nodes), so only
+# an edge that ignores it reaches this; its stream ends with RESOURCE_EXHAUSTED.
+DEFAULT_MAX_INFLIGHT_BYTES = 512 * 1024 * 1024
 
 
 def frame_to_pb(f: Frame) -> node_pb2.SocketFrame:
@@ -75,10 +83,14 @@ def frame_from_pb(pb: node_pb2.SocketFrame) -> Frame:
     )
 
 
+_MESSAGE = node_pb2.SOCKET_OP_MESSAGE
+
+
 class _EdgeLink:
     """The writing half of one edge's stream: outbox, folded ACKs, one writer."""
 
-    __slots__ = ("edge", "_context", "_outbox", "_bytes", "_acks", "_wake", "closed", "_limit")
+    __slots__ = ("edge", "_context", "_outbox", "_bytes", "_acks", "_wake", "closed", "_limit",
+                 "_inflight", "inflight_bytes", "refused")
 
     def __init__(self, edge: str, context: aio.ServicerContext, limit: int) -> None:
         self.edge = edge
@@ -89,10 +101,31 @@ class _EdgeLink:
         self._wake = asyncio.Event()
         self.closed = False
         self._limit = limit
+        # Sizes of the messages received and not yet handled, per socket, oldest first (a
+        # socket's messages are handled in order; each ends in an ACK or an UNKNOWN).
+        self._inflight: dict[int, deque[int]] = {}
+        self.inflight_bytes = 0
+        self.refused = ""  # why the stream is ended by this side (RESOURCE_EXHAUSTED)
+
+    def received(self, socket_id: int, n: int) -> None:
+        q = self._inflight.get(socket_id)
+        if q is None:
+            q = self._inflight[socket_id] = deque()
+        q.append(n)
+        self.inflight_bytes += n
+
+    def _handled(self, socket_id: int) -> None:
+        q = self._inflight.get(socket_id)
+        if q:
+            self.inflight_bytes -= q.popleft()
+            if not q:
+                del self._inflight[socket_id]
 
     def push(self, frame: Frame) -> None:
         if self.closed:
             return
+        if frame.op is Op.UNKNOWN:  # a message that did not run here: it is handled
+            self._handled(frame.socket_id)
         self._outbox.append(frame_to_pb(frame))
         self._bytes += len(frame.data) + _FRAME_OVERHEAD
         if self._bytes > self._limit:
@@ -103,6 +136,7 @@ class _EdgeLink:
 
     def ack(self, socket_id: int) -> None:
         if not self.closed:
+            self._handled(socket_id)
             self._acks[socket_id] = self._acks.get(socket_id, 0) + 1
             self._wake.set()
 
@@ -122,24 +156,18 @@ class _EdgeLink:
                 acks, self._acks = self._acks, {}
                 frames.extend(node_pb2.SocketFrame(socket_id=sid, op=int(Op.ACK), count=n)
                               for sid, n in acks.items())
-            batch: list[node_pb2.SocketFrame] = []
-            size = 0
-            for pb in frames:
-                n = len(pb.data) + _FRAME_OVERHEAD
-                if batch and size + n > MAX_BATCH_BYTES:
-                    await context.write(node_pb2.SocketBatch(frames=batch))
-                    batch, size = [], 0
-                batch.append(pb)
-                size += n
-            await context.write(node_pb2.SocketBatch(frames=batch))
+            for batch in split_frames(frames):  # by bytes, below gRPC's message limit
+                await context.write(node_pb2.SocketBatch(frames=batch))
 
 
 class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
     """``duro.v1.NodeSockets`` over a :class:`SocketHub`."""
 
-    def __init__(self, hub: SocketHub, *, max_outbox_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, hub: SocketHub, *, max_outbox_bytes: int = 256 * 1024 * 1024,
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> None:
         self.hub = hub
         self.max_outbox_bytes = max_outbox_bytes
+        self.max_inflight_bytes = max_inflight_bytes
         self._links: set[_EdgeLink] = set()
 
     async def Sockets(  # noqa: N802 (gRPC method name)
@@ -176,18 +204,31 @@ class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
             self.hub.detach(edge, link)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if link.refused:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, link.refused)
 
     async def _read(
         self, edge: str, link: _EdgeLink, request_iterator: AsyncIterator[node_pb2.SocketBatch]
     ) -> None:
         receive = self.hub.receive
+        limit = self.max_inflight_bytes
         try:
             async for batch in request_iterator:
                 for pb in batch.frames:
+                    if pb.op == _MESSAGE:
+                        link.received(pb.socket_id, len(pb.data))
+                        if link.inflight_bytes > limit:
+                            link.refused = (
+                                f"edge {edge} has more than {limit} bytes of socket messages in "
+                                f"flight on this node; it must wait for ACKs (docs/edge.md)")
+                            log.warning("%s: ending its stream", link.refused)
+                            return
                     try:
                         receive(edge, frame_from_pb(pb))
                     except Exception:  # a bad frame must not end the stream of every socket
                         log.exception("bad socket frame from edge %s", edge)
+                        if pb.op == _MESSAGE:
+                            link._handled(pb.socket_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

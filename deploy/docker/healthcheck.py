@@ -9,8 +9,9 @@ container's environment), then the defaults of deploy/Dockerfile.
 * node:      HTTP GET /metrics on its metrics port (served only once the node is registered in
              etcd and serving gRPC); with metrics off (-1), a TCP connect to its gRPC port.
 * placement: TCP connect to its gRPC listen port.
-* edge:      HTTP GET /_duro/health on its HTTP port (``--http-listen``/``DURO_EDGE_HTTP_LISTEN``),
-             200 expected (``/healthz`` is tried if that path answers 404).
+* edge:      HTTP GET /health on its admin listener (``--admin-listen``/``DURO_EDGE_ADMIN_LISTEN``,
+             default 127.0.0.1:8789; health is never on the public port), 200 expected; with the
+             admin listener off (''), a TCP connect to its HTTP port.
 Exit 0 = healthy, 1 = unhealthy (the reason on stdout, shown by ``docker inspect``).
 """
 
@@ -86,14 +87,13 @@ def main():
             listen = flag(argv, "--listen", env.get("DURO_PLACEMENT_LISTEN", ""))
             return 0 if tcp(port_of(listen, 7000)) else 1
         if role == "edge":
-            listen = flag(argv, "--http-listen", env.get("DURO_EDGE_HTTP_LISTEN", ""))
-            port = port_of(listen, 8787)
-            status = http_status(port, "/_duro/health")
-            if status == 404:  # an edge without /_duro/health: /healthz, then serving at all
-                status = http_status(port, "/healthz")
-                status = 200 if status == 404 else status
+            admin = flag(argv, "--admin-listen", env.get("DURO_EDGE_ADMIN_LISTEN", "127.0.0.1:8789"))
+            if not admin:
+                listen = flag(argv, "--http-listen", env.get("DURO_EDGE_HTTP_LISTEN", ""))
+                return 0 if tcp(port_of(listen, 8787)) else 1
+            status = http_status(port_of(admin, 8789), "/health")
             if status != 200:
-                print("edge /_duro/health answered %s" % status)
+                print("edge admin /health answered %s" % status)
                 return 1
             return 0
     except (OSError, ValueError) as exc:

@@ -36,5 +36,5 @@ async def test_sockets_of_a_lost_node_close_with_1012(cluster):
             msg = await asyncio.wait_for(ws.receive(), 20)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1012, msg
             assert "node unavailable" in msg.extra
-        async with http.get(cluster.edge_url(0) + "/_duro/health") as r:
+        async with http.get(cluster.edge_admin_url(0) + "/health") as r:
             assert r.status == 200 and (await r.json())["sockets"] == 0

@@ -122,11 +122,12 @@ async def test_calls_carry_the_edge_region(examples_cluster):
 async def test_edge_health_and_metrics(examples_cluster):
     url = examples_cluster.edge_url(0)
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}/_duro/health") as r:
+        admin = examples_cluster.edge_admin_url(0)
+        async with http.get(f"{admin}/health") as r:
             body = await r.json()
             assert body["region"] == "us-east" and body["status"] == "serving"
             assert all(body["nodes"].values()) and len(body["nodes"]) == 2
-        async with http.get(f"{url}/_duro/metrics") as r:
+        async with http.get(f"{admin}/metrics") as r:
             text = await r.text()
             for name in ("duro_edge_http_requests_total", "duro_edge_websocket_connections",
                          "duro_edge_upstream_latency_seconds_bucket",

@@ -3,6 +3,7 @@ gate) and the examples' ``Counter``, behind a worker ``fetch`` (``/room/<name>/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from duro import DurableObject, Request, Response
@@ -35,6 +36,10 @@ class Room(DurableObject):
 
     async def web_socket_message(self, ws, message) -> None:
         if isinstance(message, bytes):
+            if message.startswith(b"digest:"):  # big messages: answer their size and hash
+                ws.send(json.dumps({"type": "digest", "len": len(message),
+                                    "sha256": hashlib.sha256(message).hexdigest()}))
+                return
             ws.send(message)  # binary echo
             return
         cmd, _, arg = message.partition(":")
