@@ -8,6 +8,8 @@ left" is checked to the byte at every step (``assert_room``: N + 1 refused, N ac
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +18,7 @@ import pytest
 import duro.client
 from duro.client.admin import migrate, where
 from duro.dev import LocalCluster
+from duro.errors import DuroError
 from duro.node.storage import layout, usage
 from duro.node.storage.engine import StorageEngine
 from tests.cluster.conftest import MakeCluster
@@ -48,6 +51,20 @@ def copies(cluster: LocalCluster) -> dict[str, dict[tuple[int, bytes], tuple[int
         finally:
             engine.close()
     return out
+
+
+async def answered(stub, timeout: float = 30.0) -> None:  # noqa: ANN001
+    """Wait until the object answers again (a call in flight to a node that dies fails with a
+    retryable error; the router waits through the failover for the next ones)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert await stub.ping() == "pong"
+            return
+        except DuroError as exc:
+            if not exc.retryable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @pytest.mark.timeout(300)
@@ -94,12 +111,14 @@ async def test_quota_account_follows_the_object_and_every_copy_agrees(
         # A failover: the primary dies; the new one serves the account its copy received.
         victim = cluster.node_by_id(after["node"])
         await cluster.kill_node(victim)
+        await answered(s)
         await assert_room(s, QUOTA - used)
         await s.put("k00000001", "y" * 10)  # an overwrite on the new primary: smaller
         used -= size("k00000001", "x" * 150) - size("k00000001", "y" * 10)
         await assert_room(s, QUOTA - used)
         await cluster.start_node(victim)  # back, caught up, and its group handed back to it
         await cluster.wait_replicated(60)
+        await answered(s)
         await assert_room(s, QUOTA - used)
 
     await cluster.stop()

@@ -127,7 +127,7 @@ async def test_group_commit_100_objects_in_one_turn_share_one_write(tb, objs):
     stubs = [tb.env.PLAIN.get_by_name(f"obj-{i}") for i in range(100)]
     assert await asyncio.gather(*(s.put("k", i) for i, s in enumerate(stubs))) == [True] * 100
     assert len(calls) == 1, calls
-    assert calls[0] == 100  # one batch, one entry per object
+    assert calls[0] == 200  # one batch: per object, its key and its usage record (usage.py)
     assert tb.host.committer.stats.commits - before == 1
     assert tb.host.committer.stats.objects >= 100
     for i, s in enumerate(stubs):
@@ -146,6 +146,6 @@ async def test_several_puts_in_one_event_are_one_batch(tb, objs):
     stub = tb.env.PLAIN.get_by_name("multi")
     keys = [f"k{i}" for i in range(20)]
     assert await stub.put_several(keys, 7) == 7
-    assert batches == [20]
+    assert batches == [21]  # the 20 keys and the object's usage record (usage.py)
     assert tb.storage(stub) == {k: 7 for k in sorted(keys)}
     assert tb.engine.get(layout.data_key(0, stub.id.raw, b"k0")) is not None

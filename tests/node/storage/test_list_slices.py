@@ -46,11 +46,12 @@ async def test_other_objects_answer_while_a_huge_list_runs(tmp_path):
             listing = asyncio.ensure_future(big.count())
             await asyncio.sleep(0.3)  # the list is running on the node by now
             latencies = []
-            while not listing.done() and len(latencies) < 200:
+            answered_during = 0  # pings answered before the list's own answer came back
+            while not listing.done():
                 t0 = time.perf_counter()
                 assert await other.ping() == "pong"
                 latencies.append(time.perf_counter() - t0)
-            pinged_during = not listing.done()
+                answered_during += not listing.done()
             result = await listing
 
             assert result == {"n": BIG_KEYS, "first": key("k", 0), "last": key("k", BIG_KEYS - 1),
@@ -58,7 +59,7 @@ async def test_other_objects_answer_while_a_huge_list_runs(tmp_path):
             # The list was long enough to matter, and other calls were answered meanwhile,
             # each within a generous bound (without slices: after the whole list, seconds).
             assert result["seconds"] > 0.5, result
-            assert latencies and pinged_during, (len(latencies), result)
+            assert answered_during >= 10, (answered_during, result)
             assert max(latencies) < 0.5, (max(latencies), len(latencies), result)
     finally:
         stop_node(proc)
