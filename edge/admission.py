@@ -4,7 +4,9 @@ An object is created by the first call that reaches its directory partition with
 (``Directory.Resolve`` with ``create``; docs/directory.md). The edge does not know whether an
 object is new without asking, so the limit applies to the calls that *could* create one:
 
-* a call whose object is in the edge's directory cache exists: it passes, costing nothing;
+* a call whose object is in the edge's directory cache exists: it passes, costing nothing; so
+  does a call whose object another call is creating right now (a thousand clients' first
+  WebSockets to one new room cost one token, not a thousand);
 * otherwise it takes a token from its client's bucket (``new_objects_per_second``,
   ``new_objects_burst``; the client is the connection's remote address) and goes on as before:
   the router resolves it at its partition, creating the object if it is new (no extra round
@@ -57,15 +59,28 @@ class EdgeInvoker:
         self.router = router
         self.buckets = buckets
         self._on_refused = on_refused
+        # Objects whose first call took a token and is still in flight (object id -> such calls).
+        self._creating: dict[bytes, int] = {}
 
     async def invoke(self, call: Call) -> bytes:
         buckets = self.buckets
-        if buckets is not None:
-            client = current_client.get()
-            if client is not None and self.router.directory.lookup(call.object_id.hex()) is None:
-                if not buckets.take(client):
-                    await self._refuse_if_new(call, client, buckets)
-        return await self.router.invoke(call)
+        client = current_client.get() if buckets is not None else None
+        oid = call.object_id
+        if (buckets is None or client is None or oid in self._creating
+                or self.router.directory.lookup(oid.hex()) is not None):
+            return await self.router.invoke(call)
+        if not buckets.take(client):
+            await self._refuse_if_new(call, client, buckets)
+            return await self.router.invoke(call)
+        creating = self._creating
+        creating[oid] = creating.get(oid, 0) + 1
+        try:
+            return await self.router.invoke(call)
+        finally:
+            if creating[oid] > 1:
+                creating[oid] -= 1
+            else:
+                del creating[oid]
 
     async def _refuse_if_new(self, call: Call, client: str, buckets: ClientBuckets) -> None:
         entry = await self.router.directory.resolve(

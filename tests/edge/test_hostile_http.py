@@ -223,6 +223,30 @@ async def test_concurrent_big_bodies_are_bounded(cluster):
     assert after - before < 150, (before, peak, after)
 
 
+async def test_many_first_calls_to_one_new_object_cost_one_token(cluster):
+    """A burst of first calls to one new object (a thousand clients' first WebSockets to one
+    room) is one creation: it takes one token, not one per call. From a client address of its
+    own (127.0.0.2), so that its bucket starts full."""
+    host, port = hostport(cluster.edge_url(0))
+    me = ("127.0.0.2", 0)
+
+    async def get(name: str, n: int) -> list[int]:
+        conns = [await asyncio.open_connection(host, port, local_addr=me) for _ in range(n)]
+        request = f"GET /counter/{name}/get HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        for _, writer in conns:  # all connected first, so the requests arrive together
+            writer.write(request)
+        statuses = [(await read_answer(reader, 15))[0] for reader, _ in conns]
+        for _, writer in conns:
+            writer.close()
+        return statuses
+
+    tag = uuid.uuid4().hex[:6]
+    assert await get(f"crowd-{tag}", 3 * BURST) == [200] * (3 * BURST)
+    # The crowd took one token: the rest of the burst still creates.
+    for i in range(BURST - 1):
+        assert await get(f"after-crowd-{tag}-{i}", 1) == [200], i
+
+
 async def test_creating_objects_faster_than_the_limit_gets_429_and_creates_nothing(cluster):
     url = cluster.edge_url(0)
     tag = uuid.uuid4().hex[:6]
