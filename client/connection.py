@@ -36,6 +36,7 @@ from duro.errors import CallTimeoutError, DuroError, InvalidValueError, Unavaila
 
 __all__ = [
     "NodeConnection", "ConnectionPool", "NodeHealth", "channel_options", "PLACEMENT_BACKOFF_MS",
+    "placement_channel_options",
 ]
 
 log = logging.getLogger("duro.client.connection")
@@ -45,10 +46,8 @@ _CALL_OVERHEAD = 128  # bytes of a Call beside its payload, for splitting batche
 _MAX_PAYLOAD_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES, *,
-                    max_backoff_ms: int = 2_000) -> list[tuple[str, int]]:
-    """Channel arguments for connections to nodes (and, with a shorter ``max_backoff_ms``, to
-    the placement service: :data:`PLACEMENT_BACKOFF_MS`)."""
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Channel arguments for connections to nodes."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -60,7 +59,7 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES, *,
         # gRPC's default backoff of up to two minutes.
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", max_backoff_ms),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
 
 
@@ -68,6 +67,17 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES, *,
 # default backoff (1 s growing 1.6x to 120 s) routers kept failing to place new objects for 11-17 s
 # after the only placement replica restarted, although a leader was back within 1 s.
 PLACEMENT_BACKOFF_MS = 1_000
+
+
+def placement_channel_options() -> list[tuple[str, int]]:
+    """Channel arguments for connections to the placement service: the reconnect backoff capped
+    at :data:`PLACEMENT_BACKOFF_MS`, and no keepalive pings (its calls are rare and short, and
+    its server would answer idle pings with GOAWAY ``too_many_pings``)."""
+    return [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", PLACEMENT_BACKOFF_MS),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

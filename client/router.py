@@ -31,7 +31,7 @@ from duro import tls
 from duro._namespace import Call
 from duro._pb import placement_pb2, placement_pb2_grpc
 from duro._wire import RedirectError
-from duro.client.connection import PLACEMENT_BACKOFF_MS, ConnectionPool, channel_options
+from duro.client.connection import ConnectionPool, placement_channel_options
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
 from duro.errors import UnavailableError
@@ -305,7 +305,6 @@ class Router:
         channel = self._placement_channels.get(address)
         if channel is None:
             channel = self._placement_channels[address] = tls.channel(
-                address, role="placement",
-                options=channel_options(max_backoff_ms=PLACEMENT_BACKOFF_MS))
+                address, role="placement", options=placement_channel_options())
         self._placement = (address, placement_pb2_grpc.PlacementStub(channel))
 
