@@ -1,4 +1,5 @@
-"""One standalone host node process (no etcd: it owns every object) for tests over gRPC."""
+"""One standalone host node process (no etcd: it owns every object) for tests over gRPC, with
+the session's mTLS certificate (tests/helpers/tls.py) unless the suite runs in plaintext."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.helpers.tls import process_tls_args
 
 __all__ = ["start_node", "stop_node"]
 
@@ -17,7 +20,7 @@ def start_node(app: Path, data_dir: Path, *extra: str) -> tuple[subprocess.Popen
     proc = subprocess.Popen(
         [sys.executable, "-m", "duro.cli", "node", "--app", str(app), "--data-dir", str(data_dir),
          "--listen", "127.0.0.1:0", "--log-level", "WARNING", "--node-id", data_dir.name,
-         *extra],
+         *process_tls_args("node", data_dir.name), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert proc.stdout is not None
