@@ -262,12 +262,16 @@ class _Ops:
     def _charge(self, changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> int:
         """The usage after replacing, at each data key, the old value by the new one (None:
         absent); StorageLimitError if that grows the usage past the quota (nothing written)."""
-        before = self._usage_now()
-        after = before
+        delta = 0
         for full, old, new in changes:
-            after += usage.entry_size(full, new) - usage.entry_size(full, old)
+            delta += usage.entry_size(full, new) - usage.entry_size(full, old)
+        return self._charge_delta(delta)
+
+    def _charge_delta(self, delta: int) -> int:
+        """The usage after a write that changes it by ``delta`` bytes, or StorageLimitError."""
+        after = self._usage_now() + delta
         quota = self._quota
-        if quota and after > quota and after > before:
+        if quota and delta > 0 and after > quota:
             raise StorageLimitError(
                 f"object storage limit: this write would store {after} bytes; the limit is "
                 f"{quota} bytes (max_storage_bytes; keys and encoded values). Nothing of it was "
@@ -280,7 +284,11 @@ class _Ops:
         self._check_usable()
         full = self._key(key)
         data = _codec.encode_value(value, self._max_value)
-        after = self._charge(((full, self._read(full), data),))
+        old = self._read(full)  # the one read a put costs: only the difference is charged
+        if old is None:
+            after = self._charge_delta(len(full) - layout.DATA_HEADER_BYTES + len(data))
+        else:
+            after = self._charge_delta(len(data) - len(old))
         layer = self._write_layer()
         layer.writes[full] = data
         self._set_usage(layer, after)
