@@ -35,7 +35,7 @@ from duro._namespace import Call
 from duro._wire import RedirectError
 from duro.client.etcdkv import etcd_client, put_value
 from duro.client.router import Router, app_key
-from duro.errors import UnavailableError
+from duro.errors import DuroError, UnavailableError
 from duro.node.config import NodeConfig
 from duro.node.membership import Membership, NodeInfo
 from duro.node.migration.service import MigrationServicer
@@ -270,7 +270,18 @@ class NodeCluster:
                 if home and rep.serving(home[0].gid) is not None:
                     break
                 await asyncio.sleep(0.05)  # the leader makes the group; this node leads it
-            await move_legacy_keys(self.host.engine, self.host.committer, home[0].gid)
+            while True:
+                try:
+                    await move_legacy_keys(self.host.engine, self.host.committer, home[0].gid)
+                    break
+                except DuroError as exc:
+                    # Below min_in_sync until the other nodes (upgrading too) have caught up:
+                    # the moved keys must have their copies like any write. Moving again is safe
+                    # (the same keys are rewritten identically).
+                    if not exc.retryable:
+                        raise
+                    log.info("storage upgrade waits for the home group's copies: %s", exc)
+                    await asyncio.sleep(0.2)
             self.host.alarms.remove_group(home[0].gid)
             self.host.alarms.add_group(home[0].gid)  # the moved alarms fire here
         finally:
