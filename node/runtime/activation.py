@@ -277,6 +277,10 @@ class Activation:
     # -- delivering events ------------------------------------------------------------------
     async def deliver(self, call: Call) -> bytes:
         await self.admit()
+        if call.meta:
+            admitted = call.meta.get("admitted")  # a WebSocket event: the socket's next may go on
+            if admitted is not None and not admitted.done():
+                admitted.set_result(None)
         self.running += 1
         token = current_activation.set(self)
         out: bytes | None = None

@@ -126,7 +126,7 @@ class EdgeLink(Protocol):
 class _Record:
     """One socket as this node knows it."""
 
-    __slots__ = ("edge", "sid", "oid", "tags", "attachment", "open", "accepted", "ws")
+    __slots__ = ("edge", "sid", "oid", "tags", "attachment", "open", "accepted", "ws", "turn")
 
     def __init__(self, edge: str, sid: int, oid: bytes) -> None:
         self.edge = edge
@@ -137,6 +137,9 @@ class _Record:
         self.open = False
         self.accepted = False
         self.ws: WebSocket | None = None
+        # Resolved when the socket's latest client event is admitted at the object's input gate
+        # (or failed before): the next event waits for it (SocketHub._deliver). None when idle.
+        self.turn: asyncio.Future[None] | None = None
 
 
 class _ObjectSockets:
@@ -672,7 +675,15 @@ class SocketHub:
                     method="web_socket_" + kind, meta={"ws": (kind, rec.ws, args)})
         if obj.epoch:
             call.epoch = obj.epoch
-        task = asyncio.ensure_future(self.host.invoke(call))
+        # One socket's events reach the object in the order they came: each goes on only once the
+        # one before it is admitted at the input gate (Activation.deliver resolves ``admitted``).
+        # On its way there a call may wait (a migration's hold, the ownership check asking the
+        # directory partition while the new owner's cache is cold) and a later message that
+        # need not wait would overtake it (docs/edge.md, "An object moves").
+        prev = rec.turn
+        admitted = rec.turn = asyncio.get_running_loop().create_future()
+        call.meta["admitted"] = admitted
+        task = asyncio.ensure_future(self._invoke_in_turn(rec, prev, call, admitted))
         self._tasks.add(task)
 
         def done(t: asyncio.Future) -> None:
@@ -703,6 +714,18 @@ class SocketHub:
             log.log(level, "web_socket_%s of %s failed: %r", kind, rec.oid.hex()[:16], exc)
 
         task.add_done_callback(done)
+
+    async def _invoke_in_turn(self, rec: _Record, prev: asyncio.Future[None] | None, call: Call,
+                              admitted: asyncio.Future[None]) -> bytes:
+        try:
+            if prev is not None and not prev.done():
+                await prev
+            return await self.host.invoke(call)
+        finally:
+            if not admitted.done():  # it failed before the gate (a redirect...): next one's turn
+                admitted.set_result(None)
+            if rec.turn is admitted:
+                rec.turn = None
 
     async def close(self) -> None:
         for timer in self._gone.values():

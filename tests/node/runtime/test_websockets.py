@@ -13,6 +13,7 @@ from duro import _codec
 from duro._http import Request, Response
 from duro._namespace import Call, CallKind
 from duro.errors import InvalidArgumentError
+from duro.node.runtime.grant import Grant
 from duro.node.runtime.websockets import Frame, Op, SocketHub
 from duro.testing import Testbed
 
@@ -228,3 +229,60 @@ async def test_flush_frames_waits_for_the_edges_barrier(env):
     hub.receive("e1", Frame(Op.BARRIER, 0, seq=barrier.seq))  # the edge's answer
     assert await task is True
     assert await hub.flush_frames(oid, 0.05) is False  # no answer: gives up, says so
+
+
+class _ColdCache:
+    """Ownership as a migration's new owner has it (``NodeOwnership.acquire``): its directory
+    cache has no entry for the object yet, so a call asks the object's partition (an await,
+    ``fresh_entry``); once the cache has the entry (another call's answer, or the directory
+    watch), calls that come after pass at once, while the first ones' answers are still on their
+    way."""
+
+    def __init__(self) -> None:
+        self.cached = False
+        self.answers: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.asking = 0
+
+    async def acquire(self, call: Call) -> Grant:
+        if not self.cached:
+            self.asking += 1
+            await self.answers
+        return Grant()
+
+    def still_owner(self, object_id: bytes, grant: Grant) -> bool:
+        return True
+
+    def evicted(self, act) -> None:  # noqa: ANN001
+        pass
+
+
+async def test_a_sockets_messages_run_in_order_while_the_new_owner_looks_itself_up(env, tmp_path):
+    """Right after a move, the new owner's first socket events wait for its partition's answer
+    (its directory cache is cold); a message of the same socket that arrives once the cache is
+    warm must not overtake them. (It did: each message was a task of its own up to the input
+    gate, and the later one skipped the await, so the chat test saw 'u0#100' before 'u0#98'
+    now and then.)"""
+    tb, hub, link = env
+    oid = await upgrade(tb, "cold", 1, 1)
+    link.take(Op.ACCEPT)
+    records, auto = hub.export(oid)
+    async with Testbed(app=APP, data_dir=tmp_path / "target") as tb2:
+        hub2 = SocketHub(tb2.host, edge_grace=0.2)
+        tb2.host.sockets = hub2
+        tb2.host.ownership = ownership = _ColdCache()
+        link2 = FakeLink()
+        hub2.attach("e1", link2)
+        hub2.install(oid, "ROOM", records, auto, 7)
+        hub2.receive("e1", message(oid, 1, "m1"))
+        hub2.receive("e1", message(oid, 1, "m2"))
+        await asyncio.sleep(0.01)
+        assert ownership.asking >= 1  # m1 asks the partition
+        ownership.cached = True  # the entry is in the cache now...
+        hub2.receive("e1", message(oid, 1, "m3"))  # ...so m3 and m4 would pass at once
+        hub2.receive("e1", message(oid, 1, "m4"))
+        await asyncio.sleep(0.01)
+        ownership.answers.set_result(None)  # the answers to the first calls arrive
+        await settle(hub2)
+        assert [f.data for f in link2.take()] == [b"m1", b"m2", b"m3", b"m4"]
+        assert link2.acks == {1: 4}
+        await hub2.close()
