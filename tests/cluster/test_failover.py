@@ -270,11 +270,13 @@ async def test_wiped_node_is_refilled_and_then_holds_everything(make_cluster: Ma
         g = None
 
         async def served_by_wiped() -> bool:
+            # Every group fails over to it (their directory partitions too, which reading
+            # the objects needs), each after its own lease and floor wait.
             nonlocal g
             g = await home_group(cluster, "us-east-0")
-            return g.primary == name
+            return all(x.primary == name for x in await cluster.groups())
 
-        await wait_until(served_by_wiped, 20, 0.2, "the refilled node did not take over")
+        await wait_until(served_by_wiped, 40, 0.2, "the refilled node did not take over")
         final = await final_logs(c, NAMES)
         assert final == final_before
         check(h, final)
