@@ -343,14 +343,24 @@ class LocalCluster:
     async def wait_replicated(self, timeout: float = 60.0, *, nodes: int | None = None) -> None:
         """Wait until every running node leads its home group and every group has
         ``min(replicas, nodes)`` members, all in sync: the steady state after a start."""
+        from duro.client.etcdkv import get_prefix
+        from duro.node.membership import NodeInfo, nodes_prefix
+
         running = {n.ready.get("node_id", n.name) for n in self.nodes if n.running}
         want = min(self.replicas, nodes if nodes is not None else len(running))
         deadline = time.monotonic() + timeout
         while True:
             groups = await self.groups()
+            async with self.etcd_client() as client:
+                sids = {i.node_id: i.storage_id for i in (
+                    NodeInfo.from_json(v) for _, v in
+                    await get_prefix(client, nodes_prefix(self.cluster)))}
             homes = {g.home: g for g in groups}
+            # In sync with the storage each node has now: a node restarted on a wiped data
+            # directory is listed under its old storage id until its primaries refill it.
             if all(n in homes and homes[n].primary == n for n in running) and all(
-                    len(g.in_sync) >= want for g in groups if g.home in running):
+                    sum(1 for m, sid in g.in_sync if sids.get(m) == sid) >= want
+                    for g in groups if g.home in running):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replica groups not in sync after {timeout} s: {groups}")
