@@ -31,7 +31,7 @@ from duro._etcd import EtcdProcess, free_port, supervised
 from duro.edge.tokens import dev_token
 from duro.tls import TlsConfig
 
-__all__ = ["LocalCluster", "ProcSpec", "main", "read_ready"]
+__all__ = ["LocalCluster", "ProcSpec", "groups_replicated", "main", "read_ready"]
 
 DEFAULT_REGIONS = ("us-east", "eu-west", "ap-south")
 
@@ -83,6 +83,18 @@ async def read_ready(spec: ProcSpec, marker: str, timeout: float) -> dict[str, s
         tail = spec.log_path.read_text()[-2000:] if spec.log_path.exists() else ""
         raise RuntimeError(f"{spec.role} {spec.name} did not start ({text!r}); log:\n{tail}")
     return dict(f.split("=", 1) for f in text.split()[1:])
+
+
+def groups_replicated(groups: list[Any], storage_ids: dict[str, str], nodes: set[str],
+                      want: int) -> bool:
+    """The steady state after a start: every node of ``nodes`` leads its home group, and each of
+    their groups has ``want`` members in sync with the storage each has now (``storage_ids``:
+    node -> its registered storage id; a node restarted on a wiped data directory is listed under
+    its old one until its primaries refill it)."""
+    homes = {g.home: g for g in groups}
+    return all(n in homes and homes[n].primary == n for n in nodes) and all(
+        sum(1 for m, sid in g.in_sync if storage_ids.get(m) == sid) >= want
+        for g in groups if g.home in nodes)
 
 
 class LocalCluster:
@@ -355,12 +367,7 @@ class LocalCluster:
                 sids = {i.node_id: i.storage_id for i in (
                     NodeInfo.from_json(v) for _, v in
                     await get_prefix(client, nodes_prefix(self.cluster)))}
-            homes = {g.home: g for g in groups}
-            # In sync with the storage each node has now: a node restarted on a wiped data
-            # directory is listed under its old storage id until its primaries refill it.
-            if all(n in homes and homes[n].primary == n for n in running) and all(
-                    sum(1 for m, sid in g.in_sync if sids.get(m) == sid) >= want
-                    for g in groups if g.home in running):
+            if groups_replicated(groups, sids, running, want):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replica groups not in sync after {timeout} s: {groups}")

@@ -74,6 +74,8 @@ async def wait_replicated(a: dict[str, Any]) -> dict[str, Any]:
     from etcd3aio import Etcd3Client
 
     from duro.client.etcdkv import get_prefix
+    from duro.dev import groups_replicated
+    from duro.node.membership import NodeInfo, nodes_prefix
     from duro.node.replication.groups import GroupConfig, groups_prefix
 
     nodes, want = set(a["nodes"]), a["want"]
@@ -81,9 +83,10 @@ async def wait_replicated(a: dict[str, Any]) -> dict[str, Any]:
         async def replicated() -> bool:
             groups = [GroupConfig.from_json(v, 0)
                       for _, v in await get_prefix(client, groups_prefix(a["cluster"]))]
-            homes = {g.home: g for g in groups}
-            return all(n in homes and homes[n].primary == n for n in nodes) and all(
-                len(g.in_sync) >= want for g in groups if g.home in nodes)
+            sids = {i.node_id: i.storage_id for i in (
+                NodeInfo.from_json(v) for _, v in
+                await get_prefix(client, nodes_prefix(a["cluster"])))}
+            return groups_replicated(groups, sids, nodes, want)
 
         return {"seconds": await wait_for(replicated, a.get("wait", 60), "replica groups in sync")}
 
