@@ -23,7 +23,7 @@ import grpc
 
 from duro import tls
 from duro._pb import directory_pb2, directory_pb2_grpc
-from duro.client.connection import channel_options
+from duro._transport import channel_options
 from duro.client.watch import PrefixView
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.node.directory.entry import Entry

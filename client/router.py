@@ -30,8 +30,9 @@ from etcd3aio import Etcd3Client
 from duro import tls
 from duro._namespace import Call
 from duro._pb import placement_pb2, placement_pb2_grpc
+from duro._transport import placement_channel_options
 from duro._wire import RedirectError
-from duro.client.connection import ConnectionPool, placement_channel_options
+from duro.client.connection import ConnectionPool
 from duro.client.etcdkv import etcd_client, get_value
 from duro.client.latency import LatencyMatrix
 from duro.errors import UnavailableError

@@ -40,12 +40,13 @@ from duro import _codec
 from duro._app import App
 from duro._http import Request, Response
 from duro._namespace import Call, CallKind, Env, Namespace
+from duro._transport import SOCKET_HEADER
 from duro.edge.admission import NewObjectsLimitError, current_client
 from duro.edge.config import EdgeConfig
 from duro.edge.limits import ByteBudget
 from duro.edge.listener import BodyError, EdgeServer, read_body
 from duro.edge.metrics import EdgeMetrics
-from duro.edge.sockets import SOCKET_HEADER, EdgeSocket, SocketManager
+from duro.edge.sockets import EdgeSocket, SocketManager
 from duro.errors import DuroError, InvalidArgumentError, to_wire
 
 __all__ = ["EdgeHttp", "error_status", "find_static_dir"]

@@ -28,6 +28,7 @@ from duro import tls
 from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
+from duro._transport import PORT_NOT_SHARED, message_limits
 from duro.client.router import Router
 from duro.edge.admin import AdminServer
 from duro.edge.admission import EdgeInvoker
@@ -167,9 +168,7 @@ class EdgeProcess:
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if cfg.grpc_listen:
-            server = aio.server(options=[("grpc.so_reuseport", 0),
-                                         ("grpc.max_receive_message_length", 64 << 20),
-                                         ("grpc.max_send_message_length", 64 << 20)])
+            server = aio.server(options=[PORT_NOT_SHARED, *message_limits()])
             if not self.gateway_tokens.principals:
                 log.warning("the Gateway has no tokens: every call is refused (UNAUTHENTICATED);"
                             " see --gateway-tokens-file and docs/security.md")

@@ -33,6 +33,8 @@ from typing import Any
 import grpc
 from etcd3aio import Etcd3Client, EtcdError
 
+from duro._backoff import Backoff
+
 __all__ = [
     "Membership",
     "MembershipStatus",
@@ -230,17 +232,16 @@ class Membership:
 
     # ---- the loop ------------------------------------------------------------------------
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, max(0.1, self.interval))
         while True:
             try:
                 if self.status is not MembershipStatus.LIVE:
                     await self._register()
-                    backoff = 0.1
+                    backoff.reset()
                 await self._renew_until_failure()
             except _ETCD_ERRORS as exc:
                 log.warning("membership %s: etcd error: %r", self.node_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.interval)
+                await backoff.sleep()
 
     async def _register(self) -> None:
         old_lease = self.lease_id

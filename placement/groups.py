@@ -32,13 +32,12 @@ from etcd3aio import Etcd3Client
 
 from duro import tls
 from duro._pb import replication_pb2, replication_pb2_grpc
-from duro.client.connection import channel_options
+from duro._transport import NODE_ID_METADATA, channel_options
 from duro.client.watch import ETCD_ERRORS
 from duro.node.membership import NodeInfo
 from duro.node.replication import protocol as P
 from duro.node.replication.groups import (
     GroupConfig, GroupConflict, GroupView, create_group, swap_group)
-from duro.node.replication.link import NODE_ID_MD
 from duro.node.replication.settings import ReplicationSettings, write_settings
 from duro.placement.election import LeaderGuard
 from duro.placement.nodes import NodeView
@@ -231,7 +230,7 @@ class GroupManager:
         try:
             r = await replication_pb2_grpc.ReplicationStub(self._channel(primary.address)).Handover(
                 replication_pb2.HandoverRequest(gid=g.gid, target=home, target_lease=info.lease),
-                timeout=5.0, metadata=((NODE_ID_MD, f"placement:{self.replica_id}"),))
+                timeout=5.0, metadata=((NODE_ID_METADATA, f"placement:{self.replica_id}"),))
         except grpc.aio.AioRpcError as exc:
             log.info("group %s: handover to %s failed: %s", g.gid, home, exc.code().name)
             return
@@ -291,7 +290,7 @@ class GroupManager:
         try:
             return await replication_pb2_grpc.ReplicationStub(self._channel(address)).Fence(
                 replication_pb2.FenceRequest(gid=gid, epoch=epoch), timeout=FENCE_TIMEOUT,
-                metadata=((NODE_ID_MD, f"placement:{self.replica_id}"),))
+                metadata=((NODE_ID_METADATA, f"placement:{self.replica_id}"),))
         except grpc.aio.AioRpcError as exc:
             log.info("fence of group %s at %s failed: %s", gid, address, exc.code().name)
             return None

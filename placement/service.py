@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from duro import tls
 from duro._pb import placement_pb2, placement_pb2_grpc
+from duro._transport import PORT_NOT_SHARED
 from duro.client.directory import DirectoryClient
 from duro.client.etcdkv import etcd_client
 from duro.node.directory.service import legacy_entry
@@ -115,7 +116,7 @@ class PlacementService:
         await self._client.connect()
         await self.nodes.start()
         self._server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)],
+            options=[PORT_NOT_SHARED],
             interceptors=tls.authorizer({"/duro.v1.Placement/": CALLERS}, tls=self.tls))
         placement_pb2_grpc.add_PlacementServicer_to_server(_Servicer(self), self._server)
         host, _, port = self.config.listen.rpartition(":")
