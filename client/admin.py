@@ -9,16 +9,14 @@ from typing import Any
 from etcd3aio import Etcd3Client
 
 from duro._ids import ObjectId, namespace_key
-from duro.client.etcdkv import etcd_client, get_prefix, get_value
 from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
-from duro.node.membership import NodeInfo, nodes_prefix
-from duro.node.replication.groups import GroupConfig, groups_prefix
-from duro.node.replication.settings import ReplicationSettings, read_settings
-from duro.node.directory.partitions import (
-    DirectorySettings, partitions_prefix, read_directory_settings)
-from duro.placement.election import leader_key
-from duro.placement.groups import primary_gone
+from duro.topology.etcdkv import etcd_client, get_prefix, get_value
+from duro.topology.groups import GroupConfig, groups_prefix, primary_gone
+from duro.topology.leader import leader_key
+from duro.topology.nodes import NodeInfo, nodes_prefix
+from duro.topology.partitions import DirectorySettings, partitions_prefix, read_directory_settings
+from duro.topology.replication_settings import ReplicationSettings, read_settings
 
 __all__ = ["status", "where"]
 
@@ -123,7 +121,7 @@ async def where(etcd: str, cluster: str, app: Any, binding: str, name: str) -> d
 
 def _choose_target(nodes: dict[str, NodeInfo], exclude: str, region: str | None,
                    near: str = "") -> str:
-    from duro.placement.policy import Candidate, NoLiveNodeError, choose_node
+    from duro.topology.placement_policy import Candidate, NoLiveNodeError, choose_node
 
     cands = [Candidate(n.node_id, n.region, n.zone, n.load, n.capacity)
              for n in nodes.values()

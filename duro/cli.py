@@ -20,7 +20,6 @@ environment variables, then flags (later wins).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -28,17 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from duro._config import add_dataclass_flags, flags_from_args, load_config
+from duro._runner import run as _run
 
 __all__ = ["main"]
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(coro)
 
 
 def _service_config(cls: type, prefix: str, args: argparse.Namespace) -> Any:

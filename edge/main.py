@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from duro._log import configure_logging
-    from duro.cli import _run
+    from duro._runner import run as _run
 
     args = build_parser().parse_args(argv)
     config = load_edge_config(Path(args.config) if args.config else None,

@@ -47,8 +47,21 @@ from duro.edge.client_writer import ClientWriter, tcp_keepalive
 from duro.edge.node_link import NodeLink
 from duro.edge.socket_flow import FlowControl
 from duro.edge.socket_state import (
-    ACCEPT, ACK, ATTACH, AUTO, BARRIER, CLOSE, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
-    CLOSE_SERVICE_RESTART, CLOSE_SLOW_CLIENT, MESSAGE, REGISTER, UNCLEAN, UNKNOWN, EdgeSocket,
+    ACCEPT,
+    ACK,
+    ATTACH,
+    AUTO,
+    BARRIER,
+    CLOSE,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_SLOW_CLIENT,
+    MESSAGE,
+    REGISTER,
+    UNCLEAN,
+    UNKNOWN,
+    EdgeSocket,
     release,
 )
 from duro.edge.ws_masking import ClientWebSocket

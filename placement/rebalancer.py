@@ -21,7 +21,7 @@ from duro._pb import migration_pb2, migration_pb2_grpc
 from duro.placement.planner import Move, NodeState, ObjectStats, PlannerConfig, plan_moves
 
 if TYPE_CHECKING:
-    from duro.placement.nodes import NodeView
+    from duro.topology.nodes import NodeView
 
 __all__ = ["Rebalancer"]
 

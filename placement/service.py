@@ -27,18 +27,17 @@ from duro import tls
 from duro._pb import placement_pb2, placement_pb2_grpc
 from duro._transport import PORT_NOT_SHARED
 from duro.client.directory import DirectoryClient
-from duro.client.etcdkv import etcd_client
-from duro.node.directory.service import legacy_entry
 from duro.node.access import CALLERS
-from duro.node.membership import NodeInfo
-from duro.node.replication.settings import ReplicationSettings
+from duro.node.directory.service import legacy_entry
 from duro.placement.config import PlacementConfig
 from duro.placement.election import Election, LeaderInfo
 from duro.placement.groups import GroupCollector, GroupManager
-from duro.placement.nodes import NodeView
 from duro.placement.partitions import PartitionManager
 from duro.placement.planner import PlannerConfig
 from duro.placement.rebalancer import Rebalancer
+from duro.topology.etcdkv import etcd_client
+from duro.topology.nodes import NodeInfo, NodeView
+from duro.topology.replication_settings import ReplicationSettings
 
 __all__ = ["NotLeader", "PlacementService", "PlacementServiceStatus"]
 

@@ -28,10 +28,10 @@ from duro._backoff import Backoff
 from duro._pb import replication_pb2
 from duro.errors import DuroError, UnavailableError
 from duro.node.replication import protocol as P
-from duro.node.replication.groups import GroupConfig, GroupConflict, swap_group
 from duro.node.replication.state import GroupReplica
 from duro.node.storage import layout
 from duro.node.storage.commit import PAUSED
+from duro.topology.groups import GroupConfig, GroupConflict, swap_group
 
 if TYPE_CHECKING:
     from duro.node.replication.link import PeerLink

@@ -10,8 +10,8 @@ import os
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from aiohttp._websocket.helpers import websocket_mask
-from aiohttp.http_websocket import WebSocketError, WebSocketReader
 from aiohttp._websocket.reader import WebSocketDataQueue
+from aiohttp.http_websocket import WebSocketError, WebSocketReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

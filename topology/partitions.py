@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
-from duro.client.etcdkv import get_value
-from duro.client.watch import PrefixView
+from duro.topology.etcdkv import get_value
+from duro.topology.watch import PrefixView
 
 __all__ = [
     "DEFAULT_PARTITIONS",

@@ -19,7 +19,7 @@ from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 
 __all__ = ["PrefixView", "ETCD_ERRORS"]
 
-log = logging.getLogger("duro.client.watch")
+log = logging.getLogger("duro.topology.watch")
 
 ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
 

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 from etcd3aio import Etcd3Client
 
-from duro.client.etcdkv import get_value, put_value
-from duro.client.watch import PrefixView
+from duro.topology.etcdkv import get_value, put_value
+from duro.topology.watch import PrefixView
 
 __all__ = ["ReplicationSettings", "SettingsView", "settings_key", "write_settings",
            "read_settings"]
