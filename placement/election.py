@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
 from duro.node.membership import keepalive_once

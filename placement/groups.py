@@ -35,13 +35,20 @@ from duro._pb import replication_pb2, replication_pb2_grpc
 from duro._transport import NODE_ID_METADATA, channel_options
 from duro.node.replication import protocol as P
 from duro.placement.election import LeaderGuard
-from duro.topology.groups import GroupConfig, GroupConflict, GroupView, create_group, swap_group
+from duro.topology.groups import (
+    GroupConfig,
+    GroupConflict,
+    GroupView,
+    create_group,
+    primary_gone,
+    swap_group,
+)
 from duro.topology.nodes import NodeInfo, NodeView
 from duro.topology.placement_policy import Candidate, choose_followers
 from duro.topology.replication_settings import ReplicationSettings, write_settings
 from duro.topology.watch import ETCD_ERRORS
 
-__all__ = ["GroupCollector", "GroupManager", "primary_gone"]
+__all__ = ["GroupCollector", "GroupManager"]
 
 log = logging.getLogger("duro.placement.groups")
 
