@@ -39,7 +39,7 @@ from multidict import CIMultiDict
 from duro import _codec
 from duro._app import App
 from duro._http import Request, Response
-from duro._namespace import Call, CallKind, Env, Namespace
+from duro._namespace import Call, CallKind, Env, Namespace, env_bindings
 from duro._transport import SOCKET_HEADER
 from duro.edge.admission import NewObjectsLimitError, current_client
 from duro.edge.config import EdgeConfig
@@ -113,7 +113,7 @@ class EdgeHttp:
         # The default route reaches only the bindings duro.toml exposes (``[expose.X] http``);
         # one not exposed answers 404 exactly as one that does not exist (docs/security.md).
         self.routes: dict[str, Namespace] = {
-            name.lower(): ns for name, ns in env._bindings.items() if app.exposure.http_open(name)
+            name.lower(): ns for name, ns in env_bindings(env).items() if app.exposure.http_open(name)
         }
         self.static = find_static_dir(app, config.static_dir)
         self._status_counters: dict[int, Any] = {}

@@ -420,7 +420,7 @@ class NodeCluster:
         log.warning("node %s lost its etcd lease renewal: self-fencing", self.node_id)
         self.serving = False
         if self.host is not None:
-            for act in list(self.host._acts.values()):
+            for act in self.host.activations():
                 act.reset(UnavailableError("node self-fenced (etcd lease not renewed); retry"))
         if self.replication is not None:
             self.replication.evaluate_all()

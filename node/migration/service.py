@@ -207,7 +207,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
 def candidates_of(host, region: str, min_share: float, min_calls: float, limit: int) -> list:  # noqa: ANN001
     """Active objects whose decayed traffic comes mostly from one region other than ours."""
     out = []
-    for act in host._acts.values():
+    for act in host.activations():
         counts = act.regions
         if not counts:
             continue

@@ -616,6 +616,12 @@ class ObjectStorage(_Ops):
             self._inflight = layer
         return layer
 
+    def lose_pending(self, exc: DuroError) -> None:
+        """Writes not handed to the committer are lost (a simulated crash): waiters get ``exc``."""
+        layer = self._take_pending()
+        if layer is not None:
+            self._commit_failed(layer, exc)
+
     def _check_fence(self) -> None:
         self._owner._check_fence()
 
