@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
-from duro import _codec, tls
+from duro import tls
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
+from duro.node.storage.alarm_record import decode_alarm
 from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
 from duro.topology.directory_entry import Entry
 from duro.topology.etcdkv import get_value
@@ -368,7 +369,7 @@ def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001
     ops: list[list] = []
     alarm = engine.get(layout.alarm_key(gid, oid))
     if alarm is not None:
-        ops.append([DELETE, layout.alarm_index_key(gid, _codec.decode(alarm)[0], oid)])
+        ops.append([DELETE, layout.alarm_index_key(gid, decode_alarm(alarm).when_ms, oid)])
         ops.append([DELETE, layout.alarm_key(gid, oid)])
     prefix = layout.data_prefix(gid, oid)
     ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
