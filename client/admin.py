@@ -13,7 +13,7 @@ from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
 from duro.topology.etcdkv import etcd_client, get_prefix, get_value
 from duro.topology.groups import GroupConfig, groups_prefix, primary_gone
-from duro.topology.leader import leader_key
+from duro.topology.keys import leader_key
 from duro.topology.nodes import NodeInfo, nodes_prefix
 from duro.topology.partitions import DirectorySettings, partitions_prefix, read_directory_settings
 from duro.topology.replication_settings import ReplicationSettings, read_settings

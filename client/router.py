@@ -39,7 +39,7 @@ from duro.errors import UnavailableError
 from duro.topology.directory_entry import Entry
 from duro.topology.etcdkv import etcd_client, get_value
 from duro.topology.groups import GroupView
-from duro.topology.leader import leader_key
+from duro.topology.keys import leader_key
 from duro.topology.nodes import NodeView
 
 __all__ = ["Router", "app_key", "RouterStats"]

@@ -332,7 +332,7 @@ class LocalCluster:
     # -- views --------------------------------------------------------------------------------
     async def wait_leader(self, timeout: float = 30.0) -> dict[str, Any]:
         from duro.topology.etcdkv import get_value
-        from duro.topology.leader import leader_key
+        from duro.topology.keys import leader_key
 
         deadline = time.monotonic() + timeout
         async with self.etcd_client() as client:

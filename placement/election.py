@@ -28,7 +28,7 @@ from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
 from duro.node.membership import keepalive_once
-from duro.topology.leader import leader_key
+from duro.topology.keys import leader_key
 from duro.topology.watch import ETCD_ERRORS
 
 __all__ = ["Election", "ElectionStatus", "LeaderGuard", "LeaderInfo"]

@@ -18,6 +18,7 @@ from typing import Any
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
+from duro.topology.keys import group_key, groups_prefix
 from duro.topology.nodes import NodeInfo
 from duro.topology.watch import PrefixView
 
@@ -31,14 +32,6 @@ __all__ = [
     "primary_gone",
     "swap_group",
 ]
-
-
-def groups_prefix(cluster: str) -> str:
-    return f"/duro/{cluster}/groups/"
-
-
-def group_key(cluster: str, gid: int) -> str:
-    return f"{groups_prefix(cluster)}{gid:010d}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,17 +15,10 @@ from typing import Any
 
 from etcd3aio import Etcd3Client
 
+from duro.topology.keys import node_key, nodes_prefix
 from duro.topology.watch import PrefixView
 
 __all__ = ["NodeView", "NodeInfo", "node_key", "nodes_prefix"]
-
-
-def nodes_prefix(cluster: str) -> str:
-    return f"/duro/{cluster}/nodes/"
-
-
-def node_key(cluster: str, node_id: str) -> str:
-    return f"{nodes_prefix(cluster)}{node_id}"
 
 
 @dataclass(frozen=True, slots=True)

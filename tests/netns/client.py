@@ -58,7 +58,7 @@ async def wait_leader(a: dict[str, Any]) -> dict[str, Any]:
     from etcd3aio import Etcd3Client
 
     from duro.topology.etcdkv import get_value
-    from duro.topology.leader import leader_key
+    from duro.topology.keys import leader_key
 
     async with Etcd3Client([a["etcd"]]) as client:
         async def leader() -> bool:
