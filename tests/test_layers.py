@@ -10,7 +10,8 @@
       ▲
     duro.placement
       ▲
-    entry points: duro.cli, duro.dev, duro.testing, duro.__main__
+    entry points: duro.cli, duro.dev, duro.testing and each process's main module (a node
+    process may run its region's edge in-process: ``duro.node.main`` imports ``duro.edge.main``)
 
 A package may import its own modules and those of the layers below it, never one above: a test
 that walks every module's imports with ``ast`` (module-level and inside functions; imports under
@@ -39,7 +40,9 @@ ALLOWED: dict[str, set[str]] = {
     "entry": {"duro", "duro.topology", "duro.client", "duro.edge", "duro.node",
               "duro.placement"},
 }
-ENTRY_POINTS = {"duro.cli", "duro.dev", "duro.testing", "duro.__main__"}
+ENTRY_POINTS = {"duro.cli", "duro.dev", "duro.testing", "duro.__main__", "duro.node.main",
+                "duro.edge.main", "duro.edge.__main__", "duro.placement.main",
+                "duro.placement.__main__"}
 PACKAGES = [p for p in ALLOWED if p not in ("duro", "entry")]
 
 
