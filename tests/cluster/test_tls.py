@@ -30,9 +30,9 @@ from duro._pb import (
     replication_pb2,
     replication_pb2_grpc,
 )
+from duro._transport import EDGE_ID_METADATA
 from duro.dev import LocalCluster
 from duro.node.replication.wire import ACKS, BATCH, HELLO, encode_frame, read_frame
-from duro._transport import EDGE_ID_METADATA
 from duro.topology.etcdkv import etcd_client, get_value
 from duro.topology.nodes import NodeInfo, node_key
 from tests.cluster.conftest import MakeCluster
