@@ -28,6 +28,7 @@ from typing import Any
 
 from duro._certs import ensure_ca
 from duro._etcd import EtcdProcess, free_port, supervised
+from duro._runner import stop_on_signals
 from duro.edge.tokens import dev_token
 from duro.tls import TlsConfig
 
@@ -442,10 +443,7 @@ async def _dev(args: argparse.Namespace) -> int:
                            nodes_per_region=args.nodes_per_region, replicas=args.replicas,
                            min_in_sync=args.min_in_sync, tls=not args.insecure,
                            colocated_edges=not args.separate_edges)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     edges = (f"{len(cluster.edges)} of them also their region's edge" if cluster.colocated_edges
              else f"{len(cluster.edges)} edges")
     print(f"duro dev: starting etcd, placement, {len(cluster.nodes)} nodes ({edges}), "

@@ -10,13 +10,11 @@ admin listener.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import ctypes.util
 import enum
 import logging
 import resource
-import signal
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +26,7 @@ from duro import tls
 from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
+from duro._runner import stop_on_signals
 from duro._transport import PORT_NOT_SHARED, message_limits
 from duro.client.router import Router
 from duro.edge import access_log
@@ -233,10 +232,7 @@ class EdgeProcess:
 
 async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
     """Run an edge until SIGTERM or SIGINT, then stop it gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     edge = EdgeProcess(config)
     try:
         await edge.start()
