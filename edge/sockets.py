@@ -20,8 +20,10 @@ One job per module:
 * ``client_writer``: object -> client: each socket's own queue and writer; a client whose queue
   (plus its transport buffer) grows over ``max_socket_buffer_bytes`` is closed with **1008**
   ("client too slow") and its object sees ``web_socket_close(ws, 1008, ...)``;
+* ``socket_moves``: sockets whose object moves or bounces a message: paused, then the bounced
+  messages resent to the owner in order, then the held ones;
 * ``ws_frames``: the RFC 6455 frames the edge writes itself;
-* here: the registry, frames from nodes, and sockets whose object moves.
+* here: the registry of sockets and node links, frames from nodes, and serving a client.
 
 Node loss: sockets whose node stays unreachable for ``node_loss_grace`` seconds are closed with
 **1012** (service restart). A node that answers UNKNOWN (not the owner any more, or it lost the
@@ -36,16 +38,15 @@ import asyncio
 import logging
 import sys
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from duro._backoff import backoff_delay
 from duro._pb import node_pb2
 from duro.edge.client_writer import ClientWriter, tcp_keepalive
 from duro.edge.node_link import NodeLink
 from duro.edge.socket_flow import FlowControl
+from duro.edge.socket_moves import SocketMoves
 from duro.edge.socket_state import (
     ACCEPT,
     ACK,
@@ -54,7 +55,6 @@ from duro.edge.socket_state import (
     BARRIER,
     CLOSE,
     CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
     CLOSE_SERVICE_RESTART,
     CLOSE_SLOW_CLIENT,
     MESSAGE,
@@ -75,11 +75,7 @@ __all__ = ["SocketManager", "EdgeSocket", "NodeLink", "CLOSE_SLOW_CLIENT"]
 
 log = logging.getLogger("duro.edge.sockets")
 
-_MAX_REDELIVERIES = 5
 _ACCEPT_TIMEOUT = 10.0
-# When the node that bounced a message is still named owner: wait 50 ms, doubled per round.
-_REDELIVERY_BACKOFF = 0.05
-_REDELIVERY_BACKOFF_CAP = 1.6
 
 
 class SocketManager:
@@ -96,10 +92,10 @@ class SocketManager:
         self.links: dict[str, NodeLink] = {}
         self.auto: dict[bytes, tuple[str, str]] = {}  # object id -> auto-response pair
         self.by_object: dict[bytes, set[int]] = {}  # object id -> its socket ids (re-binding)
-        self._resume_timers: dict[int, asyncio.TimerHandle] = {}
         self._next_sid = 0
         self.flow = FlowControl(config)  # client -> object windows and the edge's budget
         self.writer = ClientWriter(config, metrics, self._gone)  # object -> client
+        self.moves = SocketMoves(self)  # sockets whose object moves
         metrics.socket_inflight_bytes.set_function(lambda: self.flow.inflight_bytes)
         self._sync_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -179,7 +175,7 @@ class SocketManager:
                 self.flow.drop(s)
                 release(s)
                 if s.held is not None:
-                    self._resume(s)
+                    self.moves.resume(s)
 
     def register_frames(self, address: str) -> list[node_pb2.SocketFrame]:
         """A REGISTER for every socket this edge holds on ``address`` (a new stream starts)."""
@@ -207,9 +203,9 @@ class SocketManager:
             return
         for s in self.sockets_on(address):
             # Its object may have moved to a live node meanwhile: re-bind there instead.
-            owner = self._owner_address(s)
+            owner = self.owner_address(s)
             if owner and owner != address and owner in self.links:
-                self._rebind(s, owner)
+                self.moves.rebind(s, owner)
                 continue
             self.writer.close_client(s, CLOSE_SERVICE_RESTART, "node unavailable; reconnect")
         if address not in {i.address for i in self.router.nodes.live()} \
@@ -217,7 +213,8 @@ class SocketManager:
             self.links.pop(address, None)
             asyncio.ensure_future(link.close())
 
-    def _owner_address(self, s: EdgeSocket) -> str:
+    def owner_address(self, s: EdgeSocket) -> str:
+        """The address of the node serving ``s``'s object, as the router's directory sees it."""
         entry = self.router.directory.lookup(s.oid.hex())
         if entry is None:
             return ""
@@ -239,20 +236,12 @@ class SocketManager:
         for s in list(self.sockets.values()):
             if s.closed or not s.oid or s.accepted is not None:
                 continue
-            address = self._owner_address(s)
+            address = self.owner_address(s)
             if address and address != s.node:
-                self._rebind(s, address)
+                self.moves.rebind(s, address)
                 moved += 1
         if moved:
             log.info("%d sockets re-bound to their objects' new primaries", moved)
-
-    def _rebind(self, s: EdgeSocket, address: str) -> None:
-        s.node = address
-        self.link(address).push(self.register_frame(s))
-        if s.unacked and s.up != address and s.held is None:
-            # Messages are in flight to the old owner: pause until each is ACKed or bounced, so
-            # that none is overtaken by a later one sent straight to the new owner.
-            s.held = deque()
 
     # -- frames from nodes --------------------------------------------------------------------
     def on_batch(self, link: NodeLink, batch: node_pb2.SocketBatch) -> None:
@@ -269,7 +258,7 @@ class SocketManager:
                     # the migration snapshot): talk to it from now on, even before our directory
                     # watch shows the move. (The old owner's frames all arrived before it let go:
                     # its BARRIER, below, was answered before the directory switch.)
-                    self._rebind(s, link.address)
+                    self.moves.rebind(s, link.address)
                 frames += 1
                 nbytes += len(f.data)
                 if s.pre is not None:
@@ -279,11 +268,9 @@ class SocketManager:
             elif op == ACK:
                 if s is not None:
                     s.unacked = max(0, s.unacked - f.count)
-                    s.redeliveries = 0
                     self.flow.acked(s, f.count)
                     release(s)
-                    if s.held is not None and not s.unacked:
-                        self._resume(s)
+                    self.moves.acked(s)
             elif op == ACCEPT:
                 if s is None or s.closed:
                     # Not ours (any more): tell the node the client is gone.
@@ -327,16 +314,7 @@ class SocketManager:
                     continue
                 s.unacked = max(0, s.unacked - 1)
                 self.flow.bounced(s, f.seq)
-                # It did not run there: keep it (with its number) for the owner, and pause.
-                if s.bounced is None:
-                    s.bounced = []
-                s.bounced.append((f.seq, f.data, f.text))
-                if f.owner:
-                    s.hint = f.owner
-                if s.held is None:
-                    s.held = deque()
-                if not s.unacked:
-                    self._resume(s)
+                self.moves.bounced(s, f.seq, f.data, f.text, f.owner)
             elif op == BARRIER:
                 # Every frame before it on this stream is handled (queued for its client, in
                 # order): say so on the same link (a migration's source waits for this).
@@ -345,50 +323,9 @@ class SocketManager:
             self.metrics.frames_out.inc(frames)
             self.metrics.bytes_out.inc(nbytes)
 
-    def _resume(self, s: EdgeSocket, *, retry: bool = False) -> None:
-        """Unpause ``s`` once nothing is in flight: bounced messages first, in the order the client
-        sent them, to the owner; then the messages held meanwhile."""
-        timer = self._resume_timers.pop(s.sid, None)
-        if timer is not None:
-            timer.cancel()
-        if s.closed or s.held is None or s.unacked:
-            return
-        bounced = s.bounced
-        if bounced:
-            owner = ""
-            if s.hint:
-                info = self.router.nodes.nodes.get(s.hint)
-                owner = info.address if info is not None else ""
-            owner = owner or self._owner_address(s) or s.node
-            if owner == s.up and not retry:
-                # The node that bounced them is still the owner as far as we know (our watch
-                # lags, or it was briefly unavailable): try again a little later.
-                delay = backoff_delay(_REDELIVERY_BACKOFF, s.redeliveries, _REDELIVERY_BACKOFF_CAP)
-                self._resume_timers[s.sid] = asyncio.get_running_loop().call_later(
-                    delay, lambda: self._resume(s, retry=True))
-                return
-            s.hint = ""
-            s.redeliveries += 1
-            if s.redeliveries > _MAX_REDELIVERIES:
-                log.warning("socket %s: object %s unreachable; closing", s.sid, s.oid.hex()[:16])
-                s.held = s.bounced = None
-                self.writer.close_client(s, CLOSE_INTERNAL, "object unreachable")
-                return
-            s.node = owner
-            link = self.link(owner)
-            link.push(self.register_frame(s))
-            bounced.sort(key=lambda m: m[0])
-            for _seq, data, text in bounced:
-                self._send_up(s, link, data, text)
-        held, s.held, s.bounced = s.held, None, None
-        if held:
-            link = self.link(s.node)
-            for data, text in held:
-                self._send_up(s, link, data, text)
-        release(s)
-
     # -- towards the object -------------------------------------------------------------------
-    def _send_up(self, s: EdgeSocket, link: NodeLink, data: bytes, text: bool) -> None:
+    def send_up(self, s: EdgeSocket, link: NodeLink, data: bytes, text: bool) -> None:
+        """Send one client message of ``s`` to its object on ``link``, counted in flight."""
         seq = self.flow.sent(s, len(data))
         s.up = link.address
         link.push(node_pb2.SocketFrame(socket_id=s.sid, op=MESSAGE, binding=s.binding,
@@ -401,10 +338,7 @@ class SocketManager:
         s.closed = True
         self.sockets.pop(s.sid, None)
         self.flow.forget(s)
-        timer = self._resume_timers.pop(s.sid, None)
-        if timer is not None:
-            timer.cancel()
-        s.held = s.bounced = None
+        self.moves.forget(s)
         sids = self.by_object.get(s.oid)
         if sids is not None:
             sids.discard(s.sid)
@@ -505,7 +439,7 @@ class SocketManager:
                 if s.held is not None:  # paused (its object is moving): keep the order
                     s.held.append((raw, text))
                     continue
-                self._send_up(s, self.link(s.node), raw, text)
+                self.send_up(s, self.link(s.node), raw, text)
         finally:
             self.metrics.ws_open.dec()
             if not s.close_code:
