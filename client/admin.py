@@ -9,6 +9,7 @@ from typing import Any
 from etcd3aio import Etcd3Client
 
 from duro._ids import ObjectId, namespace_key
+from duro._transport import message_limits
 from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
 from duro.topology.etcdkv import etcd_client, get_prefix, get_value
@@ -139,7 +140,7 @@ async def _move(address: str, oid: bytes, binding: str, target: str) -> dict[str
     from duro import tls
     from duro._pb import migration_pb2, migration_pb2_grpc
 
-    async with tls.channel(address) as channel:
+    async with tls.channel(address, options=message_limits()) as channel:
         stub = migration_pb2_grpc.MigrationStub(channel)
         try:
             r = await stub.Move(migration_pb2.MoveRequest(object_id=oid, binding=binding,
@@ -187,7 +188,7 @@ async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
     source = nodes.get(node_id)
     if source is None:
         raise InvalidArgumentError(f"node {node_id!r} is not live")
-    async with tls.channel(source.address) as channel:
+    async with tls.channel(source.address, options=message_limits()) as channel:
         stub = migration_pb2_grpc.MigrationStub(channel)
         await stub.SetDraining(migration_pb2.DrainingRequest(draining=True), timeout=10.0)
         owned = (await stub.Owned(migration_pb2.OwnedRequest(), timeout=60.0)).objects

@@ -21,6 +21,7 @@ import grpc
 
 from duro import tls
 from duro._pb import migration_pb2, migration_pb2_grpc
+from duro._transport import message_limits
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.node.migration import protocol as P
@@ -343,7 +344,7 @@ def peer_channel(address: str) -> grpc.aio.Channel:
     key = (id(loop), address)
     cached = _CHANNELS.get(key)
     if cached is None or cached[0] is not loop:
-        cached = _CHANNELS[key] = (loop, tls.channel(address))
+        cached = _CHANNELS[key] = (loop, tls.channel(address, options=message_limits()))
     return cached[1]
 
 
