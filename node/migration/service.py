@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import deque
 from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 from grpc import aio
 
 from duro import _codec
-from duro._pb import migration_pb2, migration_pb2_grpc
+from duro._pb import inspect_pb2, migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
 from duro.node.migration.source import clear_ops, run_move
 from duro.node.storage import layout, usage
@@ -24,6 +26,8 @@ __all__ = ["MigrationServicer", "candidates_of"]
 
 log = logging.getLogger("duro.node.migration")
 
+RECENT_MOVES = 64
+
 _STATUS = {True: grpc.StatusCode.UNAVAILABLE, False: grpc.StatusCode.FAILED_PRECONDITION}
 
 
@@ -33,6 +37,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         self.moves_released = 0
         self.moves_aborted = 0
         self.ingested = 0
+        # The last moves this node made as source, newest last (the console shows them live).
+        self.recent: deque[migration_pb2.MoveResponse] = deque(maxlen=RECENT_MOVES)
 
     def add_to(self, server: aio.Server) -> None:
         migration_pb2_grpc.add_MigrationServicer_to_server(self, server)
@@ -49,6 +55,10 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
             self.moves_released += 1
         else:
             self.moves_aborted += 1
+        self.recent.append(inspect_pb2.MoveRecord(
+            at=time.time(), from_node=self.c.node_id, to_node=request.target_node,
+            epoch=res.new_epoch, outcome=res.outcome, binding=request.binding,
+            object_id=request.object_id, held_ms=res.held_ms, detail=res.detail))
         return migration_pb2.MoveResponse(
             outcome=res.outcome, detail=res.detail, new_epoch=res.new_epoch,
             held_ms=res.held_ms, keys=res.keys, bytes=res.bytes,
@@ -63,7 +73,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         assert host is not None
         gid = 0
         oid: bytes | None = None
-        alarm_rel = data_rel = b""
+        alarm_rel = data_rel = history_rel = b""
         keys = size = stored = 0  # stored: the copy's usage (its quota account, usage.py)
         binding = ""
         new_epoch = 0
@@ -93,6 +103,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 ops = clear_ops(host.engine, gid, oid)  # a staged copy of an earlier attempt
                 rel = layout.GROUP_PREFIX_BYTES
                 alarm_rel = layout.alarm_key(gid, oid)[rel:]
+                history_rel = layout.history_key(gid, oid)[rel:]
                 data_rel = layout.data_prefix(gid, oid)[rel:]
             elif chunk.object_id != oid:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of two objects")
@@ -105,6 +116,9 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad alarm record")
                     ops.append([PUT, layout.alarm_index_key(gid, when, oid), binding.encode()])
                     alarm_at = int(when)
+                elif k == history_rel:  # the move history (history.py): not a user key
+                    ops.append([PUT, prefix + k, v])
+                    continue
                 elif not k.startswith(data_rel):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")
@@ -159,7 +173,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         for gid, prim in list(rep.primaries.items()):
             if not prim.serving or (entry is not None and entry.group == gid):
                 continue  # never drop what we own
-            if host.engine.get(layout.alarm_key(gid, oid)) is None and not any(
+            if host.engine.get(layout.alarm_key(gid, oid)) is None and host.engine.get(
+                    layout.history_key(gid, oid)) is None and not any(
                     True for _ in host.engine.scan(*_range(layout.data_prefix(gid, oid)))):
                 continue
             try:

@@ -25,6 +25,7 @@ from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.client.etcdkv import get_value
 from duro.node.membership import NodeInfo, node_key
+from duro.node.migration import history
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
 from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
@@ -210,6 +211,11 @@ class _Move:
         alarm = engine.get(alarm_key)
         if alarm is not None:
             chunk.items.add(key=alarm_key[rel:], value=alarm)
+        # The move history goes with the object, this move appended (node/migration/history.py).
+        history_key = layout.history_key(self.gid, self.oid)
+        chunk.items.add(key=history_key[rel:], value=history.append(
+            engine.get(history_key), time.time(), self.c.node_id, self.target,
+            self.entry.epoch + 1))
         prefix = layout.data_prefix(self.gid, self.oid)
         for k, v in engine.scan(prefix, layout.prefix_end(prefix)):
             chunk.items.add(key=k[rel:], value=v)
@@ -375,6 +381,7 @@ def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001
     prefix = layout.data_prefix(gid, oid)
     ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
     ops.append([DELETE, layout.usage_key(gid, oid)])  # its storage account (usage.py)
+    ops.append([DELETE, layout.history_key(gid, oid)])  # its move history (history.py)
     return ops
 
 
