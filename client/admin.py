@@ -20,7 +20,7 @@ from duro.node.directory.partitions import (
 from duro.placement.election import leader_key
 from duro.placement.groups import primary_gone
 
-__all__ = ["status", "read_status", "where", "migrate", "drain", "undrain"]
+__all__ = ["status", "read_status", "where", "migrate", "drain", "undrain", "set_draining"]
 
 
 async def _bindings(client: Etcd3Client, cluster: str, app: Any) -> dict[str, str]:
@@ -199,15 +199,22 @@ async def undrain(etcd: str, cluster: str, node_id: str, *, tls: Any = _PROCESS
     """The inverse of :func:`drain`: mark ``node_id`` as not draining, so that placement puts
     new objects on it again (the objects drained away stay where they went; the rebalancer may
     bring some back by their traffic)."""
-    from duro._pb import migration_pb2, migration_pb2_grpc
-
     node = (await _live_nodes(etcd, cluster)).get(node_id)
     if node is None:
         raise InvalidArgumentError(f"node {node_id!r} is not live")
-    async with _channel(node.address, tls) as channel:
+    draining = await set_draining(node.address, False, tls)
+    return {"node": node_id, "draining": draining, "was_draining": node.draining}
+
+
+async def set_draining(address: str, draining: bool, tls: Any = _PROCESS) -> bool:
+    """Ask the node at ``address`` to mark itself draining or not (written to etcd before it
+    answers); returns the flag it now has."""
+    from duro._pb import migration_pb2, migration_pb2_grpc
+
+    async with _channel(address, tls) as channel:
         r = await migration_pb2_grpc.MigrationStub(channel).SetDraining(
-            migration_pb2.DrainingRequest(draining=False), timeout=10.0)
-    return {"node": node_id, "draining": r.draining, "was_draining": node.draining}
+            migration_pb2.DrainingRequest(draining=draining), timeout=10.0)
+    return bool(r.draining)
 
 
 async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
