@@ -123,7 +123,9 @@ class ConsoleWeb:
                 return await self._events(request)
             if rest == "api/session":
                 return web.json_response({"actions": not self.actions_off,
-                                          "why_not": self.actions_off or None},
+                                          "why_not": self.actions_off or None,
+                                          "cluster": self.cluster,
+                                          "bindings": sorted(self.bindings)},
                                          headers=_SECURITY_HEADERS)
             if rest == "api/object":
                 try:
