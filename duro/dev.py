@@ -180,6 +180,14 @@ class LocalCluster:
         # (reused by the next run on the same root), allowed everything the app exposes.
         self.gateway_token, self.gateway_token_file, self.gateway_tokens_file = dev_token(
             self.root / "gateway")
+        # The console's admin actions (docs/console.md): a token of this cluster's own, and the
+        # admin certificate the edges make them with.
+        self.console_token, self.console_token_file, self.console_tokens_file = dev_token(
+            self.root / "console")
+        console_args = ["--console-admin-tokens-file", str(self.console_tokens_file)]
+        if self.client_tls is not None:
+            console_args += ["--console-admin-tls-cert", str(self.client_tls.cert),
+                             "--console-admin-tls-key", str(self.client_tls.key)]
         # One edge per region (HTTP/WebSocket + gRPC Gateway); the first region's edge gets
         # ``http_port`` (duro dev: 8787, as wrangler) and its Gateway ``http_port + 1``, the others
         # free ports.
@@ -197,7 +205,8 @@ class LocalCluster:
                  "--grpc-listen", f"127.0.0.1:{grpc_port}",
                  "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "WARNING",
                  *self._tls_args("edge", name),
-                 "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
+                 "--gateway-tokens-file", str(self.gateway_tokens_file), *console_args,
+                 *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))
 
@@ -308,6 +317,10 @@ class LocalCluster:
     def edge_admin_url(self, i: int = 0) -> str:
         """``http://host:port`` of edge ``i``'s admin listener (``/health``, ``/metrics``)."""
         return "http://" + self.edges[i].ready["admin"]
+
+    def console_url(self, i: int = 0) -> str:
+        """The console page on edge ``i``'s admin listener (docs/console.md)."""
+        return self.edge_admin_url(i) + "/console/"
 
     async def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
         spec = self.nodes[i]
@@ -434,6 +447,8 @@ async def _dev(args: argparse.Namespace) -> int:
             print(f"      curl {url}/counter/demo/increment    (chat page: {url}/)", flush=True)
             print(f"      Gateway token in {cluster.gateway_token_file}: send the gRPC metadata "
                   f"'authorization: Bearer <token>' (docs/edge.md)", flush=True)
+            print(f"console: {cluster.console_url(0)}  (admin token for migrate/drain in "
+                  f"{cluster.console_token_file}; docs/console.md)", flush=True)
         print("DURO-DEV-READY etcd=" + cluster.etcd.endpoint, flush=True)
         await stop.wait()
         print("duro dev: stopping", flush=True)

@@ -40,8 +40,10 @@ def make_console(config: EdgeConfig, router: Any, bindings: dict[str, str]) -> C
         def authenticate(authorization: str | None) -> str:
             try:
                 return store.authenticate(authorization).name
-            except Unauthenticated as exc:
-                raise Unauthenticated(str(exc).replace("Gateway", "console admin")) from None
+            except Unauthenticated:
+                raise Unauthenticated(
+                    "console actions need the header 'Authorization: Bearer <console admin "
+                    "token>'" if not authorization else "unknown console admin token") from None
 
         actions = ConsoleActions(etcd_endpoint=config.etcd, etcd=router.etcd, router=router,
                                  cluster=config.cluster, tls=material)
