@@ -98,7 +98,7 @@ export class Inspector {
       text: `${r.node}${r.node === (o.group && o.group.primary) ? " ★" : ""} · ${r.in_sync ? "in sync" : "catching up"}${r.live ? "" : " · down"}`,
     })));
     const s = o.state;
-    $("obj-storage").textContent = s ? `${num(s.keys)}${s.keys_capped ? "+" : ""} keys · ${bytes(s.stored_bytes)}` : "–";
+    $("obj-storage").textContent = s ? `${num(s.keys)}${s.keys_capped ? "+" : ""} key${s.keys === 1 ? "" : "s"} · ${bytes(s.stored_bytes)}` : "–";
     $("obj-alarm").textContent = s && s.alarm_at ? when(s.alarm_at) : "none";
     $("obj-sockets").textContent = s ? num(s.sockets) : "–";
     $("obj-active").textContent = s ? (s.moving ? "moving now" : s.active ? "yes" : "no (evicted)") : "–";

@@ -76,6 +76,11 @@ function renderReplication(snap) {
 
 function onSnapshot(msg) {
   const snap = msg.snapshot;
+  if (!last) { // a page opened now still sees the moves the nodes remember
+    for (const m of snap.recent_moves) {
+      logEvent("migration", `${m.binding || "object"} ${short(m.object_id)} ${m.outcome === "released" ? "moved" : "move aborted"}: ${m.from} -> ${m.to} (held ${m.held_ms} ms)`, m.at);
+    }
+  }
   last = snap;
   $("cluster").textContent = `cluster ${snap.cluster}`;
   $("leader").textContent = snap.leader ? `leader ${snap.leader.id}` : "no placement leader";
