@@ -58,8 +58,11 @@ async def status(etcd: str, cluster: str) -> dict[str, Any]:
         return await read_status(client, cluster)
 
 
-async def read_status(client: Etcd3Client, cluster: str) -> dict[str, Any]:
-    """:func:`status` with an etcd client the caller holds (the console keeps one open)."""
+async def read_status(client: Etcd3Client, cluster: str, *,
+                      partitions: bool = True) -> dict[str, Any]:
+    """:func:`status` with an etcd client the caller holds (the console keeps one open).
+    ``partitions=False`` skips counting the directory partitions each group holds (one read of
+    every partition's key: the console, sampling every second, leaves it out)."""
     nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
                                      await get_prefix(client, nodes_prefix(cluster)))}
     leader = await get_value(client, leader_key(cluster))
@@ -68,17 +71,18 @@ async def read_status(client: Etcd3Client, cluster: str) -> dict[str, Any]:
     directory = await read_directory_settings(client, cluster) or DirectorySettings()
     held: Counter[int] = Counter(
         int(json.loads(v)["group"]) for _, v in
-        await get_prefix(client, partitions_prefix(cluster)))
+        await get_prefix(client, partitions_prefix(cluster))) if partitions else Counter()
     views = [_group_view(g, nodes, settings.floor) for g in sorted(groups.values(),
                                                                    key=lambda g: g.gid)]
     for v in views:
-        v["partitions"] = held.get(v["gid"], 0)
+        v["partitions"] = held.get(v["gid"], 0) if partitions else None
     return {
         "cluster": cluster,
         "leader": json.loads(leader) if leader else None,
         "replication": {"replicas": settings.replicas, "min_in_sync": settings.min_in_sync},
         "directory": {"partitions": directory.partitions,
-                      "assigned": sum(held.values()), "importing_legacy": directory.legacy},
+                      "assigned": sum(held.values()) if partitions else None,
+                      "importing_legacy": directory.legacy},
         "nodes": [
             {"node_id": n.node_id, "address": n.address, "region": n.region, "zone": n.zone,
              "load": n.load, "capacity": n.capacity,

@@ -102,7 +102,7 @@ def _sample_dict(r: inspect_pb2.SampleResponse) -> dict[str, Any]:
 async def cluster_snapshot(client: Etcd3Client, cluster: str,
                            sampler: NodeSampler | None = None) -> dict[str, Any]:
     """The cluster now (module docstring); without ``sampler``, etcd's view only."""
-    snap = await read_status(client, cluster)
+    snap = await read_status(client, cluster, partitions=False)
     snap["at"] = round(time.time(), 3)
     snap["bucket_ms"] = [*BUCKET_MS, None]  # None: the open bucket above the last bound
     nodes = snap["nodes"]
