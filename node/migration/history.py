@@ -2,7 +2,8 @@
 
 Stored under ``layout.history_key(gid, id)`` (msgpack list of ``[at_s, from_node, to_node,
 epoch]``, oldest first, at most :data:`MAX_MOVES`). The source appends the move it is making and
-sends the whole list to the target with the object's keys (docs/migration.md), so the record is
+sends the whole list to the target in the transfer's first chunk (``IngestChunk.history``, a
+field a node of an older version ignores: docs/migration.md), so the record is
 where the object is: replicated with its group, surviving failovers, deleted with its copy.
 Failovers are not moves of one object (a whole group changes primary) and are not recorded here.
 """
@@ -13,9 +14,10 @@ from typing import Any
 
 from duro import _codec
 
-__all__ = ["MAX_MOVES", "decode", "append"]
+__all__ = ["MAX_MOVES", "MAX_BYTES", "decode", "append"]
 
 MAX_MOVES = 32
+MAX_BYTES = 64 * 1024  # a target refuses a larger history (32 records take ~3 KiB)
 
 
 def decode(raw: bytes | None) -> list[list[Any]]:

@@ -15,6 +15,7 @@ from grpc import aio
 from duro import _codec
 from duro._pb import inspect_pb2, migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
+from duro.node.migration import history
 from duro.node.migration.source import clear_ops, run_move
 from duro.node.storage import layout, usage
 from duro.node.storage.object_storage import PUT
@@ -73,7 +74,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         assert host is not None
         gid = 0
         oid: bytes | None = None
-        alarm_rel = data_rel = history_rel = b""
+        alarm_rel = data_rel = b""
         keys = size = stored = 0  # stored: the copy's usage (its quota account, usage.py)
         binding = ""
         new_epoch = 0
@@ -103,7 +104,10 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 ops = clear_ops(host.engine, gid, oid)  # a staged copy of an earlier attempt
                 rel = layout.GROUP_PREFIX_BYTES
                 alarm_rel = layout.alarm_key(gid, oid)[rel:]
-                history_rel = layout.history_key(gid, oid)[rel:]
+                if len(chunk.history) > history.MAX_BYTES:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "move history too large")
+                if chunk.history:  # its move history, kept with the copy (history.py)
+                    ops.append([PUT, layout.history_key(gid, oid), chunk.history])
                 data_rel = layout.data_prefix(gid, oid)[rel:]
             elif chunk.object_id != oid:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of two objects")
@@ -116,9 +120,6 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad alarm record")
                     ops.append([PUT, layout.alarm_index_key(gid, when, oid), binding.encode()])
                     alarm_at = int(when)
-                elif k == history_rel:  # the move history (history.py): not a user key
-                    ops.append([PUT, prefix + k, v])
-                    continue
                 elif not k.startswith(data_rel):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")

@@ -212,10 +212,9 @@ class _Move:
         if alarm is not None:
             chunk.items.add(key=alarm_key[rel:], value=alarm)
         # The move history goes with the object, this move appended (node/migration/history.py).
-        history_key = layout.history_key(self.gid, self.oid)
-        chunk.items.add(key=history_key[rel:], value=history.append(
-            engine.get(history_key), time.time(), self.c.node_id, self.target,
-            self.entry.epoch + 1))
+        chunk.history = history.append(engine.get(layout.history_key(self.gid, self.oid)),
+                                       time.time(), self.c.node_id, self.target,
+                                       self.entry.epoch + 1)
         prefix = layout.data_prefix(self.gid, self.oid)
         for k, v in engine.scan(prefix, layout.prefix_end(prefix)):
             chunk.items.add(key=k[rel:], value=v)
