@@ -177,8 +177,8 @@ class EdgeProcess:
             if not self.gateway_tokens.principals:
                 log.warning("the Gateway has no tokens: every call is refused (UNAUTHENTICATED);"
                             " see --gateway-tokens-file and docs/security.md")
-            GatewayServicer(self.env, self.metrics, app=self.app,
-                            tokens=self.gateway_tokens).register(server)
+            GatewayServicer(self.env, self.metrics, app=self.app, tokens=self.gateway_tokens,
+                            budget=self.http.bodies).register(server)
             self.grpc_port = server.add_insecure_port(cfg.grpc_listen)
             if not self.grpc_port:
                 raise OSError(f"cannot bind the Gateway to {cfg.grpc_listen}")

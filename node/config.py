@@ -91,6 +91,12 @@ class NodeConfig(RuntimeConfig):
         metadata={"help": "object directory entries this node's router caches (LRU; "
                           "docs/directory.md)"},
     )
+    max_call_bytes_in_flight: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "encoded argument bytes of the calls running on this node at once, "
+                          "all callers together; a call past it is refused as overloaded "
+                          "(retryable) and not executed (docs/security.md)"},
+    )
     tls_ca: Path | None = field(
         default=None, metadata={"help": "cluster CA certificate, PEM (mTLS; docs/security.md)"})
     tls_cert: Path | None = field(
@@ -113,6 +119,8 @@ class NodeConfig(RuntimeConfig):
         super().__post_init__()
         if self.directory_cache < 1:
             raise ValueError("directory_cache must be at least 1 entry")
+        if self.max_call_bytes_in_flight < 1:
+            raise ValueError("max_call_bytes_in_flight must be at least 1 byte")
         if self.tls is None:
             check_plaintext((self.listen, self.replication_listen), self.insecure, "the node")
 

@@ -116,13 +116,14 @@ class NodeProcess:
         self.server = NodeGrpcServer(
             self.host, cfg.listen, health=self._health, sockets=self.host.sockets,
             extra=[self.cluster.add_to] if self.cluster is not None else [],
-            tls_material=self.tls,
+            tls_material=self.tls, max_call_bytes_in_flight=cfg.max_call_bytes_in_flight,
         )
         await self.server.start()
         if self.cluster is not None:
             await self.cluster.start(self.address, self.host)
         if cfg.metrics_port >= 0:
-            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster))
+            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster,
+                                                 self.server.servicer))
             host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
             self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
         self.status = Status.RUNNING

@@ -17,6 +17,12 @@ carries many calls per message in each direction::
 * **Backpressure.** A stream holds at most ``max_in_flight`` calls, from admission until their
   result is handed to gRPC. At the bound the reader stops reading, so HTTP/2 flow control pushes
   back on the caller instead of the node queueing without limit.
+* **Bytes in flight, node-wide.** Calls running on the node (all streams and unary calls) hold
+  at most ``max_call_bytes_in_flight`` bytes of arguments (their encoded payloads; 256 MiB by
+  default). A call that would pass it is answered at once with a retryable ``overloaded`` error
+  (the edge's 503, the Gateway's ``RESOURCE_EXHAUSTED``) and not executed; a call is always
+  admitted when nothing else is in flight, so one large call is never refused forever. Per-stream
+  ``max_in_flight`` bounds the count; this bounds the memory many callers together can pin.
 * **Bad input** (wrong id length, unknown kind, private method name, undecodable payload) is
   answered with an ``invalid_argument`` Result for that call only; the stream carries on.
 * **Shutdown** (:meth:`NodeGrpcServer.stop`): stop accepting new RPCs and answer calls that still
@@ -42,7 +48,7 @@ from duro import tls
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
 from duro._wire import call_from_pb, chunk_by_size, result_error, result_ok
-from duro.errors import DuroError, InvalidValueError, UnavailableError
+from duro.errors import DuroError, InvalidValueError, OverloadedError, UnavailableError
 
 __all__ = [
     "Host",
@@ -62,6 +68,7 @@ _RESULT_OVERHEAD = 64
 _MAX_VALUE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 DEFAULT_MAX_IN_FLIGHT = 2048
+DEFAULT_MAX_CALL_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 
 
 class Host(Protocol):
@@ -110,11 +117,17 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         *,
         health: HealthCallback | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_call_bytes_in_flight: int = DEFAULT_MAX_CALL_BYTES_IN_FLIGHT,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if max_call_bytes_in_flight < 1:
+            raise ValueError("max_call_bytes_in_flight must be at least 1 byte")
         self.host = host
         self.max_in_flight = max_in_flight
+        self.max_call_bytes_in_flight = max_call_bytes_in_flight
+        self.call_bytes_in_flight = 0  # encoded payloads of the running host calls
+        self.refused_overloaded = 0  # calls answered "overloaded" by the bound above
         self._health = health
         self._draining = False
         self._tasks: set[asyncio.Task[bytes]] = set()  # every running host call, all streams
@@ -141,7 +154,10 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             call = call_from_pb(request)
         except DuroError as exc:
             return result_error(request.seq, exc)
-        task = self._spawn(call)
+        refused = self._refuse_bytes(len(request.payload))
+        if refused is not None:
+            return result_error(request.seq, refused)
+        task = self._spawn(call, len(request.payload))
         try:
             # Shielded: a caller that goes away does not cut the call short (see module doc).
             await asyncio.shield(task)
@@ -200,11 +216,28 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
 
-    def _spawn(self, call: Call) -> asyncio.Task[bytes]:
+    def _refuse_bytes(self, size: int) -> OverloadedError | None:
+        """The error for a call of ``size`` payload bytes past the node-wide bound, or None."""
+        used = self.call_bytes_in_flight
+        if used == 0 or used + size <= self.max_call_bytes_in_flight:
+            return None
+        self.refused_overloaded += 1
+        return OverloadedError(
+            f"node has {used} bytes of call arguments in flight (limit "
+            f"{self.max_call_bytes_in_flight}); this {size}-byte call was not executed; retry",
+            retryable=True,  # not executed, so safe to send again (after backing off)
+        )
+
+    def _spawn(self, call: Call, size: int) -> asyncio.Task[bytes]:
         task = asyncio.ensure_future(self.host.invoke(call))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.call_bytes_in_flight += size
+        task.add_done_callback(functools.partial(self._finished, size))
         return task
+
+    def _finished(self, size: int, task: asyncio.Task[bytes]) -> None:
+        self._tasks.discard(task)
+        self.call_bytes_in_flight -= size
 
 
 def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
@@ -306,7 +339,12 @@ class _StreamSession:
         except DuroError as exc:
             self._push(result_error(pb.seq, exc))
             return
-        task = servicer._spawn(call)
+        size = len(pb.payload)
+        refused = servicer._refuse_bytes(size)
+        if refused is not None:
+            self._push(result_error(pb.seq, refused))
+            return
+        task = servicer._spawn(call, size)
         task.add_done_callback(functools.partial(self._done, pb.seq))
 
     def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:
@@ -363,12 +401,14 @@ class NodeGrpcServer:
         *,
         health: HealthCallback | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_call_bytes_in_flight: int = DEFAULT_MAX_CALL_BYTES_IN_FLIGHT,
         options: Sequence[tuple[str, int | str]] = (),
         sockets: Any = None,
         extra: Sequence[Callable[[aio.Server], None]] = (),
         tls_material: tls.TlsMaterial | None = None,
     ) -> None:
-        self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight)
+        self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight,
+                                     max_call_bytes_in_flight=max_call_bytes_in_flight)
         self._extra = list(extra)  # more services on the same port (e.g. duro.v1.Migration)
         # WebSocket frames from edges (duro.node.socket_server) when given a SocketHub.
         self.socket_servicer: Any = None
