@@ -91,6 +91,18 @@ class NodeConfig(RuntimeConfig):
         metadata={"help": "object directory entries this node's router caches (LRU; "
                           "docs/directory.md)"},
     )
+    edge: bool = field(
+        default=False,
+        metadata={"help": "also run this region's edge (HTTP, WebSocket, Gateway, admin) in this "
+                          "process: calls to this node's objects skip a process hop "
+                          "(docs/architecture.md); needs --etcd"},
+    )
+    edge_config: Path | None = field(
+        default=None,
+        metadata={"help": "TOML file of the co-located edge's settings (as duro edge --config; "
+                          "DURO_EDGE_* variables apply too); etcd, cluster, region, app, TLS and "
+                          "the edge id come from the node"},
+    )
     max_call_bytes_in_flight: int = field(
         default=256 * 1024 * 1024,
         metadata={"help": "encoded argument bytes of the calls running on this node at once, "
@@ -119,6 +131,8 @@ class NodeConfig(RuntimeConfig):
         super().__post_init__()
         if self.directory_cache < 1:
             raise ValueError("directory_cache must be at least 1 entry")
+        if self.edge and not self.etcd:
+            raise ValueError("edge: a co-located edge needs a cluster (--etcd)")
         if self.max_call_bytes_in_flight < 1:
             raise ValueError("max_call_bytes_in_flight must be at least 1 byte")
         if self.tls is None:

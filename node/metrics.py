@@ -75,6 +75,8 @@ class NodeCollector(Collector):
                       r.cache_misses)
         yield counter("client", "redirects", "redirects followed by this node's router",
                       r.redirects)
+        yield counter("client", "local_calls", "calls this node's router (its objects' calls, "
+                      "its co-located edge) sent to this node in-process, without gRPC", r.local)
         yield gauge("client", "directory_cache_entries", "directory entries cached by this "
                     "node's router (bounded: --directory-cache)", len(c.router.directory))
         d = c.router.directory.stats

@@ -23,6 +23,10 @@ carries many calls per message in each direction::
   (the edge's 503, the Gateway's ``RESOURCE_EXHAUSTED``) and not executed; a call is always
   admitted when nothing else is in flight, so one large call is never refused forever. Per-stream
   ``max_in_flight`` bounds the count; this bounds the memory many callers together can pin.
+* **Calls from this process** (:meth:`NodeServicer.invoke_local`: the node's co-located edge and
+  its objects' calls to objects it serves, through the Router's local shortcut) take the same
+  admission (draining, the byte bound, tracking for a graceful stop, shielding from a caller that
+  goes away) and answer with the same values and errors, without protobuf or a socket.
 * **Bad input** (wrong id length, unknown kind, private method name, undecodable payload) is
   answered with an ``invalid_argument`` Result for that call only; the stream carries on.
 * **Shutdown** (:meth:`NodeGrpcServer.stop`): stop accepting new RPCs and answer calls that still
@@ -35,6 +39,7 @@ carries many calls per message in each direction::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import inspect
@@ -47,8 +52,14 @@ from grpc import aio
 from duro import tls
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._wire import call_from_pb, chunk_by_size, result_error, result_ok
-from duro.errors import DuroError, InvalidValueError, OverloadedError, UnavailableError
+from duro._wire import call_from_pb, chunk_by_size, error_from_pb, result_error, result_ok
+from duro.errors import (
+    CallTimeoutError,
+    DuroError,
+    InvalidValueError,
+    OverloadedError,
+    UnavailableError,
+)
 
 __all__ = [
     "Host",
@@ -216,6 +227,47 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
 
+    async def invoke_local(self, call: Call, timeout: float | None = None) -> bytes:
+        """A call made in this process (docs/architecture.md, "co-located edge"): what a stream's
+        call gets, minus the wire. The call must be well-formed (made by a ``Namespace``).
+
+        It runs in a task of its own with a fresh context, as a call from a gRPC stream does (an
+        object's call to another object must not run inside the caller's context). ``timeout``
+        raises :class:`~duro.errors.CallTimeoutError`; the call may still run, as with a remote
+        node.
+        """
+        if self._draining:
+            raise UnavailableError(_SHUTTING_DOWN)
+        size = len(call.payload)
+        refused = self._refuse_bytes(size)
+        if refused is not None:
+            raise refused
+        task = self._spawn(call, size, fresh_context=True)
+        try:
+            # Shielded: a caller that goes away does not cut the call short (see module doc).
+            if timeout is None:
+                await asyncio.shield(task)
+            else:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
+        except TimeoutError:
+            raise CallTimeoutError(
+                f"no answer from this node within {timeout:g}s; the call may or may not have "
+                "executed") from None
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        except BaseException:
+            pass
+        if not task.cancelled() and task.exception() is None:
+            value = task.result()
+            if type(value) is bytes and len(value) <= _MAX_VALUE_BYTES:
+                return value
+        result = _result_of(0, task)  # the rare path: exactly the error a stream would carry
+        if result.HasField("error"):
+            raise error_from_pb(result.error)
+        return result.value
+
     def _refuse_bytes(self, size: int) -> OverloadedError | None:
         """The error for a call of ``size`` payload bytes past the node-wide bound, or None."""
         used = self.call_bytes_in_flight
@@ -228,8 +280,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             retryable=True,  # not executed, so safe to send again (after backing off)
         )
 
-    def _spawn(self, call: Call, size: int) -> asyncio.Task[bytes]:
-        task = asyncio.ensure_future(self.host.invoke(call))
+    def _spawn(self, call: Call, size: int, fresh_context: bool = False) -> asyncio.Task[bytes]:
+        if fresh_context:
+            task = asyncio.get_running_loop().create_task(
+                self.host.invoke(call), context=contextvars.Context())
+        else:
+            task = asyncio.ensure_future(self.host.invoke(call))
         self._tasks.add(task)
         self.call_bytes_in_flight += size
         task.add_done_callback(functools.partial(self._finished, size))
