@@ -428,13 +428,13 @@ class SocketHub:
         st = act.storage if act is not None else None
         q = obj.outq
         # (ObjectStorage's sequence numbers: writes made vs. writes durable.)
-        if st is None or st._durable_seq >= st._write_seq:
+        if st is None or st._durable_seq >= st._gate_seq:
             if q:
                 q.append((None, rec.edge, frame))  # behind frames still waiting for a write
             else:
                 self._push(rec.edge, frame)
             return
-        seq = st._write_seq
+        seq = st._gate_seq
         if q and obj.gate_seq == seq:
             q.append((None, rec.edge, frame))  # the gate queued before covers this write too
             return
