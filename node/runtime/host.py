@@ -25,6 +25,7 @@ from duro._namespace import Call, CallKind, Env, Invoker, Namespace
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.config import RuntimeConfig
+from duro.node.deleted_classes import ClassRemoval
 from duro.node.runtime.activation import Activation, State, current_activation
 from duro.node.runtime.alarms import AlarmScheduler
 from duro.node.runtime.grant import Grant
@@ -108,6 +109,7 @@ class ObjectHost:
         ownership: Ownership | None = None,
         outgoing: Invoker | None = None,
         namespace_class: Callable[[str], str] = lambda class_name: class_name,
+        deleted_classes: Mapping[bytes, str] | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -115,6 +117,9 @@ class ObjectHost:
         self.ownership = ownership
         self.committer = GroupCommitter(engine)
         self.alarms = AlarmScheduler(engine, self._fire_alarm)
+        # Classes a migration deleted (namespace key -> why): their objects are refused and
+        # removed (duro.node.deleted_classes; NodeCluster runs it per group it serves).
+        self.removal = ClassRemoval(engine, self.committer, deleted_classes or {})
         self.stats = HostStats()
         self._acts: OrderedDict[bytes, Activation] = OrderedDict()
         # WebSocket registry (duro.node.runtime.websockets.SocketHub), set by a node that serves
@@ -143,6 +148,7 @@ class ObjectHost:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         if self.ownership is None:
+            await self.removal.run(0)  # no cluster: every object is in group 0, and served here
             self.alarms.add_group(0)  # no cluster: this node owns every object, all in group 0
         self.alarms.start()
         if self._sweeper is None:
@@ -184,7 +190,12 @@ class ObjectHost:
             raise InvalidIdError("object id must be 32 bytes")
         binding = self.bindings.get(call.binding)
         if binding is None:
-            raise InvalidArgumentError(f"unknown binding {call.binding!r}")
+            raise InvalidArgumentError(
+                f"unknown binding {call.binding!r} (this app's bindings: {sorted(self.bindings)})")
+        if self.removal.deleted:
+            why = self.removal.why_deleted(oid)
+            if why is not None:
+                raise InvalidIdError(f"object {oid.hex()}: {why}; its data was removed")
         hold = self.holds.get(oid)
         if hold is not None:
             await asyncio.shield(hold)  # a migration is moving it: wait for the outcome

@@ -27,11 +27,12 @@ from typing import Iterable, Iterator
 
 import rocksdict
 
+from duro import _codec
 from duro.errors import UnavailableError
 from duro.node.storage import layout
 from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
 
-__all__ = ["StorageEngine", "Writer", "apply_ops"]
+__all__ = ["StorageEngine", "Writer", "apply_ops", "clear_ops"]
 
 log = logging.getLogger("duro.node.storage")
 
@@ -160,3 +161,17 @@ class Writer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def clear_ops(engine: StorageEngine, gid: int, oid: bytes) -> list[list]:
+    """The write operations deleting an object's keys, usage record, alarm and alarm index entry
+    in group ``gid`` (committed with ``GroupCommitter.write_raw``: replicated like any write)."""
+    ops: list[list] = []
+    alarm = engine.get(layout.alarm_key(gid, oid))
+    if alarm is not None:
+        ops.append([DELETE, layout.alarm_index_key(gid, _codec.decode(alarm)[0], oid)])
+        ops.append([DELETE, layout.alarm_key(gid, oid)])
+    prefix = layout.data_prefix(gid, oid)
+    ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
+    ops.append([DELETE, layout.usage_key(gid, oid)])  # its storage account (usage.py)
+    return ops
