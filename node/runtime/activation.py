@@ -529,8 +529,11 @@ def _check_arguments(method: Callable[..., Any], name: str, args: list, kwargs: 
         sig.bind(*args, **kwargs)
     except TypeError as bad:
         owner = type(getattr(method, "__self__", None)).__name__
+        empty = inspect.Parameter.empty
+        shown = sig.replace(return_annotation=empty, parameters=[
+            p.replace(annotation=empty) for p in sig.parameters.values()])
         raise InvalidArgumentError(
-            f"{owner}.{name}{sig}: wrong arguments: {bad}") from None
+            f"{owner}.{name}{shown}: wrong arguments: {bad}") from None
 
 
 def _retrieve(fut: asyncio.Future) -> None:
