@@ -113,13 +113,16 @@ class Activation:
         "_background",
         "frozen",
         "regions",
+        "name",
         "__weakref__",
     )
 
-    def __init__(self, host: ObjectHost, oid: bytes, binding: str, grant: Grant = Grant()) -> None:
+    def __init__(self, host: ObjectHost, oid: bytes, binding: str, grant: Grant = Grant(),
+                 name: str | None = None) -> None:
         self.host = host
         self.oid = oid
         self.binding = binding
+        self.name = name  # ctx.id.name: checked against the id by the host before it is set
         self.epoch = grant.epoch  # the object's directory epoch
         self.gid = grant.gid  # its replica group, and that group's epoch (primary term)
         self.group_epoch = grant.group_epoch
@@ -358,7 +361,11 @@ class Activation:
             isinstance(k, str) for k in kwargs
         ):
             raise InvalidArgumentError("RPC payload is not msgpack [args, kwargs]")
-        result = method(*args, **kwargs)
+        try:
+            result = method(*args, **kwargs)
+        except TypeError as exc:
+            _check_arguments(method, call.method, args, kwargs)
+            raise  # the arguments fit: the method's own code raised it
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -400,7 +407,20 @@ class Activation:
             return None
         res = handler(ws, *args)
         if inspect.isawaitable(res):
-            await res
+            limit = self.host.sockets.event_timeout(self.oid)  # ctx.set_hibernatable_...
+            if limit is None:
+                await res
+                return None
+            timeout = asyncio.timeout(limit / 1000)
+            try:
+                async with timeout:
+                    await res
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # the handler's own TimeoutError
+                raise ObjectError(
+                    f"web_socket_{kind} ran longer than the object's WebSocket event timeout "
+                    f"({limit} ms) and was cancelled", remote_type="TimeoutError") from None
         return None
 
     async def run_alarm(self, force: bool = False) -> bool:
@@ -534,6 +554,29 @@ class Activation:
     def _on_alarm_committed(self, when_ms: int | None) -> None:
         if when_ms is not None:
             self.host.alarms.schedule(self.oid, self.binding, when_ms, self.gid)
+
+
+def _check_arguments(method: Callable[..., Any], name: str, args: list, kwargs: dict) -> None:
+    """After ``method(*args, **kwargs)`` raised a TypeError: if the arguments do not fit the
+    method's signature, raise :class:`InvalidArgumentError` naming the parameter; else return
+    (the TypeError came from inside the method and stays the object's own error).
+
+    Checked only once a call failed with a TypeError, so a call that fits costs nothing more.
+    Binding the arguments is what Python does before running any line of the method, so a
+    TypeError raised by binding is never the method's own."""
+    try:
+        sig = inspect.signature(method)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as bad:
+        owner = type(getattr(method, "__self__", None)).__name__
+        empty = inspect.Parameter.empty
+        shown = sig.replace(return_annotation=empty, parameters=[
+            p.replace(annotation=empty) for p in sig.parameters.values()])
+        raise InvalidArgumentError(
+            f"{owner}.{name}{shown}: wrong arguments: {bad}") from None
 
 
 def _retrieve(fut: asyncio.Future) -> None:
