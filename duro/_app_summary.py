@@ -92,14 +92,16 @@ async def summarize_in_child(app_ref: str, python: str = sys.executable,
     return AppSummary.from_json(out.decode())
 
 
-def hints(summary: AppSummary, *, etcd: str, edge_url: str | None, limit: int = 3) -> list[str]:
-    """Commands to try on this app's objects, from its own bindings."""
+def hints(summary: AppSummary, *, etcd: str | None, edge_url: str | None,
+          limit: int = 3) -> list[str]:
+    """Commands to try on this app's objects, from its own bindings (``etcd``: the flag they
+    need, None when the CLI finds the cluster by itself)."""
     lines = []
     for b in summary.bindings[:limit]:
         if b.methods:
             method, args = next(((m, a) for m, a in b.methods if not a), b.methods[0])
             lines.append(f"duro call {b.name} demo {method}" + (f" '{args}'" if args else "")
-                         + f" --etcd {etcd}    ({b.class_name}: "
+                         + (f" --etcd {etcd}" if etcd else "") + f"    ({b.class_name}: "
                          + ", ".join(m for m, _ in b.methods[:6])
                          + (", ..." if len(b.methods) > 6 else "") + ")")
         else:

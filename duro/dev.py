@@ -435,9 +435,13 @@ def _guard(args: argparse.Namespace) -> Any:
 
 def _print_hints(cluster: LocalCluster, summary: Any) -> None:
     from duro._app_summary import hints
+    from duro.cli import DEV_STATE
 
     url = cluster.edge_url(0) if cluster.edges else None
-    for k, line in enumerate(hints(summary, etcd=cluster.etcd.endpoint, edge_url=url)):
+    # From this directory the CLI finds this cluster (and its certificates) by itself.
+    found = cluster.root == (Path.cwd() / DEV_STATE).parent.resolve()
+    etcd = None if found else cluster.etcd.endpoint
+    for k, line in enumerate(hints(summary, etcd=etcd, edge_url=url)):
         print(("try:  " if k == 0 else "      ") + line, flush=True)
     if cluster.edges:
         print(f"      Gateway token in {cluster.gateway_token_file}: send the gRPC metadata "
