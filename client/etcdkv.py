@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import AsyncIterator
 from typing import Any, Iterable
 
 from etcd3aio import Etcd3Client, prefix_range_end
@@ -16,7 +17,7 @@ from duro.errors import UnavailableError
 _PROCESS: Any = object()  # the process's certificate (duro.tls.configured())
 
 __all__ = ["etcd_client", "resolve_endpoint", "get_value", "get_prefix", "put_value",
-           "check_reachable", "EtcdUnreachableError"]
+           "check_reachable", "EtcdUnreachableError", "watch", "describe_etcd_error"]
 
 _PROBE_KEY = b"/duro/-reachable"  # read (never written): any answer proves etcd is there
 
@@ -96,12 +97,12 @@ async def check_reachable(client: Etcd3Client, endpoint: str, timeout: float) ->
             await client.kv.get(_PROBE_KEY, timeout=left, max_attempts=1)
             return
         except ETCD_ERRORS as exc:
-            last = _reason(exc)
+            last = describe_etcd_error(exc)
         await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
     raise EtcdUnreachableError(endpoint, timeout, last)
 
 
-def _reason(exc: BaseException) -> str:
+def describe_etcd_error(exc: BaseException) -> str:
     """The useful end of an etcd/gRPC error: "Connection refused", not three lines of gRPC."""
     import grpc
 
@@ -114,3 +115,36 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         text = "no answer"
     return text.rsplit(": ", 1)[-1] if "Failed to connect" in text else text
+
+
+async def watch(client: Etcd3Client, key: str | bytes, range_end: bytes | None = None, *,
+                start_revision: int = 0) -> AsyncIterator[Any]:
+    """The ``WatchResponse`` messages of one etcd watch stream, until it ends or fails (the
+    error is raised: the caller re-reads and watches again, as ``PrefixView`` and the placement
+    election do). Use it inside ``contextlib.aclosing``.
+
+    Why not ``etcd3aio``'s ``watch.watch()``: its request iterator never ends (it awaits a
+    future forever after the create request), and when the stream fails (etcd restarted) grpc
+    leaves the task that consumes that iterator pending; once the call is dropped the task is
+    garbage, and the process prints "Task was destroyed but it is pending!" and "aclose():
+    asynchronous generator is already running" (at a garbage collection, or when its client
+    closes). Here the request iterator ends as soon as the stream does, so that task finishes.
+    """
+    from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
+
+    key_bytes = key.encode() if isinstance(key, str) else key
+    done = asyncio.Event()
+
+    async def requests() -> AsyncIterator[Any]:
+        yield WatchRequest(create_request=WatchCreateRequest(
+            key=key_bytes, range_end=range_end or b"", start_revision=start_revision))
+        await done.wait()
+
+    service = client.watch
+    call = service._stub.Watch(requests(), metadata=service._metadata or None)
+    try:
+        async for response in call:
+            yield response
+    finally:
+        done.set()  # the request iterator returns: grpc's task that drives it finishes
+        call.cancel()
