@@ -448,21 +448,13 @@ def _print_hints(cluster: LocalCluster, summary: Any) -> None:
               f"'authorization: Bearer <token>' (docs/edge.md)", flush=True)
 
 
-async def _reload_loop(cluster: LocalCluster, app_ref: str) -> None:
-    """Watch the app's files; on a change that still loads, restart the cluster on it
-    (:meth:`LocalCluster.restart_rolling`). A change that does not load is reported and the
-    cluster keeps serving the code it runs."""
+async def _reload_loop(cluster: LocalCluster, app_ref: str, watcher: Any) -> None:
+    """On every change ``watcher`` (duro._app_watch) reports that still loads, restart the
+    cluster on it (:meth:`LocalCluster.restart_rolling`). A change that does not load is
+    reported and the cluster keeps serving the code it runs."""
     from duro._app import ConfigError
     from duro._app_summary import summarize_in_child
-    from duro._app_watch import AppWatcher, watched_dir
 
-    root = watched_dir(app_ref)
-    if root is None:
-        print(f"duro dev: {app_ref} is a module name: its code is not watched for changes",
-              flush=True)
-        return
-    watcher = AppWatcher(root)
-    print(f"duro dev: watching {root} for changes (--no-reload: off)", flush=True)
     while True:
         changed = await watcher.wait_change()
         shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
@@ -488,6 +480,7 @@ async def _reload_loop(cluster: LocalCluster, app_ref: str) -> None:
 async def _dev(args: argparse.Namespace) -> int:
     from duro._app import ConfigError
     from duro._app_summary import summarize_in_child
+    from duro._app_watch import AppWatcher, watched_dir
     from duro._dev_guard import DevBusyError
 
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
@@ -541,8 +534,17 @@ async def _dev(args: argparse.Namespace) -> int:
             print(f"latency simulated between regions (one way): {pairs}; calls within a region "
                   f"are not delayed", flush=True)
         _print_hints(cluster, summary)
-        reload = (None if args.no_reload else
-                  asyncio.create_task(_reload_loop(cluster, args.app), name="dev-reload"))
+        reload = None
+        if not args.no_reload:
+            root = watched_dir(args.app)
+            if root is None:
+                print(f"duro dev: {args.app} is a module name: its code is not watched for "
+                      f"changes", flush=True)
+            else:
+                watcher = AppWatcher(root)  # its first look, before READY
+                print(f"duro dev: watching {root} for changes (--no-reload: off)", flush=True)
+                reload = asyncio.create_task(_reload_loop(cluster, args.app, watcher),
+                                             name="dev-reload")
         print("DURO-DEV-READY etcd=" + cluster.etcd.endpoint, flush=True)
         await stop.wait()
         print("duro dev: stopping", flush=True)
