@@ -208,19 +208,6 @@ async def test_simulated_latency_and_a_second_dev_that_refuses(tmp_path: Path) -
         await dev.stop()
 
 
-APP_TOML = """\
-name = "tally-app"
-main = "app.py"
-
-[[durable_objects.bindings]]
-name = "TALLY"
-class_name = "Tally"
-
-[[migrations]]
-tag = "v1"
-new_classes = ["Tally"]
-"""
-
 APP_PY = """\
 from duro import DurableObject
 
@@ -237,11 +224,11 @@ class Tally(DurableObject):
 async def test_dev_on_a_users_app_hints_at_it_and_reloads_changed_code(tmp_path: Path) -> None:
     app = tmp_path / "tally"
     app.mkdir()
-    (app / "duro.toml").write_text(APP_TOML)
+    # No duro.toml: the binding TALLY is discovered from the class (duro._app).
     (app / "app.py").write_text(APP_PY.format(factor=1))
     data = app / ".duro" / "dev"  # the default data directory, inside the watched app
-    dev = await Dev.start("--app", ".", "--base-port", str(free_port()), "--http-port", "0",
-                          cwd=app, data=data)
+    dev = await Dev.start("--app", "app.py", "--base-port", str(free_port()), "--http-port",
+                          "0", cwd=app, data=data)
     try:
         banner = dev.banner
         assert "duro call TALLY demo add    (Tally: add)" in banner, banner
