@@ -151,7 +151,9 @@ def _logs(data: Path) -> str:
 
 
 def _edge_urls(banner: str) -> dict[str, str]:
-    return dict(re.findall(r"edge\s+edge-(\S+)\s+region \S+\s+HTTP (http://\S+)", banner))
+    """region -> HTTP URL of its edge (a separate process, or a node that is its edge too)."""
+    return dict(re.findall(r"^edge(?: in)?\s+\S+\s+region (\S+)\s+HTTP (http://\S+)", banner,
+                           re.M))
 
 
 async def _timed_get(http: aiohttp.ClientSession, url: str) -> float:
