@@ -161,7 +161,7 @@ def _cmd_where(args: argparse.Namespace) -> int:
 
 DEV_STATE = Path(".duro/dev/cluster.json")
 DEFAULT_ETCD = "127.0.0.1:2379"
-CONNECT_TIMEOUT = 3.0  # with the rest of a failing command, well within 5 s
+CONNECT_TIMEOUT = 2.0  # with the start of the process (~0.5 s, more on a busy machine): within 5 s
 
 
 def _dev_state() -> dict[str, str]:
