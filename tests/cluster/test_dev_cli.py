@@ -277,7 +277,9 @@ async def test_dev_on_a_users_app_hints_at_it_and_reloads_changed_code(tmp_path:
         steps = {b - a for a, b in zip(acked, acked[1:])}
         assert 1 in steps and 100 in steps, steps  # served by the old code, then the new
         assert final == acked[-1] and acked[-1] - acked[-2] == 100, acked[-5:]
-        print(f"writer through the reload: {len(acked)} acknowledged, {len(failed)} failed")
+        took = [line.strip() for line in dev.lines if "reloaded in" in line]
+        print(f"writer through the reload: {len(acked)} acknowledged, {len(failed)} failed; "
+              f"{took}")
         assert await add(1) == 106  # the new code, on the storage the old code wrote
 
         # A change that does not load: reported, and the code that runs keeps serving.
