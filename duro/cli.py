@@ -448,16 +448,22 @@ def main(argv: list[str] | None = None) -> int:
 def _operator_failed(args: argparse.Namespace, origin: str, exc: Exception) -> int:
     """An operator command failed on the cluster's side: say so in one line (what was tried,
     what to do), never with a traceback."""
-    from duro.client.etcdkv import EtcdUnreachableError
-    from duro.client.watch import ETCD_ERRORS
+    import grpc
+    from etcd3aio import EtcdError
+
+    from duro.client.etcdkv import EtcdUnreachableError, describe_etcd_error
     from duro.errors import DuroError
 
     if isinstance(exc, EtcdUnreachableError):
         print(_unreachable(args.command, args, origin, str(exc)), file=sys.stderr)
         return 1
-    if isinstance(exc, ETCD_ERRORS):
-        print(_unreachable(args.command, args, origin,
-                           f"etcd at {args.etcd} failed: {exc}"), file=sys.stderr)
+    if isinstance(exc, EtcdError):  # etcd lost after it answered
+        why = f"etcd at {args.etcd} failed midway ({describe_etcd_error(exc)})"
+        print(_unreachable(args.command, args, origin, why), file=sys.stderr)
+        return 1
+    if isinstance(exc, grpc.aio.AioRpcError):  # a node's or the placement's answer
+        print(f"duro {args.command}: a call in the cluster failed: {exc.code().name}: "
+              f"{exc.details()}", file=sys.stderr)
         return 1
     if isinstance(exc, DuroError):
         print(f"duro {args.command}: {exc.code}: {exc}", file=sys.stderr)
