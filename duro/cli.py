@@ -12,6 +12,7 @@
     duro migrate BINDING NAME (--to-region R | --to-node N)   move an object, live
     duro gateway-token --name N [--file F]  make a Gateway bearer token (docs/security.md)
     duro drain   NODE_ID                   move every object off a node
+    duro undrain NODE_ID                   new objects may go to the node again
     duro certs   --dir D [--node ID ...]   the cluster CA and per-process certificates (mTLS)
 
 Every service takes its settings from an optional TOML file (``--config``), then ``DURO_<ROLE>_*``
@@ -198,6 +199,13 @@ def _cmd_drain(args: argparse.Namespace) -> int:
                                             concurrency=args.concurrency, progress=progress)))
     print(json.dumps(res, indent=2))
     return 0 if res["failed"] == 0 else 1
+
+
+def _cmd_undrain(args: argparse.Namespace) -> int:
+    from duro.client.admin import undrain
+
+    print(json.dumps(_run(undrain(args.etcd, args.cluster, args.node_id)), indent=2))
+    return 0
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
@@ -408,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     _add_cluster_flags(p)
     p.set_defaults(fn=_cmd_drain)
+
+    p = sub.add_parser("undrain", help="let placement put new objects on a drained node again")
+    p.add_argument("node_id")
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_undrain)
 
     p = sub.add_parser("where", help="which node owns an object")
     p.add_argument("binding")

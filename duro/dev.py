@@ -173,6 +173,10 @@ class LocalCluster:
         # (reused by the next run on the same root), allowed everything the app exposes.
         self.gateway_token, self.gateway_token_file, self.gateway_tokens_file = dev_token(
             self.root / "gateway")
+        # The console's admin actions (docs/console.md): a token of this cluster's own, and the
+        # admin certificate the edges make them with.
+        self.console_token, self.console_token_file, self.console_tokens_file = dev_token(
+            self.root / "console")
         for region in regions:
             for j in range(nodes_per_region):
                 name = f"{region}-{j}"
@@ -207,7 +211,9 @@ class LocalCluster:
                  "--admin-listen", f"127.0.0.1:{admin_port}",
                  "--log-level", "INFO",  # the access log is INFO
                  *self._tls_args("edge", name),
-                 "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
+                 "--gateway-tokens-file", str(self.gateway_tokens_file),
+                 *(f"--{k.replace('_', '-')}={v}" for k, v in self._console_settings().items()),
+                 *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))
 
@@ -226,8 +232,18 @@ class LocalCluster:
         path.write_text(
             f'http_listen = "127.0.0.1:{http}"\ngrpc_listen = "127.0.0.1:{grpc_}"\n'
             f'admin_listen = "127.0.0.1:{admin}"\n'
-            f'gateway_tokens_file = "{self.gateway_tokens_file}"\n')
+            f'gateway_tokens_file = "{self.gateway_tokens_file}"\n'
+            + "".join(f'{k} = "{v}"\n' for k, v in self._console_settings().items()))
         return ["--edge", "--edge-config", str(path)]
+
+    def _console_settings(self) -> dict[str, str]:
+        """The edges' console settings: this cluster's console token, and the admin certificate
+        its actions are made with (docs/console.md)."""
+        out = {"console_admin_tokens_file": str(self.console_tokens_file)}
+        if self.client_tls is not None:
+            out["console_admin_tls_cert"] = str(self.client_tls.cert)
+            out["console_admin_tls_key"] = str(self.client_tls.key)
+        return out
 
     # -- certificates -------------------------------------------------------------------------
     def issue(self, role: str, ident: str = "", *, hosts: tuple[str, ...] = ()) -> TlsConfig:
@@ -345,6 +361,10 @@ class LocalCluster:
     def edge_admin_url(self, i: int = 0) -> str:
         """``http://host:port`` of edge ``i``'s admin listener (``/health``, ``/metrics``)."""
         return "http://" + self.edges[i].ready["admin"]
+
+    def console_url(self, i: int = 0) -> str:
+        """The console page on edge ``i``'s admin listener (docs/console.md)."""
+        return self.edge_admin_url(i) + "/console/"
 
     async def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
         spec = self.nodes[i]
@@ -576,6 +596,9 @@ async def _dev(args: argparse.Namespace) -> int:
             print(f"latency simulated between regions (one way): {pairs}; calls within a region "
                   f"are not delayed", flush=True)
         _print_hints(cluster, summary)
+        if cluster.edges:
+            print(f"console: {cluster.console_url(0)}  (admin token for migrate/drain in "
+                  f"{cluster.console_token_file}; docs/console.md)", flush=True)
         reload = None
         if not args.no_reload:
             root = watched_dir(args.app)

@@ -38,6 +38,7 @@ from duro.client.router import Router, app_key
 from duro.errors import DuroError, UnavailableError
 from duro.node.config import NodeConfig
 from duro.node.membership import Membership, NodeInfo
+from duro.node.inspect_service import InspectServicer
 from duro.node.migration.service import MigrationServicer
 from duro.node.replication.listener import ReplicationListener
 from duro.node.replication.manager import ReplicationManager
@@ -187,6 +188,7 @@ class NodeCluster:
                              cache_entries=config.directory_cache)
         self.ownership = NodeOwnership(self)
         self.migration = MigrationServicer(self)
+        self.inspect_service = InspectServicer(self)
         self.replication: ReplicationManager | None = None
         self.replication_service = ReplicationServicer(lambda: self.replication)
         self.replication_listener = ReplicationListener(lambda: self.replication, config.cluster)
@@ -205,6 +207,7 @@ class NodeCluster:
 
     def add_to(self, server) -> None:  # noqa: ANN001 - grpc.aio.Server
         self.migration.add_to(server)
+        self.inspect_service.add_to(server)
         self.replication_service.add_to(server)
         self.directory_service.add_to(server)
 

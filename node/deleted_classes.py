@@ -109,7 +109,8 @@ class ClassRemoval:
         entries: list[tuple[bytes, Entry]] = []
         n = 0
         id_at = layout.GROUP_PREFIX_BYTES + 1
-        for space in (layout.DATA, layout.ALARM, layout.USAGE, layout.MOVING, layout.DIR_ENTRY):
+        for space in (layout.DATA, layout.ALARM, layout.USAGE, layout.MOVING, layout.HISTORY,
+                      layout.DIR_ENTRY):
             for key, value in self.engine.scan(*layout.space_range(gid, space)):
                 n += 1
                 if n % _KEYS_PER_TURN == 0:

@@ -25,6 +25,7 @@ from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.client.etcdkv import get_value
 from duro.node.membership import NodeInfo, node_key
+from duro.node.migration import history
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
 from duro.node.storage.engine import clear_ops
@@ -211,6 +212,10 @@ class _Move:
         alarm = engine.get(alarm_key)
         if alarm is not None:
             chunk.items.add(key=alarm_key[rel:], value=alarm)
+        # The move history goes with the object, this move appended (node/migration/history.py).
+        chunk.history = history.append(engine.get(layout.history_key(self.gid, self.oid)),
+                                       time.time(), self.c.node_id, self.target,
+                                       self.entry.epoch + 1)
         prefix = layout.data_prefix(self.gid, self.oid)
         for k, v in engine.scan(prefix, layout.prefix_end(prefix)):
             chunk.items.add(key=k[rel:], value=v)

@@ -28,6 +28,7 @@ from duro.node.config import RuntimeConfig
 from duro.node.deleted_classes import ClassRemoval
 from duro.node.runtime.activation import Activation, State, current_activation
 from duro.node.runtime.alarms import AlarmScheduler
+from duro.node.runtime.call_stats import CallStats
 from duro.node.runtime.grant import Grant
 from duro.node.storage.commit import GroupCommitter
 from duro.node.storage.engine import StorageEngine
@@ -121,6 +122,8 @@ class ObjectHost:
         # removed (duro.node.deleted_classes; NodeCluster runs it per group it serves).
         self.removal = ClassRemoval(engine, self.committer, deleted_classes or {})
         self.stats = HostStats()
+        # Calls and latency per binding (node/runtime/call_stats.py; the console reads them).
+        self.calls: dict[str, CallStats] = {name: CallStats() for name in self.bindings}
         self._acts: OrderedDict[bytes, Activation] = OrderedDict()
         # WebSocket registry (duro.node.runtime.websockets.SocketHub), set by a node that serves
         # sockets through edges; None in the Testbed (objects then see no accept_web_socket).
@@ -235,7 +238,14 @@ class ObjectHost:
             if counts is None:
                 act.regions = counts = {}
             counts[region] = counts.get(region, 0.0) + 1.0
-        return await act.deliver(call)
+        started = time.perf_counter()
+        failed = True
+        try:
+            result = await act.deliver(call)
+            failed = False
+            return result
+        finally:
+            self.calls[call.binding].record(time.perf_counter() - started, failed)
 
     def _checked_name(self, call: Call) -> str | None:
         """The name ``call`` carries, once checked to derive its id (else InvalidIdError: a

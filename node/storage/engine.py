@@ -174,4 +174,5 @@ def clear_ops(engine: StorageEngine, gid: int, oid: bytes) -> list[list]:
     prefix = layout.data_prefix(gid, oid)
     ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
     ops.append([DELETE, layout.usage_key(gid, oid)])  # its storage account (usage.py)
+    ops.append([DELETE, layout.history_key(gid, oid)])  # its move history (migration/history.py)
     return ops
