@@ -111,9 +111,6 @@ from duro import DurableObject
 
 
 class Probe(DurableObject):
-    async def id_name(self):
-        return self.ctx.id.name
-
     async def alarm_after_delete_all(self):
         self.ctx.storage.set_alarm(4102444800.0)  # 2100-01-01
         self.ctx.storage.put("k", 1)
@@ -135,19 +132,8 @@ async def _testbed_probe(tmp_path: Path, method: str) -> Any:
         return await tb.env.PROBE.get_by_name("x").call(method)
 
 
-def _migration_field(name: str) -> bool:
-    from duro import _app
-
-    return name in _app._MIGRATION_FIELDS
-
-
 PROBES = {  # Cloudflare cell -> does duro have it now?
-    "`ctx.id.name`": lambda tmp: _testbed_probe(tmp, "id_name"),
     "`deleteAll()`": lambda tmp: _testbed_probe(tmp, "alarm_after_delete_all"),
-    "option `allowConcurrency`": lambda tmp: _exists("", "allow_concurrency=True"),
-    "option `allowUnconfirmed`": lambda tmp: _exists("", "allow_unconfirmed=True"),
-    "option `noCache`": lambda tmp: _exists("", "no_cache=True"),
-    "`transferred_classes`": lambda tmp: _migration_field("transferred_classes"),
 }
 
 
