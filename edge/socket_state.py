@@ -45,7 +45,7 @@ class EdgeSocket:
         "sid", "binding", "oid", "node", "tags", "attachment", "ws", "transport", "pre",
         "out", "out_bytes", "writer", "unacked", "credit", "accepted", "closed",
         "close_code", "close_reason", "object_closed", "redeliveries", "up", "seq", "held",
-        "bounced", "hint", "inflight", "unacked_bytes",
+        "bounced", "hint", "inflight", "unacked_bytes", "auto_at",
     )
 
     def __init__(self, sid: int) -> None:
@@ -64,6 +64,7 @@ class EdgeSocket:
         self.unacked = 0
         self.credit: asyncio.Future[None] | None = None
         self.accepted: asyncio.Future[None] | None = None
+        self.auto_at = 0  # when this edge last answered it with the auto-response (Unix ms)
         self.closed = False
         self.close_code = 0
         self.close_reason = ""

@@ -192,7 +192,18 @@ class SocketManager:
         pair = self.auto.get(s.oid)
         if pair is not None:
             pb.auto_request, pb.auto_response = pair
+        if s.auto_at:
+            pb.auto_response_at = s.auto_at
         return pb
+
+    def auto_answered(self, s: EdgeSocket) -> None:
+        """``s`` was just answered with its object's auto-response: tell the object's node when
+        (``ctx.get_web_socket_auto_response_timestamp``), without waking the object."""
+        s.auto_at = int(time.time() * 1000)
+        if s.node:
+            self.link(s.node).push(node_pb2.SocketFrame(
+                socket_id=s.sid, op=AUTO, binding=s.binding, object_id=s.oid,
+                auto_response_at=s.auto_at))
 
     def check_orphans(self, address: str) -> None:
         """Close sockets whose node has been unreachable for longer than the grace period."""
@@ -408,6 +419,7 @@ class SocketManager:
                     if pair is not None and data == pair[0]:
                         metrics.auto_responses.inc()
                         self.writer.enqueue(s, pair[1].encode(), True)
+                        self.auto_answered(s)
                         continue
                     raw, text = data.encode(), True
                 elif t == WSMsgType.BINARY:

@@ -28,6 +28,7 @@ from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
 from duro.node.membership import keepalive_once
+from duro.topology.etcdkv import watch
 from duro.topology.keys import leader_key
 from duro.topology.watch import ETCD_ERRORS
 
@@ -244,7 +245,7 @@ class Election:
 
     async def _watch_until_vacant(self, rev: int) -> None:
         """Follow the leader key from *rev*; return when it is deleted (or to re-check)."""
-        stream = self._client.watch.watch(self.key, start_revision=rev + 1)
+        stream = watch(self._client, self.key, start_revision=rev + 1)
         async with contextlib.aclosing(stream):
             # Re-check now and then: a watch that silently stalled must not keep us standby.
             with contextlib.suppress(TimeoutError):

@@ -4,9 +4,9 @@
       ▲
     duro.topology (the cluster's records in etcd, and the placement policy)
       ▲
-    duro.client ◀── duro.edge
+    duro.client
       ▲
-    duro.node
+    duro.node ◀── duro.console ◀── duro.edge
       ▲
     duro.placement
       ▲
@@ -34,11 +34,13 @@ ALLOWED: dict[str, set[str]] = {
     "duro": set(),
     "duro.topology": {"duro"},
     "duro.client": {"duro", "duro.topology"},
-    "duro.edge": {"duro", "duro.topology", "duro.client"},
     "duro.node": {"duro", "duro.topology", "duro.client"},
+    # the live console reads what nodes report (their call statistics' buckets)
+    "duro.console": {"duro", "duro.topology", "duro.client", "duro.node"},
+    "duro.edge": {"duro", "duro.topology", "duro.client", "duro.console"},
     "duro.placement": {"duro", "duro.topology", "duro.client", "duro.node"},
     "entry": {"duro", "duro.topology", "duro.client", "duro.edge", "duro.node",
-              "duro.placement"},
+              "duro.placement", "duro.console"},
 }
 ENTRY_POINTS = {"duro.cli", "duro.dev", "duro.testing", "duro.__main__", "duro.node.main",
                 "duro.edge.main", "duro.edge.__main__", "duro.placement.main",
