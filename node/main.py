@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from duro import tls
+from duro import _tracing, tls
 from duro._app import App, load_app
 from duro._log import set_process_context
 from duro._metrics import start_metrics_server, stop_metrics_server
@@ -167,6 +167,7 @@ async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
         loop.add_signal_handler(sig, stop.set)
     node = NodeProcess(config)
     set_process_context(node_id=node.node_id, region=config.region)
+    _tracing.configure("duro-node", instance=node.node_id)  # DURO_TRACING; off by default
     await node.start()
     if ready_line:
         # One machine-readable line for supervisors and tests.
@@ -176,3 +177,4 @@ async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
         await stop.wait()
     finally:
         await node.stop()
+        _tracing.shutdown()

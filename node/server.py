@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from grpc import aio
 
-from duro import tls
+from duro import _tracing, tls
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
 from duro._wire import call_from_pb, chunk_by_size, result_error, result_ok
@@ -141,7 +141,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             call = call_from_pb(request)
         except DuroError as exc:
             return result_error(request.seq, exc)
-        task = self._spawn(call)
+        task = (self._spawn(call) if _tracing.tracer is None
+                else self._spawn_traced(call, request.trace_context))
         try:
             # Shielded: a caller that goes away does not cut the call short (see module doc).
             await asyncio.shield(task)
@@ -201,10 +202,27 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             await asyncio.wait(tasks, timeout=5.0)
 
     def _spawn(self, call: Call) -> asyncio.Task[bytes]:
-        task = asyncio.ensure_future(self.host.invoke(call))
+        return self._track(asyncio.ensure_future(self.host.invoke(call)))
+
+    def _spawn_traced(self, call: Call, trace_context: Any) -> asyncio.Task[bytes]:
+        """``_spawn`` while tracing is on: the host call runs in a span whose parent is the
+        caller's (``Call.trace_context``; none: a new trace)."""
+        return self._track(asyncio.ensure_future(_traced_invoke(self.host, call, trace_context)))
+
+    def _track(self, task: asyncio.Task[bytes]) -> asyncio.Task[bytes]:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+async def _traced_invoke(host: Host, call: Call, trace_context: Any) -> bytes:
+    method = call.method or call.kind.name
+    attrs = {"duro.binding": call.binding, "duro.method": method,
+             "duro.object_id": call.object_id.hex(), "duro.caller_region": call.caller_region,
+             "duro.hops": call.hops}
+    with _tracing.span(f"node {call.binding}.{method}", kind="server",
+                       parent=_tracing.extract(dict(trace_context)), attributes=attrs):
+        return await host.invoke(call)
 
 
 def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
@@ -306,7 +324,10 @@ class _StreamSession:
         except DuroError as exc:
             self._push(result_error(pb.seq, exc))
             return
-        task = servicer._spawn(call)
+        if _tracing.tracer is None:
+            task = servicer._spawn(call)
+        else:
+            task = servicer._spawn_traced(call, pb.trace_context)
         task.add_done_callback(functools.partial(self._done, pb.seq))
 
     def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:
