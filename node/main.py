@@ -119,12 +119,12 @@ class NodeProcess:
             tls_material=self.tls,
         )
         await self.server.start()
-        if self.cluster is not None:
-            await self.cluster.start(self.address, self.host)
-        if cfg.metrics_port >= 0:
+        if cfg.metrics_port >= 0:  # before registering: the registration names its address
             self.registry.register(NodeCollector(self.host, self.node_id, self.cluster))
             host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
             self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
+        if self.cluster is not None:
+            await self.cluster.start(self.address, self.host, metrics_port=self.metrics_port or 0)
         self.status = Status.RUNNING
         log.info(
             "node %s serving app %r on %s (region %s, data %s, wal %s)",

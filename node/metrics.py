@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from duro._metrics import metric_name
 from duro.node.directory.store import count_entries
+from duro.node.runtime.host import rss_bytes
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
@@ -48,6 +49,13 @@ class NodeCollector(Collector):
         yield counter("runtime", "activations", "objects activated", s.activations)
         yield counter("runtime", "evictions", "objects evicted", s.evictions)
         yield counter("runtime", "events", "events delivered", s.events)
+        by_binding = CounterMetricFamily(metric_name("runtime", "binding_events"),
+                                         "events delivered, by binding", labels=["node", "binding"])
+        for binding, n in sorted(s.binding_events.items()):
+            by_binding.add_metric([self.node_id, binding], n)
+        yield by_binding
+        yield gauge("node", "memory_rss_bytes", "resident memory of the node process",
+                    rss_bytes())
         yield counter("runtime", "overloaded", "events refused as overloaded", s.overloaded)
         yield counter("runtime", "resets", "objects reset", s.resets)
         yield counter("storage", "commits", "group commits (synced write batches)", c.commits)

@@ -31,7 +31,7 @@ from duro.node.storage.commit import GroupCommitter
 from duro.node.storage.engine import StorageEngine
 from duro.node.storage.object_storage import ObjectStorage
 
-__all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec"]
+__all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec", "rss_bytes"]
 
 log = logging.getLogger("duro.node.runtime")
 
@@ -59,12 +59,14 @@ class BindingSpec(Protocol):
 
 
 class HostStats:
-    __slots__ = ("activations", "evictions", "events", "overloaded", "resets", "storage_failures")
+    __slots__ = ("activations", "evictions", "events", "overloaded", "resets", "storage_failures",
+                 "binding_events")
 
     def __init__(self) -> None:
         self.activations = 0
         self.evictions = 0
         self.events = 0
+        self.binding_events: dict[str, int] = {}  # events by binding (duro top's rates)
         self.overloaded = 0
         self.resets = 0
         self.storage_failures = 0
@@ -210,7 +212,10 @@ class ObjectHost:
             act = self._acts.get(oid)
         else:
             self._acts.move_to_end(oid)
-        self.stats.events += 1
+        stats = self.stats
+        stats.events += 1
+        by_binding = stats.binding_events
+        by_binding[call.binding] = by_binding.get(call.binding, 0) + 1
         region = call.caller_region
         if region:  # access statistics for the migration planner: one counter bump
             counts = act.regions
@@ -335,7 +340,7 @@ class ObjectHost:
             self._evict(act)
         evicted = len(victims)
         budget = self.config.memory_budget_mb * 1024 * 1024
-        if budget and _rss_bytes() > budget and self._acts:
+        if budget and rss_bytes() > budget and self._acts:
             evicted += self._evict_lru(max(1, len(self._acts) // 10))
         return evicted
 
@@ -355,7 +360,7 @@ def _copy_error(err: Exception) -> Exception:
     return new
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
