@@ -237,8 +237,12 @@ elif [ -n "$PROM_BIN" ]; then
     ctx=$(mktemp -d /tmp/duro-prometheus-ctx.XXXXXX)
     cp "$PROM_BIN" "$ctx/prometheus"
     mkdir -p "$ctx/web"
-    # Debian's web UI assets (symlinks into libjs-* packages: copied as files).
-    [ -d /usr/share/prometheus/web ] && cp -rL /usr/share/prometheus/web/. "$ctx/web/"
+    # Debian's web UI assets (symlinks into libjs-* packages: copied as files), without
+    # moment-timezone's raw data (212 MB; the UI loads only moment-timezone-with-data.min.js).
+    if [ -d /usr/share/prometheus/web ]; then
+        cp -rL /usr/share/prometheus/web/. "$ctx/web/"
+        rm -rf "$ctx/web/static/moment-timezone/data"
+    fi
     cp deploy/prometheus/Dockerfile "$ctx/Dockerfile"
     docker build -q --network none --build-arg BASE_IMAGE="$BASE_TAG" -t "$PROM_TAG" "$ctx" >/dev/null
     rm -rf "$ctx"

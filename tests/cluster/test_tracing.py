@@ -14,9 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from duro import _tracing
+from duro._pb import gateway_pb2, gateway_pb2_grpc
 from duro.client.admin import migrate
 from duro.errors import InvalidArgumentError
 from tests.cluster.conftest import ROOT
@@ -93,6 +95,25 @@ async def test_one_http_increment_is_one_trace_across_processes(make_cluster, tm
     assert edge["start_ns"] <= node[0]["start_ns"] <= commit["start_ns"]
     assert commit["end_ns"] <= node[0]["end_ns"] <= edge["end_ns"]
     assert edge["attributes"]["http.response.status_code"] == 200
+
+    # Through the gRPC Gateway, joining the caller's own trace (W3C traceparent in metadata).
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with grpc.aio.insecure_channel(cluster.edges[0].ready["grpc"]) as ch:
+        r = await gateway_pb2_grpc.GatewayStub(ch).Invoke(
+            gateway_pb2.InvokeRequest(binding="COUNTER", name="traced", method="increment"),
+            metadata=(("authorization", f"Bearer {cluster.gateway_token}"),
+                      ("traceparent", f"00-{trace_id}-{caller_span}-01")), timeout=30)
+    assert r.result_json == "2", r
+
+    def joined(spans: list[dict[str, Any]]) -> bool:
+        return {"gateway Invoke", "node COUNTER.increment", "storage commit"} <= {
+            s["name"] for s in spans if s["trace_id"] == trace_id}
+
+    gw = {s["name"]: s for s in await _eventually(spans_file, joined)
+          if s["trace_id"] == trace_id}
+    assert gw["gateway Invoke"]["parent_id"] == caller_span
+    assert gw["gateway Invoke"]["service"] == "duro-edge"
+    assert gw["node COUNTER.increment"]["service"] == "duro-node"
 
     # A migration of that object: one span for the move and one per step, at the source node.
     res = await migrate(cluster.etcd.endpoint, cluster.cluster, str(ROOT / "examples"),
