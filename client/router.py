@@ -12,6 +12,9 @@ directory's partitions, ``duro.client.directory``, docs/directory.md). One call:
    configuration names (its node died and the group is failing over), wait for the views to show
    the new one, up to ``failover_wait`` seconds, then fail with a retryable ``UnavailableError``;
 3. send the call on the long-lived stream to the primary (``ConnectionPool``), carrying the epoch;
+   when the primary is the node this router runs in (:attr:`Router.local`, set by the node), call
+   it in-process instead: the co-located edge's calls and calls between objects of one node skip
+   protobuf, TLS and the loopback socket, and get the same answers (``NodeServicer.invoke_local``);
 4. on a redirect from the node (it is not the owner by its newer view, or not serving yet), go
    where the redirect says (at most ``max_hops`` times), or wait for the views to move and route
    again. A redirect means the call did not run, so following it is always safe.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import grpc
 from etcd3aio import Etcd3Client
@@ -56,9 +59,10 @@ def app_key(cluster: str) -> str:
 
 
 class RouterStats:
-    __slots__ = ("cache_hits", "cache_misses", "redirects", "placements", "unavailable")
+    __slots__ = ("cache_hits", "cache_misses", "redirects", "placements", "unavailable", "local")
 
     def __init__(self) -> None:
+        self.local = 0  # hops taken in-process (Router.local)
         self.cache_hits = 0
         self.cache_misses = 0
         self.redirects = 0
@@ -105,6 +109,9 @@ class Router:
         self._placement_channels: dict[str, grpc.aio.Channel] = {}
         self._placement_lock = asyncio.Lock()
         self._started = False
+        # (address, invoke) of the node this router runs in, set by that node: calls whose owner
+        # is at ``address`` go to ``invoke(call, timeout)`` in-process (docs/architecture.md).
+        self.local: tuple[str, Callable[..., Awaitable[bytes]]] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         if self._started:
@@ -160,7 +167,7 @@ class Router:
             call.hops = hops
             try:
                 if self.latency is None:
-                    return await self.pool.invoke(address, call, timeout=self.call_timeout)
+                    return await self._send(address, call)
                 return await self._delayed(node_id, address, call)
             except RedirectError as r:
                 self.stats.redirects += 1
@@ -183,6 +190,14 @@ class Router:
                 await asyncio.sleep(RETRY_PAUSE)
                 entry = self.directory.lookup(oid) or await self.place(call)
                 node_id, address = await self.await_owner(entry, deadline)
+
+    def _send(self, address: str, call: Call) -> Awaitable[bytes]:
+        """One hop: in-process when ``address`` is this router's own node, else its stream."""
+        local = self.local
+        if local is not None and local[0] == address:
+            self.stats.local += 1
+            return local[1](call, self.call_timeout)
+        return self.pool.invoke(address, call, timeout=self.call_timeout)
 
     def owner_of(self, entry: Entry) -> tuple[str, str] | None:
         """(node id, address) of the node serving the entry's object now, as far as the views
@@ -247,7 +262,7 @@ class Router:
         if delay:
             await asyncio.sleep(delay)
         try:
-            return await self.pool.invoke(address, call, timeout=self.call_timeout)
+            return await self._send(address, call)
         finally:
             if delay:
                 await asyncio.sleep(delay)
