@@ -131,6 +131,37 @@ async def test_one_http_increment_is_one_trace_across_processes(make_cluster, tm
             "migration Release"} <= steps, steps
 
 
+async def test_colocated_edge_call_is_one_trace(make_cluster, tmp_path, monkeypatch) -> None:
+    """A node that is its region's edge too (``duro node --edge``) calls its own objects without
+    the wire (``NodeServicer.invoke_local``, a fresh context): the node's span is still the
+    child of the edge's."""
+    spans_file = tmp_path / "spans.jsonl"
+    monkeypatch.setenv(_tracing.ENV, f"jsonl:{spans_file}")
+    cluster = await make_cluster(edges=True, colocated_edges=True, regions=("us-east", "eu-west"),
+                                 placement_args=("--rebalance", "false"))
+    status, body = await asyncio.to_thread(
+        _post, f"{cluster.edge_url(0)}/counter/colocated/increment")
+    assert status == 200, body
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        edge = [s for s in spans if s["name"] == "edge POST"]
+        return bool(edge) and any(s["name"] == "storage commit" and s["trace_id"] ==
+                                  edge[0]["trace_id"] for s in spans)
+
+    spans = await _eventually(spans_file, complete)
+    edge = next(s for s in spans if s["name"] == "edge POST")
+    trace = {s["span_id"]: s for s in spans if s["trace_id"] == edge["trace_id"]}
+    node = next(s for s in trace.values() if s["name"] == "node COUNTER.FETCH")
+    commit = next(s for s in trace.values() if s["name"] == "storage commit")
+    assert commit["parent_id"] == node["span_id"]
+    ancestors, span = [], node
+    while span["parent_id"] in trace:
+        span = trace[span["parent_id"]]
+        ancestors.append(span["name"])
+    assert ancestors[-1] == "edge POST", ancestors  # directly, or through a client span
+    assert edge["service"] == "duro-node"  # the edge runs in the node's process
+
+
 def test_tracing_is_off_unless_configured_and_bad_settings_are_refused(monkeypatch) -> None:
     monkeypatch.delenv(_tracing.ENV, raising=False)
     assert _tracing.configure("duro-test") is False
