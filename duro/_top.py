@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 from rich import box
@@ -92,7 +93,12 @@ async def run_top(etcd: str, cluster: str, *, interval: float = 2.0, once: bool 
         raise ValueError("--interval must be positive")
     console = console or Console()
     if once or as_json:
-        pic = await collect(etcd, cluster, interval)
+        try:
+            pic = await collect(etcd, cluster, interval)
+        except Exception as exc:  # etcd unreachable, refused credentials: one line, no trace
+            print(f"duro top: cannot read cluster {cluster!r} from etcd {etcd}: {_reason(exc)}",
+                  file=sys.stderr)
+            return 1
         if as_json:
             console.print_json(json.dumps(pic))
         else:
@@ -101,7 +107,18 @@ async def run_top(etcd: str, cluster: str, *, interval: float = 2.0, once: bool 
     prev: Sample | None = None
     with Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
-            cur = await sample(etcd, cluster)
-            live.update(render(view(cur, prev)), refresh=True)
-            prev = cur
+            try:
+                cur = await sample(etcd, cluster)
+            except Exception as exc:  # keep trying, as htop would, and say why on screen
+                live.update(Text(f"duro top: cannot read cluster {cluster!r} from etcd {etcd}: "
+                                 f"{_reason(exc)}; retrying every {interval:g} s", style="red"),
+                            refresh=True)
+                prev = None
+            else:
+                live.update(render(view(cur, prev)), refresh=True)
+                prev = cur
             await asyncio.sleep(interval)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -92,3 +92,7 @@ async def test_duro_top_shows_a_dead_node_unreachable(make_cluster) -> None:
     assert any(r["health"] == "serving" for r in rows.values())
     rc, _out, err = await _top(cluster, "--once", "--interval", "0")
     assert rc == 2 and "--interval" in err
+    # No etcd there: one line that says so, no traceback.
+    rc, _out, err = await _top(cluster, "--once", "--interval", "0.1", "--etcd", "127.0.0.1:1")
+    assert rc == 1 and "cannot read cluster 'duro' from etcd 127.0.0.1:1" in err, err
+    assert "Traceback" not in err
