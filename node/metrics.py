@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from duro._metrics import metric_name
 from duro.node.directory.store import count_entries
-from duro.node.runtime.host import rss_bytes
+from duro.node.runtime.host import _rss_bytes as rss_bytes  # the one /proc reader
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster

@@ -31,7 +31,7 @@ from duro.node.storage.commit import GroupCommitter
 from duro.node.storage.engine import StorageEngine
 from duro.node.storage.object_storage import ObjectStorage
 
-__all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec", "rss_bytes"]
+__all__ = ["ObjectHost", "Ownership", "HostStats", "BindingSpec"]
 
 log = logging.getLogger("duro.node.runtime")
 
@@ -340,7 +340,7 @@ class ObjectHost:
             self._evict(act)
         evicted = len(victims)
         budget = self.config.memory_budget_mb * 1024 * 1024
-        if budget and rss_bytes() > budget and self._acts:
+        if budget and _rss_bytes() > budget and self._acts:
             evicted += self._evict_lru(max(1, len(self._acts) // 10))
         return evicted
 
@@ -360,7 +360,7 @@ def _copy_error(err: Exception) -> Exception:
     return new
 
 
-def rss_bytes() -> int:
+def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
