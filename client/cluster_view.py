@@ -97,7 +97,7 @@ def parse_metrics(text: str) -> NodeSample:
         for s in family.samples:
             if key is not None and s.name in (family.name, family.name + "_total"):
                 out.values[key] = out.values.get(key, 0.0) + s.value
-            elif family.name == "duro_runtime_binding_events" and s.name.endswith("_total"):
+            elif family.name == "duro_runtime_binding_calls" and s.name.endswith("_total"):
                 b = s.labels.get("binding", "")
                 out.bindings[b] = out.bindings.get(b, 0.0) + s.value
     return out

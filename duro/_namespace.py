@@ -54,6 +54,9 @@ class Call:
     epoch: int = 0
     hops: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the name the id was derived from (``id_from_name``), when the caller knows it: the
+    #: object's ``ctx.id.name``; None for a unique id or an unknown name
+    name: str | None = None
 
 
 class Invoker(Protocol):
@@ -96,6 +99,7 @@ class Stub:
             payload=payload,
             caller_region=self._ns.caller_region,
             location_hint=self.id.location_hint,
+            name=self.id.name,
         )
         return asyncio.ensure_future(self._run(call))
 

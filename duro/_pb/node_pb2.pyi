@@ -43,7 +43,7 @@ SOCKET_OP_UNKNOWN: SocketOp
 SOCKET_OP_BARRIER: SocketOp
 
 class Call(_message.Message):
-    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "trace_context")
+    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "name", "trace_context")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class Call(_message.Message):
     LOCATION_HINT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     binding: str
@@ -72,8 +73,9 @@ class Call(_message.Message):
     location_hint: str
     epoch: int
     hops: int
+    name: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., name: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Redirect(_message.Message):
     __slots__ = ("node_id", "address", "epoch")
@@ -138,7 +140,7 @@ class HealthResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., active_objects: _Optional[int] = ...) -> None: ...
 
 class SocketFrame(_message.Message):
-    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count", "seq", "owner")
+    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count", "seq", "owner", "auto_response_at")
     SOCKET_ID_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +158,7 @@ class SocketFrame(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RESPONSE_AT_FIELD_NUMBER: _ClassVar[int]
     socket_id: int
     op: SocketOp
     binding: str
@@ -173,7 +176,8 @@ class SocketFrame(_message.Message):
     count: int
     seq: int
     owner: str
-    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ..., seq: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    auto_response_at: int
+    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ..., seq: _Optional[int] = ..., owner: _Optional[str] = ..., auto_response_at: _Optional[int] = ...) -> None: ...
 
 class SocketBatch(_message.Message):
     __slots__ = ("frames",)

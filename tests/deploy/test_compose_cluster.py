@@ -484,7 +484,7 @@ def test_observability_profile_scrapes_every_process(cluster: Cluster,
     timings["observability profile: every target up"] = f"{time.monotonic() - t0:.1f} s"
     deadline = time.monotonic() + 60
     while True:  # the increments above, scraped
-        r = _prometheus(cluster, 'sum(duro_runtime_binding_events_total{binding="COUNTER"})')
+        r = _prometheus(cluster, 'sum(duro_runtime_binding_calls_total{binding="COUNTER"})')
         if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 3:
             break
         assert time.monotonic() < deadline, r
