@@ -7,8 +7,8 @@ What a sample holds, and where it comes from:
   each leads, draining; the placement leader; replica groups, the under-replicated ones and
   those without a serving primary;
 * from each node's ``/metrics`` (its registration names ``metrics_address``): objects in memory,
-  resident memory, whether it serves (``duro_node_serving``), events delivered in all and by
-  binding, group commits, replication batches waiting for followers.
+  resident memory, whether it serves (``duro_node_serving``), events delivered, calls and their
+  latency histogram by binding, group commits, replication batches waiting for followers.
 
 A node whose endpoint does not answer within ``timeout`` is shown as ``unreachable`` (its etcd
 facts stay). Rates are differences of counters between two samples divided by the time between
@@ -32,7 +32,7 @@ from duro.client.admin import status
 from duro.client.etcdkv import etcd_client, get_prefix
 from duro.node.membership import NodeInfo, nodes_prefix
 
-__all__ = ["Sample", "NodeSample", "sample", "view"]
+__all__ = ["Sample", "NodeSample", "sample", "view", "parse_metrics"]
 
 # Node metrics a sample keeps: metric family name -> key.
 _GAUGES = {
@@ -53,7 +53,9 @@ class NodeSample:
     """What one node's ``/metrics`` said (``error`` set when it could not be read)."""
 
     values: dict[str, float] = field(default_factory=dict)
-    bindings: dict[str, float] = field(default_factory=dict)  # events by binding (counter)
+    bindings: dict[str, float] = field(default_factory=dict)  # calls by binding (counter)
+    # cumulative latency histogram by binding: upper bound in seconds -> calls at most that long
+    latency: dict[str, dict[float, float]] = field(default_factory=dict)
     error: str = ""
 
 
@@ -100,6 +102,36 @@ def parse_metrics(text: str) -> NodeSample:
             elif family.name == "duro_runtime_binding_calls" and s.name.endswith("_total"):
                 b = s.labels.get("binding", "")
                 out.bindings[b] = out.bindings.get(b, 0.0) + s.value
+            elif (family.name == "duro_runtime_binding_call_latency_seconds"
+                  and s.name.endswith("_bucket")):
+                h = out.latency.setdefault(s.labels.get("binding", ""), {})
+                le = float(s.labels["le"])
+                h[le] = h.get(le, 0.0) + s.value
+    return out
+
+
+def _p99_ms(cur: dict[float, float], prev: dict[float, float] | None) -> float | None:
+    """The 99th percentile (ms, a bucket's upper bound) of the calls between two cumulative
+    histograms (all calls so far without ``prev``, or when a node restarted)."""
+    if prev and all(cur.get(le, 0.0) >= n for le, n in prev.items()):
+        hist = {le: n - prev.get(le, 0.0) for le, n in cur.items()}
+    else:
+        hist = dict(cur)
+    bounds = sorted(hist)
+    if not bounds or hist[bounds[-1]] <= 0:
+        return None
+    want = 0.99 * hist[bounds[-1]]
+    le = next(le for le in bounds if hist[le] >= want)
+    if le == float("inf"):  # past the last bound: shown as twice it (as call_stats.percentile)
+        le = 2 * bounds[-2] if len(bounds) > 1 else float("inf")
+    return le * 1000.0
+
+
+def _sum_hist(samples: list[NodeSample], binding: str) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for ns in samples:
+        for le, n in ns.latency.get(binding, {}).items():
+            out[le] = out.get(le, 0.0) + n
     return out
 
 
@@ -146,12 +178,16 @@ def view(cur: Sample, prev: Sample | None = None) -> dict[str, Any]:
         }
         regions.setdefault(n["region"], {}).setdefault(n["zone"] or "-", []).append(row)
         for b, total in ns.bindings.items():
-            agg = bindings.setdefault(b, {"events": 0.0, "per_s": None})
-            agg["events"] = (agg["events"] or 0.0) + total
+            agg = bindings.setdefault(b, {"calls": 0.0, "per_s": None})
+            agg["calls"] = (agg["calls"] or 0.0) + total
             before = old.bindings.get(b, 0.0) if old is not None and not old.error else None
             r = _rate(total, before, seconds)
             if r is not None:
                 agg["per_s"] = (agg["per_s"] or 0.0) + r
+    live = [ns for ns in cur.nodes.values() if not ns.error]
+    before = [ns for ns in prev.nodes.values() if not ns.error] if prev is not None else []
+    for b, agg in bindings.items():
+        agg["p99_ms"] = _p99_ms(_sum_hist(live, b), _sum_hist(before, b) if before else None)
     return {
         "cluster": st["cluster"],
         "leader": (st["leader"] or {}).get("id"),
@@ -160,7 +196,8 @@ def view(cur: Sample, prev: Sample | None = None) -> dict[str, Any]:
         "groups": len(st["groups"]),
         "under_replicated_groups": st["under_replicated_groups"],
         "groups_without_primary": st["groups_without_primary"],
-        "bindings": {b: {"events": int(a["events"] or 0), "per_s": a["per_s"]}
+        "bindings": {b: {"calls": int(a["calls"] or 0), "per_s": a["per_s"],
+                         "p99_ms": a["p99_ms"]}
                      for b, a in sorted(bindings.items())},
         "interval_s": round(seconds, 3) if prev is not None else None,
     }

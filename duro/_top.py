@@ -72,11 +72,13 @@ def render(pic: dict[str, Any]) -> Group:
     b = Table(box=box.SIMPLE_HEAD, expand=False)
     b.add_column("binding")
     b.add_column("calls/s", justify="right")
+    b.add_column("p99 ms", justify="right")
     b.add_column("calls", justify="right")
     for name, agg in pic["bindings"].items():
-        b.add_row(name, _rate(agg["per_s"]), str(agg["events"]))
+        p99 = "-" if agg["p99_ms"] is None else f"{agg['p99_ms']:g}"
+        b.add_row(name, _rate(agg["per_s"]), p99, str(agg["calls"]))
     if not pic["bindings"]:
-        b.add_row("(no calls yet)", "-", "-")
+        b.add_row("(no calls yet)", "-", "-", "-")
     return Group(head, t, groups, b)
 
 

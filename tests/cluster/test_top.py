@@ -63,7 +63,7 @@ async def test_duro_top_once_and_json(make_cluster) -> None:
         assert region in out
     assert "leader placement-0" in out
     assert out.count("serving") >= len(ids)
-    assert "COUNTER" in out and "under-replicated groups: none" in out
+    assert "COUNTER" in out and "under-replicated groups: none" in out and "p99 ms" in out
 
     # The picture as data: objects and memory per node, calls per second per binding.
     pic = json.loads(out_j)
@@ -74,7 +74,8 @@ async def test_duro_top_once_and_json(make_cluster) -> None:
     assert sum(r["objects"] for r in rows) >= 5  # the five counters, wherever they live
     assert sum(r["events_per_s"] for r in rows) > 0
     assert pic["bindings"]["COUNTER"]["per_s"] > 0
-    assert pic["bindings"]["COUNTER"]["events"] >= 10
+    assert pic["bindings"]["COUNTER"]["calls"] >= 10
+    assert 0 < pic["bindings"]["COUNTER"]["p99_ms"] <= 16384  # a bucket bound (call_stats.py)
     assert pic["under_replicated_groups"] == [] and pic["groups_without_primary"] == []
 
 
