@@ -22,7 +22,7 @@ from typing import Sequence
 from aiohttp import web
 from grpc import aio
 
-from duro import tls
+from duro import _tracing, tls
 from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
@@ -238,6 +238,7 @@ async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
     """Run an edge until SIGTERM or SIGINT, then stop it gracefully."""
     stop = stop_on_signals()
     edge = EdgeProcess(config)
+    _tracing.configure("duro-edge", instance=edge.edge_id)  # DURO_TRACING; off by default
     try:
         await edge.start()
         if ready_line:
@@ -248,6 +249,7 @@ async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
         await stop.wait()
     finally:
         await edge.stop()
+        _tracing.shutdown()
 
 
 def quiet_access_log(config: EdgeConfig) -> None:

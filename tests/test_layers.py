@@ -10,7 +10,7 @@
       ▲
     duro.placement
       ▲
-    entry points: duro.cli, duro.dev, duro.testing and each process's main module (a node
+    entry points: duro.cli, duro.dev, duro._top (duro top), duro.testing and each process's main module (a node
     process may run its region's edge in-process: ``duro.node.main`` imports ``duro.edge.main``)
 
 A package may import its own modules and those of the layers below it, never one above: a test
@@ -42,8 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "entry": {"duro", "duro.topology", "duro.client", "duro.edge", "duro.node",
               "duro.placement", "duro.console"},
 }
-ENTRY_POINTS = {"duro.cli", "duro.dev", "duro.testing", "duro.__main__", "duro.node.main",
-                "duro.edge.main", "duro.edge.__main__", "duro.placement.main",
+ENTRY_POINTS = {"duro.cli", "duro.dev", "duro._top", "duro.testing", "duro.__main__",
+                "duro.node.main", "duro.edge.main", "duro.edge.__main__", "duro.placement.main",
                 "duro.placement.__main__"}
 PACKAGES = [p for p in ALLOWED if p not in ("duro", "entry")]
 
