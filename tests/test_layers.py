@@ -10,8 +10,9 @@
       ▲
     duro.placement
       ▲
-    entry points: duro.cli, duro.dev, duro._top (duro top), duro.testing and each process's main module (a node
-    process may run its region's edge in-process: ``duro.node.main`` imports ``duro.edge.main``)
+    entry points: duro.cli, duro.dev, duro._top (duro top), duro.testing and each process's
+    main module (a node process may run its region's edge in-process: ``duro.node.main``
+    imports ``duro.edge.main``)
 
 A package may import its own modules and those of the layers below it, never one above: a test
 that walks every module's imports with ``ast`` (module-level and inside functions; imports under
