@@ -185,7 +185,7 @@ class ObjectHost:
         lost = UnavailableError("the node restarted before this write was committed")
         self.committer.forget_dirty()
         for act in list(self._acts.values()):
-            act.storage.lose_pending(lost)
+            act.storage._lose_pending(lost)  # (storage's friend methods, as the committer's)
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.alarms.stop()

@@ -671,8 +671,9 @@ class ObjectStorage(_Ops):
             self._inflight = layer
         return layer
 
-    def lose_pending(self, exc: DuroError) -> None:
-        """Writes not handed to the committer are lost (a simulated crash): waiters get ``exc``."""
+    def _lose_pending(self, exc: DuroError) -> None:
+        """Writes not handed to the committer are lost (the host's simulated crash): waiters get
+        ``exc``. Not part of the storage API objects use."""
         layer = self._take_pending()
         if layer is not None:
             self._commit_failed(layer, exc)
