@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from etcd3aio import Etcd3Client
@@ -40,6 +40,8 @@ from duro.client.directory import DirectoryClient
 from duro.node.directory.entry import Entry
 from duro.placement.election import leader_key
 from duro.placement.nodes import NodeView
+
+T = TypeVar("T")
 
 __all__ = ["Router", "app_key", "RouterStats"]
 
@@ -142,6 +144,26 @@ class Router:
 
     # -- the call path ------------------------------------------------------------------------
     async def invoke(self, call: Call) -> bytes:
+        return await self._route(call, self._invoke_at)
+
+    async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """A FETCH whose request and response bodies may stream (``NodeConnection.invoke_fetch``;
+        docs/edge.md, "Streamed bodies"). Redirects are followed as for :meth:`invoke`: a node
+        refuses a call before its object reads any of the body."""
+        call.stream_response = True
+
+        async def send(address: str, call: Call) -> tuple[bytes, AsyncIterator[bytes] | None]:
+            return await self.pool.get(address).invoke_fetch(
+                call, body, timeout=self.call_timeout)
+
+        return await self._route(call, send)
+
+    async def _invoke_at(self, address: str, call: Call) -> bytes:
+        return await self.pool.invoke(address, call, timeout=self.call_timeout)
+
+    async def _route(self, call: Call, send: Callable[[str, Call], Awaitable[T]]) -> T:
+        """``send(address, call)`` to the object's owner, following redirects and failovers."""
         oid = call.object_id.hex()
         if not call.caller_region:
             call.caller_region = self.region
@@ -160,8 +182,8 @@ class Router:
             call.hops = hops
             try:
                 if self.latency is None:
-                    return await self.pool.invoke(address, call, timeout=self.call_timeout)
-                return await self._delayed(node_id, address, call)
+                    return await send(address, call)
+                return await self._delayed(node_id, address, call, send)
             except RedirectError as r:
                 self.stats.redirects += 1
                 hops += 1
@@ -239,7 +261,8 @@ class Router:
                     f"(waited {self.failover_wait:g} s for a failover); retry")
             await asyncio.sleep(RETRY_PAUSE)
 
-    async def _delayed(self, node_id: str, address: str, call: Call) -> bytes:
+    async def _delayed(self, node_id: str, address: str, call: Call,
+                       send: Callable[[str, Call], Awaitable[T]]) -> T:
         """One hop with the simulated one-way delay each way (see duro.client.latency)."""
         assert self.latency is not None
         info = self.nodes.nodes.get(node_id)
@@ -247,7 +270,7 @@ class Router:
         if delay:
             await asyncio.sleep(delay)
         try:
-            return await self.pool.invoke(address, call, timeout=self.call_timeout)
+            return await send(address, call)
         finally:
             if delay:
                 await asyncio.sleep(delay)

@@ -100,6 +100,7 @@ def call_to_pb(call: Call, seq: int) -> node_pb2.Call:
         location_hint=call.location_hint or "",
         epoch=call.epoch,
         hops=call.hops,
+        stream_response=call.stream_response,
     )
 
 
@@ -131,6 +132,7 @@ def call_from_pb(pb: node_pb2.Call, *, validate_payload: bool = True) -> Call:
         location_hint=pb.location_hint or None,
         epoch=pb.epoch,
         hops=pb.hops,
+        stream_response=pb.stream_response,
     )
 
 

@@ -20,10 +20,11 @@ import dataclasses
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, AsyncIterator
 
 from duro import _codec
 from duro._app import App, load_app
+from duro._http import stream_token
 from duro._ids import ObjectId
 from duro._namespace import Call, CallKind, Env, Namespace, Stub
 from duro.errors import InvalidArgumentError, UnavailableError
@@ -45,6 +46,19 @@ class _CurrentHost:
 
     async def invoke(self, call: Call) -> bytes:
         return await self._tb._host().invoke(call)
+
+    async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """A fetch with streamed bodies, in process: the request's chunks reach the object as
+        the edge's would, and a streamed response comes back as the node's ``Node.Body`` would
+        carry it (chunk by chunk, each after the output gate)."""
+        host = self._tb._host()
+        call.stream_response = True
+        if body is not None:
+            call.meta["body"] = body
+        answer = await host.invoke(call)
+        token = stream_token(answer)
+        return answer, (host.bodies.take(token) if token is not None else None)
 
 
 class Testbed:

@@ -150,7 +150,15 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 raise
         except BaseException:
             pass
-        return _result_of(request.seq, task)
+        return result_of(request.seq, task)
+
+    async def Body(  # noqa: N802
+        self, request_iterator: Any, context: aio.ServicerContext
+    ) -> None:
+        """One streamed HTTP body (duro.node.body_server)."""
+        from duro.node.body_server import serve_body
+
+        await serve_body(self, context)
 
     async def Health(  # noqa: N802
         self, request: node_pb2.HealthRequest, context: aio.ServicerContext
@@ -207,7 +215,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         return task
 
 
-def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
+def result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
     """The Result for a finished host call."""
     if task.cancelled():
         return result_error(seq, UnavailableError(_CANCELLED))
@@ -310,7 +318,7 @@ class _StreamSession:
         task.add_done_callback(functools.partial(self._done, pb.seq))
 
     def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:
-        self._push(_result_of(seq, task))
+        self._push(result_of(seq, task))
 
     def _push(self, result: node_pb2.Result) -> None:
         self._outbox.append(result)
