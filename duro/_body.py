@@ -27,28 +27,24 @@ COLLECTED_BODY_LIMIT = 32 * 1024 * 1024
 
 
 def body_bytes(body: Any) -> bytes:
-    if body is None:
-        return b""
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, (bytearray, memoryview)):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    raise InvalidArgumentError(
-        f"body must be str, bytes or an async iterable of them, not {type(body).__name__}")
+    """A buffered body as bytes (None is empty, str is UTF-8), else a clear error."""
+    return b"" if body is None else _as_bytes(
+        body, "body must be str, bytes or an async iterable of them")
 
 
 def chunk_bytes(chunk: Any) -> bytes:
     """One chunk of a streamed body as bytes (str is UTF-8 encoded), else a clear error."""
-    if isinstance(chunk, bytes):
-        return chunk
-    if isinstance(chunk, (bytearray, memoryview)):
-        return bytes(chunk)
-    if isinstance(chunk, str):
-        return chunk.encode()
-    raise InvalidArgumentError(
-        f"a streamed body must yield str or bytes chunks, not {type(chunk).__name__}")
+    return _as_bytes(chunk, "a streamed body must yield str or bytes chunks")
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    raise InvalidArgumentError(f"{what}, not {type(value).__name__}")
 
 
 async def _chunks(source: AsyncIterable[Any]) -> AsyncIterator[bytes]:

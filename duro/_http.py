@@ -72,18 +72,13 @@ class Headers:
         """Make ``value`` the only value of ``name`` (at the position of its first value)."""
         self._check(name, value)
         low = name.lower()
-        out: list[tuple[str, str]] = []
-        placed = False
-        for pair in self._pairs:
-            if pair[0].lower() == low:
-                if not placed:
-                    out.append((name, value))
-                    placed = True
-            else:
-                out.append(pair)
-        if not placed:
-            out.append((name, value))
-        self._pairs = out
+        pairs = self._pairs
+        for i, (k, _) in enumerate(pairs):
+            if k.lower() == low:
+                rest = [p for p in pairs[i + 1:] if p[0].lower() != low]
+                self._pairs = [*pairs[:i], (name, value), *rest]
+                return
+        pairs.append((name, value))
 
     def delete(self, name: str) -> None:
         low = name.lower()

@@ -15,7 +15,6 @@ A caller that goes away cancels the RPC: the object's body generator is closed
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -25,7 +24,6 @@ from duro._body_link import BodyLink
 from duro._http import stream_token
 from duro._pb import node_pb2
 from duro._wire import call_from_pb, error_to_pb, result_error
-from duro.node.server import result_of
 from duro.errors import DuroError, InvalidArgumentError, UnavailableError
 
 __all__ = ["serve_body"]
@@ -61,16 +59,7 @@ async def _serve_call(servicer: Any, link: BodyLink, pb: node_pb2.Call) -> None:
         return
     call.stream_response = True
     call.meta["body"] = link.receive()
-    task = servicer._spawn(call)
-    try:
-        # Shielded as on Node.Stream: a caller that goes away does not cut the call short.
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            raise
-    except BaseException:
-        pass
-    result = result_of(pb.seq, task)
+    result = await servicer.run(call, pb.seq)
     await link.send(node_pb2.BodyFrame(result=result))
     token = None if result.HasField("error") else stream_token(result.value)
     if token is not None:

@@ -141,16 +141,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             call = call_from_pb(request)
         except DuroError as exc:
             return result_error(request.seq, exc)
-        task = self._spawn(call)
-        try:
-            # Shielded: a caller that goes away does not cut the call short (see module doc).
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                raise
-        except BaseException:
-            pass
-        return result_of(request.seq, task)
+        return await self.run(call, request.seq)
 
     async def Body(  # noqa: N802
         self, request_iterator: Any, context: aio.ServicerContext
@@ -207,6 +198,19 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
+
+    async def run(self, call: Call, seq: int) -> node_pb2.Result:
+        """Run one call to its end and answer its Result (``Invoke``, ``Node.Body``)."""
+        task = self._spawn(call)
+        try:
+            # Shielded: a caller that goes away does not cut the call short (see module doc).
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        except BaseException:
+            pass
+        return result_of(seq, task)
 
     def _spawn(self, call: Call) -> asyncio.Task[bytes]:
         task = asyncio.ensure_future(self.host.invoke(call))

@@ -19,6 +19,7 @@ from grpc import aio
 
 from duro._pb import gateway_pb2
 from tests.edge.conftest import start_cluster, stop_cluster
+from tests.helpers.proc import rss_mib
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module"),
               pytest.mark.timeout(300)]
@@ -45,14 +46,6 @@ async def http(cluster):
     async with aiohttp.ClientSession(cluster.edge_url(0),
                                      timeout=aiohttp.ClientTimeout(total=240)) as s:
         yield s
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 async def test_repeated_headers_reach_the_object_and_the_client(http):

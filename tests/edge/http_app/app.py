@@ -17,7 +17,6 @@ Routes (``/mirror/<name>/<route>``):
 from __future__ import annotations
 
 import asyncio
-import json
 import zlib
 
 from duro import DurableObject, Request, Response
