@@ -12,6 +12,9 @@ directory's partitions, ``duro.client.directory``, docs/directory.md). One call:
    configuration names (its node died and the group is failing over), wait for the views to show
    the new one, up to ``failover_wait`` seconds, then fail with a retryable ``UnavailableError``;
 3. send the call on the long-lived stream to the primary (``ConnectionPool``), carrying the epoch;
+   when the primary is the node this router runs in (:attr:`Router.local`, set by the node), call
+   it in-process instead: the co-located edge's calls and calls between objects of one node skip
+   protobuf, TLS and the loopback socket, and get the same answers (``NodeServicer.invoke_local``);
 4. on a redirect from the node (it is not the owner by its newer view, or not serving yet), go
    where the redirect says (at most ``max_hops`` times), or wait for the views to move and route
    again. A redirect means the call did not run, so following it is always safe.
@@ -58,9 +61,10 @@ def app_key(cluster: str) -> str:
 
 
 class RouterStats:
-    __slots__ = ("cache_hits", "cache_misses", "redirects", "placements", "unavailable")
+    __slots__ = ("cache_hits", "cache_misses", "redirects", "placements", "unavailable", "local")
 
     def __init__(self) -> None:
+        self.local = 0  # hops taken in-process (Router.local)
         self.cache_hits = 0
         self.cache_misses = 0
         self.redirects = 0
@@ -107,6 +111,11 @@ class Router:
         self._placement_channels: dict[str, grpc.aio.Channel] = {}
         self._placement_lock = asyncio.Lock()
         self._started = False
+        # (address, invoke) of the node this router runs in, set by that node: calls whose owner
+        # is at ``address`` go to ``invoke(call, timeout)`` in-process (docs/architecture.md).
+        self.local: tuple[str, Callable[..., Awaitable[bytes]]] | None = None
+        # The same node's fetch with streamed bodies (``NodeServicer.invoke_local_fetch``).
+        self.local_fetch: Callable[..., Awaitable[tuple[bytes, Any]]] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         if self._started:
@@ -144,23 +153,24 @@ class Router:
 
     # -- the call path ------------------------------------------------------------------------
     async def invoke(self, call: Call) -> bytes:
-        return await self._route(call, self._invoke_at)
+        return await self._route(call, self._send)
 
     async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None
                            ) -> tuple[bytes, AsyncIterator[bytes] | None]:
-        """A FETCH whose request and response bodies may stream (``NodeConnection.invoke_fetch``;
-        docs/edge.md, "Streamed bodies"). Redirects are followed as for :meth:`invoke`: a node
-        refuses a call before its object reads any of the body."""
+        """A FETCH whose request and response bodies may stream (``NodeConnection.invoke_fetch``,
+        or the node's own ``invoke_local_fetch`` in process; docs/http.md). Redirects are
+        followed as for :meth:`invoke`: a node refuses a call before its object reads any of the
+        body."""
         call.stream_response = True
 
-        async def send(address: str, call: Call) -> tuple[bytes, AsyncIterator[bytes] | None]:
-            return await self.pool.get(address).invoke_fetch(
-                call, body, timeout=self.call_timeout)
+        def send(address: str, call: Call) -> Awaitable[tuple[bytes, AsyncIterator[bytes] | None]]:
+            local = self.local_fetch
+            if local is not None and self.local is not None and self.local[0] == address:
+                self.stats.local += 1
+                return local(call, body, self.call_timeout)
+            return self.pool.get(address).invoke_fetch(call, body, timeout=self.call_timeout)
 
         return await self._route(call, send)
-
-    async def _invoke_at(self, address: str, call: Call) -> bytes:
-        return await self.pool.invoke(address, call, timeout=self.call_timeout)
 
     async def _route(self, call: Call, send: Callable[[str, Call], Awaitable[T]]) -> T:
         """``send(address, call)`` to the object's owner, following redirects and failovers."""
@@ -205,6 +215,14 @@ class Router:
                 await asyncio.sleep(RETRY_PAUSE)
                 entry = self.directory.lookup(oid) or await self.place(call)
                 node_id, address = await self.await_owner(entry, deadline)
+
+    def _send(self, address: str, call: Call) -> Awaitable[bytes]:
+        """One hop: in-process when ``address`` is this router's own node, else its stream."""
+        local = self.local
+        if local is not None and local[0] == address:
+            self.stats.local += 1
+            return local[1](call, self.call_timeout)
+        return self.pool.invoke(address, call, timeout=self.call_timeout)
 
     def owner_of(self, entry: Entry) -> tuple[str, str] | None:
         """(node id, address) of the node serving the entry's object now, as far as the views

@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="no TLS anywhere (debugging): by default every connection is mutual TLS "
                         "with certificates made in the data directory")
+    p.add_argument("--separate-edges", action="store_true",
+                   help="run each region's edge as a process of its own (by default it runs "
+                        "inside the region's first node: one process hop less; a separate edge "
+                        "keeps its clients' WebSockets open while that node restarts)")
     p.set_defaults(fn=_cmd_dev)
 
     p = sub.add_parser("certs", help="create the cluster CA and certificates for mTLS")

@@ -123,7 +123,11 @@ class LocalCluster:
         edge_args: tuple[str, ...] = (),
         tls: bool = True,
         certs_dir: str | Path | None = None,
+        colocated_edges: bool = False,
     ) -> None:
+        if colocated_edges and edge_args:
+            raise ValueError("edge_args apply to separate edge processes, not co-located edges")
+        self.colocated_edges = colocated_edges and edges
         self.root = Path(root).resolve()
         self.certs_dir = Path(certs_dir).resolve() if certs_dir else self.root / "certs"
         self.tls = tls
@@ -150,6 +154,8 @@ class LocalCluster:
         )
         self.placements: list[ProcSpec] = []
         self.nodes: list[ProcSpec] = []
+        self.edges: list[ProcSpec] = []  # with colocated_edges: the nodes that serve as edges
+        self.http_port = http_port
         # Extra environment per node name, for every start of that node (tests' fault hooks).
         self.node_env: dict[str, dict[str, str]] = {}
         for i in range(placement_replicas):
@@ -161,9 +167,15 @@ class LocalCluster:
                  "--log-level", "WARNING", *self._tls_args("placement"), *placement_args],
                 self.root / "logs" / f"placement-{i}.log",
             ))
+        # The Gateway needs a token (docs/security.md): one for this cluster, kept in its root
+        # (reused by the next run on the same root), allowed everything the app exposes.
+        self.gateway_token, self.gateway_token_file, self.gateway_tokens_file = dev_token(
+            self.root / "gateway")
         for region in regions:
             for j in range(nodes_per_region):
                 name = f"{region}-{j}"
+                edge = (*self._colocated_edge_args(len(self.edges), name),) if (
+                    self.colocated_edges and j == 0) else ()
                 self.nodes.append(ProcSpec(
                     "node", name,
                     [python, "-m", "duro.cli", "node", "--app", self.app,
@@ -173,21 +185,14 @@ class LocalCluster:
                      "--listen", f"127.0.0.1:{free_port()}", "--metrics-port", "0",
                      "--replication-listen", f"127.0.0.1:{free_port()}",
                      "--lease-ttl", str(lease_ttl), "--log-level", "WARNING",
-                     *self._tls_args("node", name), *node_args],
+                     *self._tls_args("node", name), *edge, *node_args],
                     self.root / "logs" / f"{name}.log", region=region,
                 ))
-        # The Gateway needs a token (docs/security.md): one for this cluster, kept in its root
-        # (reused by the next run on the same root), allowed everything the app exposes.
-        self.gateway_token, self.gateway_token_file, self.gateway_tokens_file = dev_token(
-            self.root / "gateway")
-        # One edge per region (HTTP/WebSocket + gRPC Gateway); the first region's edge gets
-        # ``http_port`` (duro dev: 8787, as wrangler) and its Gateway ``http_port + 1``, the others
-        # free ports.
-        self.edges: list[ProcSpec] = []
-        for k, region in enumerate(regions if edges else ()):
-            port = http_port if (k == 0 and http_port) else free_port()
-            grpc_port = http_port + 1 if (k == 0 and http_port) else free_port()
-            admin_port = http_port + 2 if (k == 0 and http_port) else free_port()
+                if edge:  # that node is its region's edge too (its READY line has its ports)
+                    self.edges.append(self.nodes[-1])
+        # Else one edge process per region (HTTP/WebSocket + gRPC Gateway + admin).
+        for k, region in enumerate(regions if edges and not self.colocated_edges else ()):
+            port, grpc_port, admin_port = self._edge_ports(k)
             name = f"edge-{region}"
             self.edges.append(ProcSpec(
                 "edge", name,
@@ -200,6 +205,24 @@ class LocalCluster:
                  "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))
+
+    def _edge_ports(self, k: int) -> tuple[int, int, int]:
+        """HTTP, Gateway and admin ports of region ``k``'s edge: the first region's edge gets
+        ``http_port`` (duro dev: 8787, as wrangler), ``+1`` and ``+2``, the others free ports."""
+        if k == 0 and self.http_port:
+            return self.http_port, self.http_port + 1, self.http_port + 2
+        return free_port(), free_port(), free_port()
+
+    def _colocated_edge_args(self, k: int, name: str) -> list[str]:
+        """Flags that make node ``name`` region ``k``'s edge too (``duro node --edge``)."""
+        http, grpc_, admin = self._edge_ports(k)
+        path = self.root / "edges" / f"{name}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f'http_listen = "127.0.0.1:{http}"\ngrpc_listen = "127.0.0.1:{grpc_}"\n'
+            f'admin_listen = "127.0.0.1:{admin}"\n'
+            f'gateway_tokens_file = "{self.gateway_tokens_file}"\n')
+        return ["--edge", "--edge-config", str(path)]
 
     # -- certificates -------------------------------------------------------------------------
     def issue(self, role: str, ident: str = "", *, hosts: tuple[str, ...] = ()) -> TlsConfig:
@@ -234,14 +257,18 @@ class LocalCluster:
             await asyncio.gather(*(self.start_node(i, timeout) for i in range(len(self.nodes))))
             if self.nodes:
                 await self.wait_replicated(timeout)
-            await asyncio.gather(*(self.start_edge(i, timeout) for i in range(len(self.edges))))
+            if not self.colocated_edges:
+                await asyncio.gather(*(self.start_edge(i, timeout)
+                                       for i in range(len(self.edges))))
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self, grace: float = 10.0) -> None:
-        # Edges first: they close client sockets (1001) while the objects can still hear it.
-        await asyncio.gather(*(p.terminate(grace) for p in self.edges))
+        # Edges first: they close client sockets (1001) while the objects can still hear it (a
+        # node with a co-located edge stops its edge first by itself).
+        if not self.colocated_edges:
+            await asyncio.gather(*(p.terminate(grace) for p in self.edges))
         await asyncio.gather(*(p.terminate(grace) for p in self.nodes))
         await asyncio.gather(*(p.terminate(grace) for p in self.placements))
         if self.etcd.running():
@@ -255,7 +282,8 @@ class LocalCluster:
         await self.stop()
 
     def all_pids(self) -> list[int]:
-        pids = [pid for p in (*self.nodes, *self.placements, *self.edges) for pid in p.pids]
+        specs = {id(p): p for p in (*self.nodes, *self.placements, *self.edges)}.values()
+        pids = [pid for p in specs for pid in p.pids]
         if self.etcd.pid is not None:
             pids.append(self.etcd.pid)
         return pids
@@ -284,6 +312,8 @@ class LocalCluster:
                                        {**self.node_env.get(spec.name, {}), **(env or {})})
 
     async def start_edge(self, i: int, timeout: float = 60.0) -> ProcSpec:
+        if self.colocated_edges:
+            raise RuntimeError("co-located edges start and stop with their nodes")
         return await self._start_ready(self.edges[i], "DURO-EDGE-READY", timeout)
 
     async def _start_ready(self, spec: ProcSpec, marker: str, timeout: float,
@@ -299,6 +329,8 @@ class LocalCluster:
         return spec
 
     async def stop_edge(self, i: int, grace: float = 10.0) -> None:
+        if self.colocated_edges:
+            raise RuntimeError("co-located edges start and stop with their nodes")
         await self.edges[i].terminate(grace)
 
     def edge_url(self, i: int = 0) -> str:
@@ -387,7 +419,8 @@ class LocalCluster:
             lines.append(f"node       {n.name:<12} region {n.region:<9} gRPC {n.address}  "
                          f"metrics :{n.ready.get('metrics_port', '-')}")
         for e in self.edges:
-            lines.append(f"edge       {e.name:<12} region {e.region:<9} HTTP http://"
+            kind = "edge in" if self.colocated_edges else "edge      "
+            lines.append(f"{kind} {e.name:<12} region {e.region:<9} HTTP http://"
                          f"{e.ready.get('http', '?')}  gRPC Gateway {e.ready.get('grpc', '-')}  "
                          f"admin http://{e.ready.get('admin', '-')}/health")
         return "\n".join(lines)
@@ -404,13 +437,16 @@ async def _dev(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port,
                            edges=not args.no_edge, http_port=args.http_port,
                            nodes_per_region=args.nodes_per_region, replicas=args.replicas,
-                           min_in_sync=args.min_in_sync, tls=not args.insecure)
+                           min_in_sync=args.min_in_sync, tls=not args.insecure,
+                           colocated_edges=not args.separate_edges)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"duro dev: starting etcd, placement, {len(cluster.nodes)} nodes and "
-          f"{len(cluster.edges)} edges, {args.replicas} copies of every object "
+    edges = (f"{len(cluster.edges)} of them also their region's edge" if cluster.colocated_edges
+             else f"{len(cluster.edges)} edges")
+    print(f"duro dev: starting etcd, placement, {len(cluster.nodes)} nodes ({edges}), "
+          f"{args.replicas} copies of every object "
           f"(app {cluster.app}, data {cluster.root})", flush=True)
     async with cluster:
         state = Path(args.data_dir) / "cluster.json"

@@ -24,11 +24,11 @@ from typing import Any, AsyncIterator
 
 from duro import _codec
 from duro._app import App, load_app
-from duro._http import stream_token
 from duro._ids import ObjectId
 from duro._namespace import Call, CallKind, Env, Namespace, Stub
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.node.config import RuntimeConfig
+from duro.node.runtime.bodies import fetch_in_process
 from duro.node.runtime.host import ObjectHost
 from duro.node.storage import layout
 from duro.node.storage.engine import StorageEngine
@@ -53,12 +53,7 @@ class _CurrentHost:
         the edge's would, and a streamed response comes back as the node's ``Node.Body`` would
         carry it (chunk by chunk, each after the output gate)."""
         host = self._tb._host()
-        call.stream_response = True
-        if body is not None:
-            call.meta["body"] = body
-        answer = await host.invoke(call)
-        token = stream_token(answer)
-        return answer, (host.bodies.take(token) if token is not None else None)
+        return await fetch_in_process(host.invoke, host.bodies, call, body)
 
 
 class Testbed:

@@ -9,8 +9,11 @@ One call, in order (docs/security.md, "Public entry points"):
 
 1. **Credentials**: the metadata ``authorization: Bearer <token>`` must name a configured token
    (``duro.edge.tokens``), else the RPC fails with ``UNAUTHENTICATED``, before its bytes are read.
-2. **The request**: bytes that are not an ``InvokeRequest``/``FetchRequest`` fail the RPC with
-   ``INVALID_ARGUMENT``.
+2. **The request**: its bytes count against the edge's body budget (``max_body_bytes_in_flight``,
+   shared with HTTP request bodies) until the call is answered; past it the RPC fails with
+   ``RESOURCE_EXHAUSTED`` and is not executed (one request alone is always admitted), so
+   concurrent large arguments cannot grow the edge without bound. Bytes that are not an
+   ``InvokeRequest``/``FetchRequest`` fail the RPC with ``INVALID_ARGUMENT``.
 3. **The token's limits**: a binding or method the token is not allowed fails the RPC with
    ``PERMISSION_DENIED`` (whether or not the binding exists).
 4. **What the app exposes** (``duro.toml`` ``[expose]``, ``duro._exposure``) and **the
@@ -48,6 +51,7 @@ from duro._http import Request
 from duro._methods import check_method, no_such_method
 from duro._namespace import Env, Namespace, Stub
 from duro._pb import gateway_pb2
+from duro.edge.limits import ByteBudget
 from duro.edge.metrics import EdgeMetrics
 from duro.edge.tokens import Principal, TokenStore, Unauthenticated
 from duro.errors import DuroError, InvalidArgumentError, InvalidValueError, to_wire
@@ -103,8 +107,10 @@ class _NotFound(DuroError):
 class GatewayServicer:
     """The Gateway's two RPCs; :meth:`register` adds them to a ``grpc.aio`` server."""
 
-    def __init__(self, env: Env, metrics: EdgeMetrics, *, app: App, tokens: TokenStore) -> None:
+    def __init__(self, env: Env, metrics: EdgeMetrics, *, app: App, tokens: TokenStore,
+                 budget: ByteBudget | None = None) -> None:
         self.env = env
+        self.budget = budget if budget is not None else ByteBudget(64 << 20)
         self.metrics = metrics
         self.app = app
         self.tokens = tokens
@@ -122,9 +128,10 @@ class GatewayServicer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
     # -- the steps before any object -------------------------------------------------------------
-    async def _admit(self, rpc: str, data: bytes, cls: type[M],
-                     context: aio.ServicerContext) -> tuple[Principal, M]:
-        """Steps 1-2: the caller's token and the parsed request, or an aborted RPC."""
+    async def _admit(self, rpc: str, data: bytes, cls: type[M], context: aio.ServicerContext,
+                     serve: Callable[[Principal, M], Awaitable[Message]]) -> Message:
+        """Steps 1-2 (the caller's token, the budget, the parsed request), then ``serve``; or an
+        aborted RPC."""
         authorization = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -134,12 +141,21 @@ class GatewayServicer:
             principal = self.tokens.authenticate(authorization)
         except Unauthenticated as exc:
             await self._abort(context, rpc, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        size = len(data)
+        if not self.budget.take(size, alone=True):
+            await self._abort(
+                context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this edge holds {self.budget.used} bytes of requests (limit "
+                f"{self.budget.limit}); the {size}-byte request was not executed; retry later")
         try:
-            request = cls.FromString(data)
-        except (DecodeError, ValueError) as exc:
-            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT,
-                              f"the request is not a duro.v1.{cls.__name__}: {exc}")
-        return principal, request
+            try:
+                request = cls.FromString(data)
+            except (DecodeError, ValueError) as exc:
+                await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"the request is not a duro.v1.{cls.__name__}: {exc}")
+            return await serve(principal, request)
+        finally:
+            self.budget.give(size)
 
     async def _abort(self, context: aio.ServicerContext, rpc: str, code: grpc.StatusCode,
                      message: str) -> NoReturn:
@@ -197,7 +213,12 @@ class GatewayServicer:
     async def Invoke(  # noqa: N802 (gRPC method name)
         self, data: bytes, context: aio.ServicerContext
     ) -> gateway_pb2.InvokeResponse:
-        principal, request = await self._admit("Invoke", data, gateway_pb2.InvokeRequest, context)
+        return await self._admit(  # type: ignore[return-value]
+            "Invoke", data, gateway_pb2.InvokeRequest, context,
+            lambda principal, request: self._invoke(principal, request, context))
+
+    async def _invoke(self, principal: Principal, request: gateway_pb2.InvokeRequest,
+                      context: aio.ServicerContext) -> gateway_pb2.InvokeResponse:
         await self._permit(context, "Invoke", principal, request.binding, request.method)
 
         async def run() -> gateway_pb2.InvokeResponse:
@@ -215,7 +236,12 @@ class GatewayServicer:
     async def Fetch(  # noqa: N802
         self, data: bytes, context: aio.ServicerContext
     ) -> gateway_pb2.FetchResponse:
-        principal, request = await self._admit("Fetch", data, gateway_pb2.FetchRequest, context)
+        return await self._admit(  # type: ignore[return-value]
+            "Fetch", data, gateway_pb2.FetchRequest, context,
+            lambda principal, request: self._fetch(principal, request, context))
+
+    async def _fetch(self, principal: Principal, request: gateway_pb2.FetchRequest,
+                     context: aio.ServicerContext) -> gateway_pb2.FetchResponse:
         await self._permit(context, "Fetch", principal, request.binding, FETCH)
 
         async def run() -> gateway_pb2.FetchResponse:

@@ -20,8 +20,10 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
 
-    def take(self, n: int) -> bool:
-        if self.used + n > self.limit:
+    def take(self, n: int, *, alone: bool = False) -> bool:
+        """Hold ``n`` more bytes if they fit; with ``alone``, also when nothing is held (so a
+        request larger than the whole budget is served one at a time, never refused forever)."""
+        if self.used + n > self.limit and not (alone and self.used == 0):
             return False
         self.used += n
         return True

@@ -39,7 +39,7 @@ from duro.edge.metrics import EdgeMetrics
 from duro.edge.sockets import SocketManager
 from duro.edge.tokens import TokenStore
 
-__all__ = ["EdgeProcess", "run_edge", "main"]
+__all__ = ["EdgeProcess", "run_edge", "main", "quiet_access_log"]
 
 log = logging.getLogger("duro.edge")
 
@@ -87,22 +87,36 @@ class Status(enum.Enum):
 
 
 class EdgeProcess:
-    """Everything one edge runs; ``start()``, idempotent ``stop(grace)``, ``async with``."""
+    """Everything one edge runs; ``start()``, idempotent ``stop(grace)``, ``async with``.
 
-    def __init__(self, config: EdgeConfig, app: App | None = None) -> None:
+    Given a ``router``, the edge is **co-located** in a host node's process (``duro node --edge``,
+    docs/architecture.md): it routes with the node's Router, whose calls to objects of that node
+    stay in-process, and runs under the node's certificate (the process configured it; the node
+    may attach socket streams only as the edge ``node:<its id>``, node/socket_server.py). The
+    router's lifecycle is then the node's.
+    """
+
+    def __init__(self, config: EdgeConfig, app: App | None = None, *,
+                 router: Router | None = None) -> None:
         self.config = config
         self.app = app or load_app(config.app)
-        # With TLS the edge is the edge its certificate names (nodes accept its socket stream
-        # only under that id, node/socket_server.py).
-        cert = config.tls.load() if config.tls is not None else None
-        self.edge_id = (config.edge_id or (cert.identity.id if cert is not None else "")
-                        or f"edge-{config.region}-{uuid.uuid4().hex[:8]}")
-        tls.configure(config.tls, expect=tls.Identity("edge", self.edge_id))
+        self._own_router = router is None
+        if router is None:
+            # With TLS the edge is the edge its certificate names (nodes accept its socket stream
+            # only under that id, node/socket_server.py).
+            cert = config.tls.load() if config.tls is not None else None
+            self.edge_id = (config.edge_id or (cert.identity.id if cert is not None else "")
+                            or f"edge-{config.region}-{uuid.uuid4().hex[:8]}")
+            tls.configure(config.tls, expect=tls.Identity("edge", self.edge_id))
+        else:
+            if not config.edge_id:
+                raise ValueError("a co-located edge needs its edge_id (node:<node id>)")
+            self.edge_id = config.edge_id
         self.status = Status.CREATED
         self.metrics = EdgeMetrics()
-        self.router = Router(config.etcd, cluster=config.cluster, region=config.region,
-                             call_timeout=config.call_timeout,
-                             cache_entries=config.directory_cache)
+        self.router = router or Router(config.etcd, cluster=config.cluster, region=config.region,
+                                       call_timeout=config.call_timeout,
+                                       cache_entries=config.directory_cache)
         # Calls from HTTP clients pass the per-client limit on new objects (edge/admission.py).
         buckets = (ClientBuckets(config.new_objects_per_second, config.new_objects_burst)
                    if config.new_objects_per_second > 0 else None)
@@ -146,7 +160,8 @@ class EdgeProcess:
     async def start(self) -> None:
         cfg = self.config
         return_freed_memory()
-        await self.router.start()
+        if self._own_router:
+            await self.router.start()
         await self.sockets.start()
         limit = open_file_limit()
         self.max_connections = cfg.max_connections or max(1, limit - _FD_RESERVE)
@@ -173,8 +188,8 @@ class EdgeProcess:
             if not self.gateway_tokens.principals:
                 log.warning("the Gateway has no tokens: every call is refused (UNAUTHENTICATED);"
                             " see --gateway-tokens-file and docs/security.md")
-            GatewayServicer(self.env, self.metrics, app=self.app,
-                            tokens=self.gateway_tokens).register(server)
+            GatewayServicer(self.env, self.metrics, app=self.app, tokens=self.gateway_tokens,
+                            budget=self.http.bodies).register(server)
             self.grpc_port = server.add_insecure_port(cfg.grpc_listen)
             if not self.grpc_port:
                 raise OSError(f"cannot bind the Gateway to {cfg.grpc_listen}")
@@ -200,7 +215,8 @@ class EdgeProcess:
             await self._grpc.stop(grace)
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.router.close()
+        if self._own_router:
+            await self.router.close()
         if self.admin is not None:
             await self.admin.stop()
         self.status = Status.STOPPED
@@ -233,6 +249,12 @@ async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
         await edge.stop()
 
 
+def quiet_access_log(config: EdgeConfig) -> None:
+    if config.log_level.upper() != "DEBUG":
+        logging.getLogger("duro.edge.access").setLevel(
+            logging.INFO if config.access_log else logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duro edge", description="run one edge")
     parser.add_argument("--config", help="TOML file with edge settings")
@@ -248,8 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_edge_config(Path(args.config) if args.config else None,
                               overrides=flags_from_args(args))
     configure_logging(config.log_level, config.log_json)
-    if config.log_level.upper() != "DEBUG":
-        logging.getLogger("duro.edge.access").setLevel(
-            logging.INFO if config.access_log else logging.WARNING)
+    quiet_access_log(config)
     _run(run_edge(config))
     return 0

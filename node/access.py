@@ -6,7 +6,8 @@ so that a new service is closed until someone decides who may call it.
 
 ==========================================  ===============================================
 calls to objects (``Node``)                 every member and caller: node, edge, client, admin, placement
-an edge's socket stream (``NodeSockets``)   edges only, and only as the edge id in their certificate
+an edge's socket stream (``NodeSockets``)   edges, only as the edge id in their certificate; nodes,
+                                            only as their co-located edge ``node:<id>``
                                             (checked by the handler: node/socket_server.py)
 directory lookups (``Directory.Resolve``)   every router: node, edge, client, admin, placement
 directory writes (``Switch/Forget/Import``) node, placement, admin
@@ -24,7 +25,7 @@ CALLERS = ("node", "edge", "client", "admin", "placement")  # anyone who may cal
 
 NODE_RULES: dict[str, tuple[str, ...]] = {
     "/duro.v1.Node/": CALLERS,
-    "/duro.v1.NodeSockets/": ("edge",),
+    "/duro.v1.NodeSockets/": ("edge", "node"),
     "/duro.v1.Directory/Resolve": CALLERS,
     "/duro.v1.Directory/": MEMBERS,
     "/duro.v1.Migration/": MEMBERS,

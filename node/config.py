@@ -91,6 +91,24 @@ class NodeConfig(RuntimeConfig):
         metadata={"help": "object directory entries this node's router caches (LRU; "
                           "docs/directory.md)"},
     )
+    edge: bool = field(
+        default=False,
+        metadata={"help": "also run this region's edge (HTTP, WebSocket, Gateway, admin) in this "
+                          "process: calls to this node's objects skip a process hop "
+                          "(docs/architecture.md); needs --etcd"},
+    )
+    edge_config: Path | None = field(
+        default=None,
+        metadata={"help": "TOML file of the co-located edge's settings (as duro edge --config; "
+                          "DURO_EDGE_* variables apply too); etcd, cluster, region, app, TLS and "
+                          "the edge id come from the node"},
+    )
+    max_call_bytes_in_flight: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "encoded argument bytes of the calls running on this node at once, "
+                          "all callers together; a call past it is refused as overloaded "
+                          "(retryable) and not executed (docs/security.md)"},
+    )
     tls_ca: Path | None = field(
         default=None, metadata={"help": "cluster CA certificate, PEM (mTLS; docs/security.md)"})
     tls_cert: Path | None = field(
@@ -113,6 +131,10 @@ class NodeConfig(RuntimeConfig):
         super().__post_init__()
         if self.directory_cache < 1:
             raise ValueError("directory_cache must be at least 1 entry")
+        if self.edge and not self.etcd:
+            raise ValueError("edge: a co-located edge needs a cluster (--etcd)")
+        if self.max_call_bytes_in_flight < 1:
+            raise ValueError("max_call_bytes_in_flight must be at least 1 byte")
         if self.tls is None:
             check_plaintext((self.listen, self.replication_listen), self.insecure, "the node")
 

@@ -15,6 +15,7 @@ import os
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -76,6 +77,7 @@ class NodeProcess:
         self.cluster = None  # duro.node.cluster.NodeCluster when config.etcd is set
         self.metrics_port: int | None = None
         self.registry = CollectorRegistry()
+        self.edge: Any = None  # duro.edge.main.EdgeProcess when config.edge (co-located edge)
 
     @property
     def address(self) -> str:
@@ -116,13 +118,20 @@ class NodeProcess:
         self.server = NodeGrpcServer(
             self.host, cfg.listen, health=self._health, sockets=self.host.sockets,
             extra=[self.cluster.add_to] if self.cluster is not None else [],
-            tls_material=self.tls,
+            tls_material=self.tls, max_call_bytes_in_flight=cfg.max_call_bytes_in_flight,
         )
         await self.server.start()
         if self.cluster is not None:
             await self.cluster.start(self.address, self.host)
+            # Calls this process makes to objects it serves skip the wire (client/router.py).
+            self.cluster.router.local = (self.address, self.server.servicer.invoke_local)
+            self.cluster.router.local_fetch = self.server.servicer.invoke_local_fetch
+            if cfg.edge:
+                self.edge = self._colocated_edge()
+                await self.edge.start()
         if cfg.metrics_port >= 0:
-            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster))
+            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster,
+                                                 self.server.servicer))
             host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
             self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
         self.status = Status.RUNNING
@@ -132,10 +141,28 @@ class NodeProcess:
             "synced" if cfg.sync_wal else "UNSYNCED (process-crash durable only)",
         )
 
+    def _colocated_edge(self) -> Any:
+        """This region's edge in this process, routing with the node's Router (so calls to this
+        node's objects stay in-process) under the node's certificate."""
+        from duro.edge.config import load_edge_config
+        from duro.edge.main import EdgeProcess, quiet_access_log
+
+        cfg = self.config
+        assert self.cluster is not None
+        edge_cfg = load_edge_config(cfg.edge_config, overrides={
+            "app": cfg.app, "etcd": cfg.etcd, "cluster": cfg.cluster, "region": cfg.region,
+            "edge_id": f"node:{self.node_id}", "tls_ca": cfg.tls_ca, "tls_cert": cfg.tls_cert,
+            "tls_key": cfg.tls_key, "log_level": cfg.log_level,
+        })
+        quiet_access_log(edge_cfg)
+        return EdgeProcess(edge_cfg, self.app, router=self.cluster.router)
+
     async def stop(self, grace: float = 5.0) -> None:
         if self.status in (Status.STOPPING, Status.STOPPED):
             return
         self.status = Status.STOPPING
+        if self.edge is not None:  # clients first: close their sockets (1001), stop HTTP
+            await self.edge.stop(grace)
         if self.cluster is not None:
             await self.cluster.stop()
         if self.server is not None:
@@ -170,8 +197,11 @@ async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
     await node.start()
     if ready_line:
         # One machine-readable line for supervisors and tests.
+        edge = node.edge
+        extra = (f" http={edge.http_address} grpc={edge.grpc_address or '-'} "
+                 f"admin={edge.admin_address or '-'} edge_id={edge.edge_id}" if edge else "")
         print(f"DURO-NODE-READY node_id={node.node_id} address={node.address} "
-              f"metrics_port={node.metrics_port or 0}", flush=True)
+              f"metrics_port={node.metrics_port or 0}{extra}", flush=True)
     try:
         await stop.wait()
     finally:

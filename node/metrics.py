@@ -17,15 +17,18 @@ from duro.node.directory.store import count_entries
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
     from duro.node.runtime.host import ObjectHost
+    from duro.node.server import NodeServicer
 
 __all__ = ["NodeCollector"]
 
 
 class NodeCollector(Collector):
-    def __init__(self, host: ObjectHost, node_id: str, cluster: NodeCluster | None = None) -> None:
+    def __init__(self, host: ObjectHost, node_id: str, cluster: NodeCluster | None = None,
+                 calls: NodeServicer | None = None) -> None:
         self.host = host
         self.node_id = node_id
         self.cluster = cluster
+        self.calls = calls
 
     def collect(self) -> Iterator[object]:
         h = self.host
@@ -57,6 +60,11 @@ class NodeCollector(Collector):
         yield counter("runtime", "alarms_fired", "alarm events delivered", h.alarms.fired)
         yield counter("runtime", "alarms_retried", "due alarms retried: object unavailable",
                       h.alarms.retried)
+        if self.calls is not None:
+            yield gauge("node", "call_bytes_in_flight", "encoded argument bytes of running calls",
+                        self.calls.call_bytes_in_flight)
+            yield counter("node", "calls_refused_bytes", "calls refused as overloaded: node-wide "
+                          "argument bytes in flight at the limit", self.calls.refused_overloaded)
         c = self.cluster
         if c is None:
             return
@@ -67,6 +75,8 @@ class NodeCollector(Collector):
                       r.cache_misses)
         yield counter("client", "redirects", "redirects followed by this node's router",
                       r.redirects)
+        yield counter("client", "local_calls", "calls this node's router (its objects' calls, "
+                      "its co-located edge) sent to this node in-process, without gRPC", r.local)
         yield gauge("client", "directory_cache_entries", "directory entries cached by this "
                     "node's router (bounded: --directory-cache)", len(c.router.directory))
         d = c.router.directory.stats

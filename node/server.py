@@ -17,6 +17,16 @@ carries many calls per message in each direction::
 * **Backpressure.** A stream holds at most ``max_in_flight`` calls, from admission until their
   result is handed to gRPC. At the bound the reader stops reading, so HTTP/2 flow control pushes
   back on the caller instead of the node queueing without limit.
+* **Bytes in flight, node-wide.** Calls running on the node (all streams and unary calls) hold
+  at most ``max_call_bytes_in_flight`` bytes of arguments (their encoded payloads; 256 MiB by
+  default). A call that would pass it is answered at once with a retryable ``overloaded`` error
+  (the edge's 503, the Gateway's ``RESOURCE_EXHAUSTED``) and not executed; a call is always
+  admitted when nothing else is in flight, so one large call is never refused forever. Per-stream
+  ``max_in_flight`` bounds the count; this bounds the memory many callers together can pin.
+* **Calls from this process** (:meth:`NodeServicer.invoke_local`: the node's co-located edge and
+  its objects' calls to objects it serves, through the Router's local shortcut) take the same
+  admission (draining, the byte bound, tracking for a graceful stop, shielding from a caller that
+  goes away) and answer with the same values and errors, without protobuf or a socket.
 * **Bad input** (wrong id length, unknown kind, private method name, undecodable payload) is
   answered with an ``invalid_argument`` Result for that call only; the stream carries on.
 * **Shutdown** (:meth:`NodeGrpcServer.stop`): stop accepting new RPCs and answer calls that still
@@ -29,6 +39,7 @@ carries many calls per message in each direction::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import inspect
@@ -41,8 +52,14 @@ from grpc import aio
 from duro import tls
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._wire import call_from_pb, chunk_by_size, result_error, result_ok
-from duro.errors import DuroError, InvalidValueError, UnavailableError
+from duro._wire import call_from_pb, chunk_by_size, error_from_pb, result_error, result_ok
+from duro.errors import (
+    CallTimeoutError,
+    DuroError,
+    InvalidValueError,
+    OverloadedError,
+    UnavailableError,
+)
 
 __all__ = [
     "Host",
@@ -62,6 +79,7 @@ _RESULT_OVERHEAD = 64
 _MAX_VALUE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 DEFAULT_MAX_IN_FLIGHT = 2048
+DEFAULT_MAX_CALL_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 
 
 class Host(Protocol):
@@ -110,11 +128,17 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         *,
         health: HealthCallback | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_call_bytes_in_flight: int = DEFAULT_MAX_CALL_BYTES_IN_FLIGHT,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if max_call_bytes_in_flight < 1:
+            raise ValueError("max_call_bytes_in_flight must be at least 1 byte")
         self.host = host
         self.max_in_flight = max_in_flight
+        self.max_call_bytes_in_flight = max_call_bytes_in_flight
+        self.call_bytes_in_flight = 0  # encoded payloads of the running host calls
+        self.refused_overloaded = 0  # calls answered "overloaded" by the bound above
         self._health = health
         self._draining = False
         self._tasks: set[asyncio.Task[bytes]] = set()  # every running host call, all streams
@@ -150,6 +174,22 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         from duro.node.body_server import serve_body
 
         await serve_body(self, context)
+
+    async def run(self, call: Call, seq: int) -> node_pb2.Result:
+        """Run one call to its end and answer its Result (``Invoke``, ``Node.Body``)."""
+        refused = self._refuse_bytes(len(call.payload))
+        if refused is not None:
+            return result_error(seq, refused)
+        task = self._spawn(call, len(call.payload))
+        try:
+            # Shielded: a caller that goes away does not cut the call short (see module doc).
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        except BaseException:
+            pass
+        return _result_of(seq, task)
 
     async def Health(  # noqa: N802
         self, request: node_pb2.HealthRequest, context: aio.ServicerContext
@@ -199,27 +239,88 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
 
-    async def run(self, call: Call, seq: int) -> node_pb2.Result:
-        """Run one call to its end and answer its Result (``Invoke``, ``Node.Body``)."""
-        task = self._spawn(call)
+    async def invoke_local(self, call: Call, timeout: float | None = None) -> bytes:
+        """A call made in this process (docs/architecture.md, "co-located edge"): what a stream's
+        call gets, minus the wire. The call must be well-formed (made by a ``Namespace``).
+
+        It runs in a task of its own with a fresh context, as a call from a gRPC stream does (an
+        object's call to another object must not run inside the caller's context). ``timeout``
+        raises :class:`~duro.errors.CallTimeoutError`; the call may still run, as with a remote
+        node.
+        """
+        if self._draining:
+            raise UnavailableError(_SHUTTING_DOWN)
+        size = len(call.payload)
+        refused = self._refuse_bytes(size)
+        if refused is not None:
+            raise refused
+        task = self._spawn(call, size, fresh_context=True)
         try:
             # Shielded: a caller that goes away does not cut the call short (see module doc).
-            await asyncio.shield(task)
+            if timeout is None:
+                await asyncio.shield(task)
+            else:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
+        except TimeoutError:
+            raise CallTimeoutError(
+                f"no answer from this node within {timeout:g}s; the call may or may not have "
+                "executed") from None
         except asyncio.CancelledError:
             if not task.done():
                 raise
         except BaseException:
             pass
-        return result_of(seq, task)
+        if not task.cancelled() and task.exception() is None:
+            value = task.result()
+            if type(value) is bytes and len(value) <= _MAX_VALUE_BYTES:
+                return value
+        result = _result_of(0, task)  # the rare path: exactly the error a stream would carry
+        if result.HasField("error"):
+            raise error_from_pb(result.error)
+        return result.value
 
-    def _spawn(self, call: Call) -> asyncio.Task[bytes]:
-        task = asyncio.ensure_future(self.host.invoke(call))
+    async def invoke_local_fetch(self, call: Call, body: AsyncIterator[bytes] | None,
+                                 timeout: float | None = None
+                                 ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """:meth:`invoke_local` for a FETCH with streamed bodies (docs/http.md): the request's
+        chunks reach the object in process, and a streamed response's body is handed over as
+        ``Node.Body`` would carry it. ``timeout`` does not apply to a streamed request."""
+        from duro.node.runtime.bodies import fetch_in_process
+
+        return await fetch_in_process(
+            lambda c: self.invoke_local(c, timeout if body is None else None),
+            self.host.bodies, call, body)
+
+    def _refuse_bytes(self, size: int) -> OverloadedError | None:
+        """The error for a call of ``size`` payload bytes past the node-wide bound, or None."""
+        used = self.call_bytes_in_flight
+        if used == 0 or used + size <= self.max_call_bytes_in_flight:
+            return None
+        self.refused_overloaded += 1
+        return OverloadedError(
+            f"node has {used} bytes of call arguments in flight (limit "
+            f"{self.max_call_bytes_in_flight}); this {size}-byte call was not executed; retry",
+            retryable=True,  # not executed, so safe to send again (after backing off)
+        )
+
+    def _spawn(self, call: Call, size: int, fresh_context: bool = False) -> asyncio.Task[bytes]:
+        if fresh_context:
+            task = asyncio.get_running_loop().create_task(
+                self.host.invoke(call), context=contextvars.Context())
+        else:
+            task = asyncio.ensure_future(self.host.invoke(call))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.call_bytes_in_flight += size
+        task.add_done_callback(functools.partial(self._finished, size))
         return task
 
+    def _finished(self, size: int, task: asyncio.Task[bytes]) -> None:
+        self._tasks.discard(task)
+        self.call_bytes_in_flight -= size
 
-def result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
+
+def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
     """The Result for a finished host call."""
     if task.cancelled():
         return result_error(seq, UnavailableError(_CANCELLED))
@@ -318,11 +419,16 @@ class _StreamSession:
         except DuroError as exc:
             self._push(result_error(pb.seq, exc))
             return
-        task = servicer._spawn(call)
+        size = len(pb.payload)
+        refused = servicer._refuse_bytes(size)
+        if refused is not None:
+            self._push(result_error(pb.seq, refused))
+            return
+        task = servicer._spawn(call, size)
         task.add_done_callback(functools.partial(self._done, pb.seq))
 
     def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:
-        self._push(result_of(seq, task))
+        self._push(_result_of(seq, task))
 
     def _push(self, result: node_pb2.Result) -> None:
         self._outbox.append(result)
@@ -375,12 +481,14 @@ class NodeGrpcServer:
         *,
         health: HealthCallback | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_call_bytes_in_flight: int = DEFAULT_MAX_CALL_BYTES_IN_FLIGHT,
         options: Sequence[tuple[str, int | str]] = (),
         sockets: Any = None,
         extra: Sequence[Callable[[aio.Server], None]] = (),
         tls_material: tls.TlsMaterial | None = None,
     ) -> None:
-        self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight)
+        self.servicer = NodeServicer(host, health=health, max_in_flight=max_in_flight,
+                                     max_call_bytes_in_flight=max_call_bytes_in_flight)
         self._extra = list(extra)  # more services on the same port (e.g. duro.v1.Migration)
         # WebSocket frames from edges (duro.node.socket_server) when given a SocketHub.
         self.socket_servicer: Any = None

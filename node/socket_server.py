@@ -160,6 +160,18 @@ class _EdgeLink:
                 await context.write(node_pb2.SocketBatch(frames=batch))
 
 
+COLOCATED_EDGE_PREFIX = "node:"  # edge ids of edges running inside a node (duro node --edge)
+
+
+def may_attach_as(peer: tls.Identity, edge: str) -> bool:
+    """Whether ``peer`` may attach a socket stream as edge ``edge``: an edge as the edge its
+    certificate names (or an instance of it), a node only as its own co-located edge
+    ``node:<node id>``; ``node:`` ids are never an edge certificate's."""
+    if edge.startswith(COLOCATED_EDGE_PREFIX):
+        return peer.role == "node" and peer.may_act_as("node", edge[len(COLOCATED_EDGE_PREFIX):])
+    return peer.may_act_as("edge", edge)
+
+
 class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
     """``duro.v1.NodeSockets`` over a :class:`SocketHub`."""
 
@@ -183,7 +195,7 @@ class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
         # With TLS, an edge attaches only as the edge its certificate names (or an instance of
         # it): another edge's frames (its clients' messages, its sockets' closes) are not for it.
         peer = tls.peer_identity(context)
-        if peer is not None and not peer.may_act_as("edge", edge):
+        if peer is not None and not may_attach_as(peer, edge):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{peer} may not attach as edge {edge!r}",

@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
+from duro._http import stream_token
+from duro._namespace import Call
 from duro.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from duro.node.runtime.activation import Activation
 
-__all__ = ["ResponseBodies", "UNCLAIMED_TIMEOUT"]
+__all__ = ["ResponseBodies", "UNCLAIMED_TIMEOUT", "fetch_in_process"]
 
 UNCLAIMED_TIMEOUT = 30.0
 
@@ -101,3 +103,17 @@ async def _close(stream: Any) -> None:
             await aclose()
         except Exception:  # the object's generator failed while closing: nobody to tell
             pass
+
+
+async def fetch_in_process(invoke: Callable[[Call], Awaitable[bytes]], bodies: ResponseBodies,
+                           call: Call, body: AsyncIterator[bytes] | None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """A FETCH with streamed bodies to a host in this process (the Testbed, a node's co-located
+    edge): the request's chunks go to the object as ``call.meta["body"]``, and a streamed
+    response's body is taken from ``bodies`` at once."""
+    call.stream_response = True
+    if body is not None:
+        call.meta["body"] = body
+    answer = await invoke(call)
+    token = stream_token(answer)
+    return answer, (bodies.take(token) if token is not None else None)

@@ -104,7 +104,7 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
         token_file = data / "gateway" / "gateway-token"
         assert f"Gateway token in {token_file}" in banner
         assert token_file.stat().st_mode & 0o077 == 0  # private to the user
-        gateway = re.search(r"edge-us-east .*gRPC Gateway (\S+)", banner)
+        gateway = re.search(r"edge .*us-east\S* .*gRPC Gateway (\S+)", banner)
         assert gateway, banner
         assert await _gateway_get(gateway.group(1), token_file.read_text().strip()) == 3
         assert await _gateway_get(gateway.group(1), "") == "UNAUTHENTICATED"

@@ -39,9 +39,13 @@ async def test_cluster_metrics_are_exported(make_cluster) -> None:
     assert await metric(ports["eu-west-0"], "duro_migration_ingested_total") == 1
     assert await metric(ports["us-east-0"], "duro_node_serving") == 1
     # Nothing was fenced in this run: those counters are exported, and zero.
-    for name in ("duro_node_self_fencings_total", "duro_node_fenced_writes_total"):
+    for name in ("duro_node_self_fencings_total", "duro_node_fenced_writes_total",
+                 "duro_node_calls_refused_bytes_total"):
         assert await _exported(ports["us-east-0"], name), f"{name} is not exported"
         assert await metric(ports["us-east-0"], name) == 0, name
+    # Nothing is running between calls: no argument bytes held.
+    assert await _exported(ports["us-east-0"], "duro_node_call_bytes_in_flight")
+    assert await metric(ports["us-east-0"], "duro_node_call_bytes_in_flight") == 0
     # The node's own router made no routed call here: exported, whatever their value.
     for name in ("duro_client_directory_cache_hits_total",
                  "duro_client_directory_cache_misses_total", "duro_client_redirects_total"):

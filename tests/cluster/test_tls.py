@@ -220,12 +220,22 @@ async def test_an_edge_attaches_only_as_the_edge_in_its_certificate(
     address = cluster.nodes[0].address
     victim = "edge-us-east"
     assert await open_sockets(address, victim, as_(cluster, "edge", victim)) is not None
-    for material, why in ((as_(cluster, "edge", "edge-intruder"),
-                           "duro://edge/edge-intruder may not attach as edge 'edge-us-east'"),
-                          (as_(cluster, "node", "us-east-0"), "may not call /duro.v1.NodeSockets"),
-                          (as_(cluster, "client", "app"), "may not call /duro.v1.NodeSockets")):
+    # A node attaches only as its own co-located edge (duro node --edge), never as another
+    # edge; an edge certificate never as a node's co-located edge.
+    assert await open_sockets(address, "node:eu-west-0",
+                              as_(cluster, "node", "eu-west-0")) is not None
+    for material, edge, why in (
+            (as_(cluster, "edge", "edge-intruder"), victim,
+             "duro://edge/edge-intruder may not attach as edge 'edge-us-east'"),
+            (as_(cluster, "node", "us-east-0"), victim,
+             "duro://node/us-east-0 may not attach as edge 'edge-us-east'"),
+            (as_(cluster, "node", "us-east-0"), "node:eu-west-0",
+             "duro://node/us-east-0 may not attach as edge 'node:eu-west-0'"),
+            (as_(cluster, "edge", "node:eu-west-0"), "node:eu-west-0",
+             "may not attach as edge 'node:eu-west-0'"),
+            (as_(cluster, "client", "app"), victim, "may not call /duro.v1.NodeSockets")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await open_sockets(address, victim, material)
+            await open_sockets(address, edge, material)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert why in (err.value.details() or "")
 

@@ -371,3 +371,36 @@ async def test_fuzzed_requests_get_refusals_and_the_edge_keeps_serving(cluster, 
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{cluster.edge_url(0)}/thing/after-fuzz/get") as r:
             assert r.status == 200 and (await r.json())["value"] == 1
+
+
+# -- memory: the Gateway shares the edge's budget of request bytes ------------------------------
+
+async def test_concurrent_big_gateway_arguments_are_bounded(cluster):
+    """Twelve concurrent 15 MiB arguments: each call answers, or fails RESOURCE_EXHAUSTED before
+    it runs (the edge holds at most 64 MiB of request bytes, HTTP bodies and Gateway requests
+    together); the edge's memory stays bounded, and once they are done a big call goes through."""
+    from tests.edge.test_hostile_http import MiB, rss_mib
+
+    pid = cluster.edges[0].proc.pid
+    before = rss_mib(pid)
+    big = "x" * (15 * MiB)
+    options = [("grpc.max_send_message_length", 64 * MiB),
+               ("grpc.max_receive_message_length", 64 * MiB)]
+    async with aio.insecure_channel(cluster.edges[0].ready["grpc"], options=options) as ch:
+        async def one(i: int) -> str:
+            try:
+                r = await invoke(ch, cluster.gateway_token, binding="THING", name=f"big{i}",
+                                 method="echo", args_json=json.dumps([big]))
+            except aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                assert "bytes of requests" in (exc.details() or ""), exc.details()
+                return "refused"
+            assert r["result"]["args"] == [big]
+            return "ok"
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(12)))
+        peak = rss_mib(pid)
+        assert "ok" in outcomes and "refused" in outcomes, outcomes
+        # Nothing is held any more: a single big call is served.
+        assert await one(99) == "ok"
+    assert peak - before < 900, (before, peak)

@@ -18,6 +18,7 @@ import pytest_asyncio
 from grpc import aio
 
 from duro._pb import gateway_pb2
+from tests.cluster.conftest import metric
 from tests.edge.conftest import start_cluster, stop_cluster
 from tests.helpers.proc import rss_mib
 
@@ -210,3 +211,45 @@ async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(clust
         assert head.startswith(b"HTTP/1.1 413"), head
     finally:
         writer.close()
+
+
+# -- the same through an edge co-located in the node process (calls to its own objects in process)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def colocated(tmp_path_factory):
+    c = await start_cluster(tmp_path_factory.mktemp("http-colocated"), app=APP,
+                            regions=("us-east",), replicas=1, colocated_edges=True)
+    try:
+        async with aiohttp.ClientSession(c.edge_url(0),
+                                         timeout=aiohttp.ClientTimeout(total=120)) as s:
+            yield c, s
+    finally:
+        await stop_cluster(c)
+
+
+async def test_colocated_edge_streams_both_ways_in_process(colocated):
+    cluster, colocated = colocated
+    port = cluster.nodes[0].ready["metrics_port"]
+    local_before = await metric(port, "duro_client_local_calls_total")
+    headers = aiohttp.client.CIMultiDict([("X-Multi", "one"), ("X-Multi", "two")])
+    async with colocated.get("/mirror/h/headers", headers=headers) as r:
+        assert (await r.json())["all"] == ["one", "two"]
+        assert r.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    chunk = os.urandom(MiB)
+
+    async def upload():
+        for _ in range(12):  # 12 MiB: streamed (over 1 MiB), within the default 16 MiB limit
+            yield chunk
+
+    async with colocated.post("/mirror/up/count", data=upload()) as r:
+        body = await r.json()
+    assert body["bytes"] == 12 * MiB and body["streamed"]
+    async with colocated.get("/mirror/sse/sse?n=2") as r:
+        assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 30) == (
+            b"id: 0\ndata: event 0\n\n")
+        async with colocated.post("/mirror/sse/release") as rel:
+            assert rel.status == 200
+        assert await asyncio.wait_for(r.content.read(), 30) == b"id: 1\ndata: event 1\n\n"
+    # Every one of those calls (headers, upload, sse, release) went to the node in process.
+    assert await metric(port, "duro_client_local_calls_total") >= local_before + 4

@@ -383,6 +383,35 @@ async def test_in_flight_calls_per_stream_are_bounded(host: FakeHost) -> None:
         await conn.close()
 
 
+async def test_call_bytes_in_flight_are_bounded_node_wide(host: FakeHost) -> None:
+    # Two callers on two streams share one node-wide budget of argument bytes.
+    host.gate.clear()
+    limit = 1024 * 1024
+    async with NodeGrpcServer(host, max_call_bytes_in_flight=limit) as srv:
+        a, b = NodeConnection(srv.address), NodeConnection(srv.address)
+        big = "x" * (800 * 1024)
+        held = asyncio.ensure_future(call_value(a, rpc("gated", big)))
+        await _eventually(lambda: host.started == 1)
+        assert srv.servicer.call_bytes_in_flight > 800 * 1024
+        # Past the budget: refused at once, retryable, not executed (the host never saw it).
+        with pytest.raises(OverloadedError, match="bytes of call arguments in flight") as info:
+            await b.invoke(rpc("record", "y" * (400 * 1024)))
+        assert info.value.retryable and info.value.overloaded
+        assert host.started == 1 and srv.servicer.refused_overloaded == 1
+        # Within what is left: admitted.
+        assert await call_value(b, rpc("record", "z" * (100 * 1024))) == "z" * (100 * 1024)
+        host.gate.set()
+        assert await held == big
+        await _eventually(lambda: srv.servicer.call_bytes_in_flight == 0)
+        # Once the budget is free again the refused call goes through; a call larger than the
+        # whole budget is admitted when nothing else is in flight (never refused forever).
+        huge = "h" * (2 * limit)
+        assert await call_value(b, rpc("record", huge)) == huge
+        assert srv.servicer.call_bytes_in_flight == 0
+        await a.close()
+        await b.close()
+
+
 async def test_graceful_stop_lets_in_flight_calls_finish(host: FakeHost) -> None:
     srv = NodeGrpcServer(host)
     await srv.start()
