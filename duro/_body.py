@@ -48,10 +48,15 @@ def _as_bytes(value: Any, what: str) -> bytes:
 
 
 async def _chunks(source: AsyncIterable[Any]) -> AsyncIterator[bytes]:
-    async for chunk in source:
-        data = chunk_bytes(chunk)
-        if data:
-            yield data
+    try:
+        async for chunk in source:
+            data = chunk_bytes(chunk)
+            if data:
+                yield data
+    finally:  # closing the body closes its source (an object's generator, a node's stream) now
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class HasBody:

@@ -26,6 +26,7 @@ One request, in order:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 import time
@@ -263,7 +264,7 @@ class EdgeHttp:
                                       "WebSocket upgrade", 502)
             if resp_stream is not None:
                 assert out is not None
-                return await _stream_out(request, out, resp_stream)
+                return await _stream_out(request, out, resp_stream, self.server)
             return out
         finally:
             if client_body is not None:
@@ -370,10 +371,15 @@ def _to_aiohttp(status: int, headers: list, body: bytes, *, streamed: bool = Fal
 
 
 async def _stream_out(request: web.BaseRequest, out: web.StreamResponse,
-                      chunks: AsyncIterator[bytes]) -> web.StreamResponse:
+                      chunks: AsyncIterator[bytes], server: EdgeServer | None
+                      ) -> web.StreamResponse:
     """Send a streamed body chunk by chunk as the object produces it (chunked encoding); the
     client's pace pushes back through ``write`` to the node. A body that fails midway cuts the
-    connection (no final chunk), so the client sees it incomplete rather than short."""
+    connection (no final chunk), so the client sees it incomplete rather than short. A client
+    that goes away cancels this (``EdgeServer.streaming``), which ends the node's stream and
+    closes the object's generator."""
+    if server is not None:
+        server.streaming(request.protocol, asyncio.current_task())
     try:
         await out.prepare(request)
         async for chunk in chunks:
@@ -385,6 +391,8 @@ async def _stream_out(request: web.BaseRequest, out: web.StreamResponse,
         if request.transport is not None:
             request.transport.close()
     finally:
+        if server is not None:
+            server.streaming(request.protocol, None)
         await _close(chunks)
     return out
 

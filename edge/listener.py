@@ -130,6 +130,9 @@ class EdgeServer(web.Server):
         self.open = 0
         self.refusing = 0
         self._heads: dict[Any, asyncio.TimerHandle] = {}  # connections owing a request head
+        # Connections sending a streamed response -> its task, cancelled when the client goes
+        # (aiohttp does not cancel handlers; a stream waiting for its next chunk would not know).
+        self._streaming: dict[Any, asyncio.Task[Any]] = {}
 
     def __call__(self) -> Any:
         if self.open >= self.max_connections:
@@ -144,9 +147,19 @@ class EdgeServer(web.Server):
     def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
         self.open -= 1
+        streaming = self._streaming.pop(handler, None)
+        if streaming is not None:
+            streaming.cancel()
         timer = self._heads.pop(handler, None)
         if timer is not None:
             timer.cancel()
+
+    def streaming(self, handler: Any, task: asyncio.Task[Any] | None) -> None:
+        """Cancel ``task`` if ``handler``'s client goes away (None: no longer)."""
+        if task is None:
+            self._streaming.pop(handler, None)
+        else:
+            self._streaming[handler] = task
 
     def head_started(self, handler: Any) -> None:
         """A request head is on its way: it must be complete within ``header_timeout``."""

@@ -209,3 +209,16 @@ async def test_a_caller_that_cannot_stream_gets_the_body_collected(tmp_path):
         broken.stream_response = False
         with pytest.raises(ObjectError, match="the stream broke"):
             await tb.host.invoke(broken)
+
+
+async def test_testbed_a_stream_the_caller_closes_closes_the_generator(tmp_path):
+    async with Testbed(APP, tmp_path) as tb:
+        stub = tb.env.MIRROR.get_by_name("g")
+        resp = await stub.fetch("/mirror/g/sse?n=2")
+        events = resp.__aiter__()
+        assert await events.__anext__() == b"id: 0\ndata: event 0\n\n"
+        act = tb.host.activation(stub.id.raw)
+        assert act.running == 1  # the stream counts as a running event: not evicted midway
+        await events.aclose()
+        assert act.running == 0
+        assert (await stub.fetch("/mirror/g/closed")).json_body() == {"closed": 1}

@@ -10,7 +10,8 @@ Routes (``/mirror/<name>/<route>``):
 * ``sse?n=N``: server-sent events; event 0 at once, the rest only after ``release`` is called
   (so a client that has event 0 before it calls ``release`` proves the stream is incremental);
   each event is also stored (``sent`` = its number), so the output gate holds every event;
-* ``release``: lets the ``sse`` stream go on;
+* ``release``: lets the ``sse`` stream go on; ``closed``: how many ``sse`` streams ended (a
+  client that left closes its stream's generator);
 * ``broken``: a stream that fails after its first chunk.
 """
 
@@ -26,6 +27,7 @@ class Mirror(DurableObject):
     def __init__(self, ctx, env):
         super().__init__(ctx, env)
         self.release = asyncio.Event()
+        self.closed_streams = 0  # event streams ended or closed (a client that left included)
 
     async def fetch(self, request: Request) -> Response:
         route = request.path.rsplit("/", 1)[-1]
@@ -57,16 +59,21 @@ class Mirror(DurableObject):
             return Response("released")
         if route == "sent":
             return Response.json({"sent": await self.ctx.storage.get("sent")})
+        if route == "closed":
+            return Response.json({"closed": self.closed_streams})
         if route == "broken":
             return Response(_broken())
         return Response("no such route", status=404)
 
     async def _events(self, n: int):
-        for i in range(n):
-            self.ctx.storage.put("sent", i)  # the event leaves once this write is durable
-            yield f"id: {i}\ndata: event {i}\n\n"
-            if i == 0:
-                await self.release.wait()
+        try:
+            for i in range(n):
+                self.ctx.storage.put("sent", i)  # the event leaves once this write is durable
+                yield f"id: {i}\ndata: event {i}\n\n"
+                if i == 0:
+                    await self.release.wait()
+        finally:
+            self.closed_streams += 1
 
 
 async def _echo(request: Request):
