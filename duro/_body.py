@@ -83,7 +83,9 @@ class HasBody:
     def body(self) -> bytes:
         if self._stream is not None:
             raise InvalidArgumentError(
-                "the body is streamed: read it with `async for chunk in ...` or `await read()`")
+                "the body is streamed (a request body over the edge's stream_threshold, 1 MiB by "
+                "default, or a stream given to the constructor): read it with `async for chunk in "
+                "...` or `data = await ....read()`; .body, .text() and .json() need it whole")
         return self._body
 
     def __aiter__(self) -> AsyncIterator[bytes]:
