@@ -46,6 +46,8 @@ __all__ = [
     "StructuredFormatter",
     "configure_logging",
     "set_process_context",
+    "root_stream",
+    "process_context",
 ]
 
 NODE = "duro.node"
@@ -217,3 +219,34 @@ def set_process_context(**fields: Any) -> None:
             for f in [f for f in handler.filters if isinstance(f, _ProcessContext)]:
                 handler.removeFilter(f)
             handler.addFilter(_ProcessContext(fields))
+
+
+def _duro_handler() -> _DuroHandler | None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _DuroHandler):
+            return handler
+    return None
+
+
+def root_stream() -> IO[str] | None:
+    """The stream :func:`configure_logging` writes to, or None if it was not called (for writers
+    that batch their own lines, e.g. the edge's access log)."""
+    handler = _duro_handler()
+    return handler.stream if handler is not None else None
+
+
+def process_context() -> tuple[bool, dict[str, str]]:
+    """(whether lines are JSON, the process's context fields formatted for ``key=value`` lines
+    or plain values for JSON) as :func:`configure_logging` and :func:`set_process_context` set."""
+    handler = _duro_handler()
+    if handler is None:
+        return False, {}
+    formatter = handler.formatter
+    as_json = isinstance(formatter, StructuredFormatter) and formatter.json
+    fields: dict[str, Any] = {}
+    for f in handler.filters:
+        if isinstance(f, _ProcessContext):
+            fields.update(f.fields)
+    if as_json:
+        return True, {k: _plain(v) for k, v in fields.items() if v is not None}
+    return False, {k: _kv(v) for k, v in fields.items() if v is not None}

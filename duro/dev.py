@@ -184,7 +184,9 @@ class LocalCluster:
                      "--data-dir", str(self.root / "nodes" / name),
                      "--listen", f"127.0.0.1:{free_port()}", "--metrics-port", "0",
                      "--replication-listen", f"127.0.0.1:{free_port()}",
-                     "--lease-ttl", str(lease_ttl), "--log-level", "WARNING",
+                     "--lease-ttl", str(lease_ttl),
+                     # a node that is its region's edge logs at INFO: the access log is INFO
+                     "--log-level", "INFO" if edge else "WARNING",
                      *self._tls_args("node", name), *edge, *node_args],
                     self.root / "logs" / f"{name}.log", region=region,
                 ))
@@ -200,7 +202,8 @@ class LocalCluster:
                  "--etcd", self.etcd.endpoint, "--cluster", cluster, "--region", region,
                  "--edge-id", name, "--http-listen", f"127.0.0.1:{port}",
                  "--grpc-listen", f"127.0.0.1:{grpc_port}",
-                 "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "WARNING",
+                 "--admin-listen", f"127.0.0.1:{admin_port}",
+                 "--log-level", "INFO",  # the access log is INFO
                  *self._tls_args("edge", name),
                  "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,

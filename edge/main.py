@@ -29,6 +29,7 @@ from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
 from duro.client.router import Router
+from duro.edge import access_log
 from duro.edge.admin import AdminServer
 from duro.edge.admission import EdgeInvoker
 from duro.edge.config import ENV_PREFIX, EdgeConfig, load_edge_config, split_hostport
@@ -171,8 +172,8 @@ class EdgeProcess:
                         self.max_connections, limit)
         server = self.http.make_server(
             self.max_connections,
-            access_log=logging.getLogger("duro.edge.access") if cfg.access_log else None,
-            access_log_format='%a "%r" %s %b %Tf',
+            access_log=logging.getLogger(access_log.LOGGER_NAME) if cfg.access_log else None,
+            access_log_class=access_log.BufferedAccessLogger,
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
@@ -219,6 +220,7 @@ class EdgeProcess:
             await self.router.close()
         if self.admin is not None:
             await self.admin.stop()
+        access_log.flush()
         self.status = Status.STOPPED
         log.info("edge %s stopped", self.edge_id)
 
@@ -250,9 +252,10 @@ async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
 
 
 def quiet_access_log(config: EdgeConfig) -> None:
-    if config.log_level.upper() != "DEBUG":
-        logging.getLogger("duro.edge.access").setLevel(
-            logging.INFO if config.access_log else logging.WARNING)
+    """``access_log = false`` silences the access log; otherwise it follows the process's log
+    level (INFO and below write it, WARNING does not; edge/access_log.py)."""
+    logging.getLogger(access_log.LOGGER_NAME).setLevel(
+        logging.NOTSET if config.access_log else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,13 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from duro._log import configure_logging
+    from duro._log import configure_logging, set_process_context
     from duro.cli import _run
 
     args = build_parser().parse_args(argv)
     config = load_edge_config(Path(args.config) if args.config else None,
                               overrides=flags_from_args(args))
     configure_logging(config.log_level, config.log_json)
+    set_process_context(region=config.region)
     quiet_access_log(config)
     _run(run_edge(config))
     return 0

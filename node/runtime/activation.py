@@ -42,6 +42,7 @@ from duro.errors import (
     ObjectError,
     ObjectResetError,
     OverloadedError,
+    UnavailableError,
 )
 from duro.node.runtime.context import AlarmInfo, ObjectContext
 from duro.node.storage.object_storage import ObjectStorage, now_ms
@@ -74,6 +75,23 @@ class State(Enum):
     CLOSED = "closed"  # evicted or shut down cleanly
 
 
+class _Evicted:
+    """Stands in for an evicted activation in the context and storage it leaves behind."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise UnavailableError(
+            "this object was evicted from memory (it was idle); its ctx and storage can no "
+            "longer be used: a task that outlived its event? (use ctx.wait_until)")
+
+    def __repr__(self) -> str:
+        return "<evicted activation>"
+
+
+EVICTED: Any = _Evicted()
+
+
 class Activation:
     __slots__ = (
         "host",
@@ -91,6 +109,7 @@ class Activation:
         "last_used",
         "_holders",
         "_waiters",
+        "_admitting",
         "_gate_waiters",
         "_background",
         "frozen",
@@ -116,6 +135,7 @@ class Activation:
         self.state = State.ACTIVE
         self.error: DuroError | None = None
         self.running = 0
+        self._admitting = 0  # events between the queue and running (see admit)
         self.last_used = time.monotonic()
         self._holders: set[object] | None = None  # gate tokens; gate closed while non-empty
         self._waiters: deque[asyncio.Future] | None = None  # events waiting for admission
@@ -194,6 +214,16 @@ class Activation:
                 f"{self.host.config.max_queued_events}"
             )
         front = False
+        # Counted from here until this event runs or leaves: between the turn passed to it
+        # (its future popped and resolved) and its task resuming, the queue can be empty, and
+        # an idle sweep must not evict the object then (the event would find it closed).
+        self._admitting += 1
+        try:
+            await self._wait_turn(front)
+        finally:
+            self._admitting -= 1
+
+    async def _wait_turn(self, front: bool) -> None:
         while True:
             fut = asyncio.get_running_loop().create_future()
             if self._waiters is None:
@@ -441,15 +471,28 @@ class Activation:
         return (
             self.running == 0
             and not self._waiters
+            and not self._admitting
             and self._holders is None
             and not self._background
             and not self.storage.has_unflushed()
         )
 
     def close(self) -> None:
-        """Evicted: forget the instance (only when idle)."""
+        """Evicted: forget the instance (only when idle).
+
+        The context and the storage point back at their activation (``ctx._act``,
+        ``storage._owner``): a reference cycle, which only the cyclic collector would free, and a
+        node runs it rarely (``gc_threshold``), so every evicted object stayed in memory until
+        then and RSS grew over activate/evict cycles (issue 12). Once nothing can run, those
+        back-references point at a stand-in instead, and reference counting frees the
+        activation, its context and its storage at once. A task that outlived its event and
+        touches them later gets a clear error.
+        """
         self.state = State.CLOSED
         self.instance = None
+        if self.running == 0 and not self.storage.has_unflushed():
+            self.ctx._act = EVICTED  # type: ignore[assignment]
+            self.storage._owner = EVICTED  # type: ignore[assignment]
 
     def reset(self, err: DuroError) -> None:
         """Drop this instance; every waiting event fails with ``err``."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from duro.errors import OverloadedError
+from duro.errors import OverloadedError, UnavailableError
 from duro.node.runtime import host as host_module
 from duro.testing import Testbed
 
@@ -40,6 +40,46 @@ async def test_evict_returns_false_for_inactive_or_busy(tb, objs, wait_for):
     objs.EVENTS["e"].set()
     assert await call == "unblocked"
     assert await tb.evict(rules) is True
+
+
+async def test_an_event_passed_its_turn_keeps_the_object_from_eviction(tb, objs, wait_for):
+    """Between the input gate opening for a queued event (its turn passed to it) and the event
+    resuming, the queue is empty and nothing runs: an idle sweep then must not evict the object,
+    or the event finds it closed and fails ("instance is gone")."""
+    stub = tb.env.COUNTER.get_by_name("turn")
+    assert await stub.increment() == 1
+    act = tb.host.activation(stub.id.raw)
+    token = act._block_events(in_context=False)  # the gate closes (as block_concurrency_while)
+    queued = asyncio.ensure_future(stub.increment())
+    await wait_for(lambda: act._waiters)
+    act._unblock_events(token)  # the turn passes to the queued event; it has not resumed yet
+    assert act._waiters is None and act.running == 0 and act._holders is None
+    assert not act.is_idle()
+    assert tb.host.evict(stub.id.raw) is False
+    assert await queued == 2
+
+
+async def test_an_evicted_object_leaves_no_reference_cycle(tb, objs):
+    """Eviction frees an activation, its context and its storage by reference counting: none of
+    them is left for the cyclic collector (which a node runs rarely), so memory does not pile
+    up over activate/evict cycles; a task that outlived its event gets a clear error."""
+    stubs = [tb.env.COUNTER.get_by_name(f"cycle-{i}") for i in range(50)]
+    assert await asyncio.gather(*(s.increment() for s in stubs)) == [1] * 50
+    ctx = tb.host.activation(stubs[0].id.raw).ctx
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for s in stubs:
+            assert await tb.evict(s) is True
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not [n for n in left if n in ("Activation", "ObjectContext", "ObjectStorage")], left
+    with pytest.raises(UnavailableError, match="evicted"):
+        ctx.storage
+    assert await stubs[0].increment() == 2  # a new activation, state restored
 
 
 async def test_idle_timeout_evicts(tmp_path, wait_for):
