@@ -125,9 +125,18 @@ class BodyLink:
             if self._granted <= WINDOW // 2:
                 more = WINDOW - self._granted
                 self._granted += more
-                await self.send(node_pb2.BodyFrame(credit=more))
+                await self._grant(more)
                 continue
             await self._changed_wait()
+
+    async def _grant(self, more: int) -> None:
+        """Send credit. The sender may have finished its side already (its last frames, then
+        the end of the RPC, are on their way here): a write that fails then is no error of the
+        body; the frames already received are read on, and the reader reports the RPC's end."""
+        try:
+            await self.send(node_pb2.BodyFrame(credit=more))
+        except (aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            log.debug("credit to %s not sent: %r", self.peer, exc)
 
     async def send_body(self, source: AsyncIterator[bytes], *, close: bool = True) -> None:
         """Send ``source`` as data frames against the peer's credit, then ``end``; an error

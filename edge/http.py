@@ -385,9 +385,13 @@ async def _stream_out(request: web.BaseRequest, out: web.StreamResponse,
         async for chunk in chunks:
             await out.write(chunk)
         await out.write_eof()
-    except DuroError as exc:
-        log.info("streamed response to %s %s failed midway: %s", request.method, request.path,
-                 exc)
+    except Exception as exc:  # the head is sent: the only signal left is a cut connection
+        if isinstance(exc, DuroError):
+            log.info("streamed response to %s %s failed midway: %s", request.method,
+                     request.path, exc)
+        elif not isinstance(exc, ConnectionError):
+            log.exception("streamed response to %s %s failed midway", request.method,
+                          request.path)
         if request.transport is not None:
             request.transport.close()
     finally:
