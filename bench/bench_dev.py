@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_edge import start_workerd  # noqa: E402
+from bench_edge import http_load, start_workerd  # noqa: E402
 from common import ROOT, ForeignCpu, Table, command_line, wait_quiet  # noqa: E402
 
 VARIANTS = {
@@ -155,6 +155,16 @@ def warm(url: str, objects: int) -> None:
         script.unlink()
 
 
+def own(url: str, connections: int, seconds: float, objects: int) -> dict[str, float]:
+    """bench_edge's own HTTP/1.1 client (uvloop, keep-alive, one object) instead of wrk."""
+    import uvloop
+
+    if objects != 1:
+        raise ValueError("--load own measures one object only")
+    r = uvloop.run(http_load(f"{url}/counter/o0/increment", connections, seconds))
+    return {"ops_s": r["ops_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": 0.0}
+
+
 def wrk(url: str, connections: int, seconds: float, objects: int) -> dict[str, float]:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     script = None
@@ -192,6 +202,8 @@ def main() -> int:
     p.add_argument("--connections", default="1,8,64")
     p.add_argument("--objects", default="1,1000")
     p.add_argument("--variants", default="default,separate")
+    p.add_argument("--load", choices=["wrk", "own"], default="wrk",
+                   help="the load generator: wrk (default) or bench_edge's own client")
     p.add_argument("--max-other", type=float, default=0.25)
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--quiet-timeout", type=float, default=600)
@@ -203,6 +215,7 @@ def main() -> int:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r} (one of {sorted(VARIANTS)})")
     systems = variants + (["workerd"] if opts.workerd else [])
+    load = wrk if opts.load == "wrk" else own
     results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
 
     def measure(system: str, run: int, tmp: Path) -> None:
@@ -218,7 +231,7 @@ def main() -> int:
                     for n in objects:
                         warm(url, n)
                         for c in conns:
-                            rows[(n, c)] = wrk(url, c, opts.seconds, n)
+                            rows[(n, c)] = load(url, c, opts.seconds, n)
                 finally:
                     proc.terminate()
                     proc.wait()
@@ -227,7 +240,7 @@ def main() -> int:
                     for n in objects:
                         warm(dev.url, n)
                         for c in conns:
-                            rows[(n, c)] = wrk(dev.url, c, opts.seconds, n)
+                            rows[(n, c)] = load(dev.url, c, opts.seconds, n)
             other = foreign.cores()
             if other > opts.max_other and attempt < opts.retries:
                 _log(f"run {run} {system}: other processes used {other:.2f} cores; again")
@@ -248,7 +261,8 @@ def main() -> int:
                 measure(system, run, tmp)
 
     for n in objects:
-        table = Table(f"duro dev as started by a user vs workerd: {n} object(s), wrk -t1",
+        table = Table(f"duro dev as started by a user vs workerd: {n} object(s), "
+                      + ("wrk -t1" if opts.load == "wrk" else "bench_edge's client"),
                       command_line(), [("ops/s", "ops_s", 0), ("p50 ms", "p50_ms", 2),
                                        ("p99 ms", "p99_ms", 2)])
         for c in conns:

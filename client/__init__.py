@@ -18,11 +18,13 @@ named by ``DURO_TLS_CA``/``DURO_TLS_CERT``/``DURO_TLS_KEY``, or the one given to
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Mapping
 
 from duro._namespace import Invoker, Namespace
+from duro.client.etcdkv import EtcdUnreachableError
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "connect", "EtcdUnreachableError"]
 
 
 class Client:
@@ -73,19 +75,31 @@ def connect(
     cluster: str = "duro",
     region: str = "",
     directory_cache: int = 100_000,
+    timeout: float = 10.0,
 ) -> _Connecting:
     """Connect to a cluster through etcd, or to one node. Use with ``async with``.
 
     Binding names map to class names through ``bindings``, else ``app`` (a path or module), else
     (with ``etcd``) the bindings the cluster's nodes published. ``directory_cache`` bounds the
     object directory entries the client caches (docs/directory.md).
+
+    ``timeout`` bounds connecting through etcd (seconds): if etcd does not answer, or the
+    cluster's state cannot be read from it, within that time, entering the ``async with`` raises
+    :class:`~duro.errors.UnavailableError` naming the endpoint and the cause, and leaves nothing
+    running. Calls have their own deadline.
     """
-    return _Connecting(etcd, node, app, bindings, cluster, region, directory_cache)
+    if timeout <= 0:
+        from duro.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"connect(): timeout must be positive, got {timeout!r}")
+    return _Connecting(etcd, node, app, bindings, cluster, region, directory_cache, timeout)
 
 
 class _Connecting:
-    def __init__(self, etcd, node, app, bindings, cluster, region, cache) -> None:  # noqa: ANN001
+    def __init__(self, etcd, node, app, bindings, cluster, region, cache,  # noqa: ANN001
+                 timeout: float) -> None:
         self._args = (etcd, node, app, bindings, cluster, region, cache)
+        self._timeout = timeout
         self._client: Client | None = None
 
     async def __aenter__(self) -> Client:
@@ -98,19 +112,46 @@ class _Connecting:
             client = Client(conn, names or {}, region)
             client._closers.append(conn.close)
         elif etcd:
-            from duro.client.router import Router
-
-            router = Router(etcd, cluster=cluster, region=region, cache_entries=cache)
-            await router.start()
-            if names is None:
-                names = await router.published_bindings()
-            client = Client(router, names, region)
-            client._closers.append(router.close)
+            client = await self._through_etcd(etcd, names, cluster, region, cache)
         else:
             from duro.errors import InvalidArgumentError
 
             raise InvalidArgumentError("connect() needs etcd= or node=")
         self._client = client
+        return client
+
+    async def _through_etcd(self, etcd: str, names: dict[str, str] | None, cluster: str,
+                            region: str, cache: int) -> Client:
+        """A client routing through the cluster of ``etcd``, within ``timeout``: first one
+        read proves etcd answers, then the router loads its views."""
+        from duro.client.etcdkv import check_reachable, etcd_client
+        from duro.client.router import Router
+        from duro.errors import UnavailableError
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        kv = etcd_client(etcd)
+        await kv.connect()
+        router: Router | None = None
+        try:
+            await check_reachable(kv, etcd, self._timeout)
+            router = Router(kv, cluster=cluster, region=region, cache_entries=cache)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await router.start()
+                    if names is None:
+                        names = await router.published_bindings()
+            except TimeoutError:
+                raise UnavailableError(
+                    f"etcd at {etcd} answered, but the cluster's state could not be read from it "
+                    f"within {self._timeout:g} s") from None
+        except BaseException:
+            if router is not None:
+                await router.close()
+            await kv.close()
+            raise
+        client = Client(router, names, region)
+        client._closers.extend((kv.close, router.close))  # closed in reverse: router first
         return client
 
     async def __aexit__(self, *exc: object) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from etcd3aio import Etcd3Client
 
 from duro._ids import ObjectId, namespace_key
-from duro.client.etcdkv import etcd_client, get_prefix, get_value
+from duro.client.etcdkv import _PROCESS, etcd_client, get_prefix, get_value
 from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
 from duro.node.membership import NodeInfo, nodes_prefix
@@ -20,7 +20,7 @@ from duro.node.directory.partitions import (
 from duro.placement.election import leader_key
 from duro.placement.groups import primary_gone
 
-__all__ = ["status", "where"]
+__all__ = ["status", "read_status", "where", "migrate", "drain", "undrain", "set_draining"]
 
 
 async def _bindings(client: Etcd3Client, cluster: str, app: Any) -> dict[str, str]:
@@ -50,30 +50,39 @@ def _group_view(g: GroupConfig, nodes: dict[str, NodeInfo], floor: int) -> dict[
 
 
 async def status(etcd: str, cluster: str) -> dict[str, Any]:
-    """Nodes (region, load, the groups they lead), replica groups (members, sync, directory
-    partitions held), the placement leader, and which groups are under-replicated or have no
-    serving primary. Everything is read from etcd: O(nodes + partitions), whatever the number of
-    objects (docs/directory.md)."""
+    """Nodes (region, load, the groups they lead, draining or not), replica groups (members,
+    sync, directory partitions held), the placement leader, and which groups are
+    under-replicated or have no serving primary, which nodes are draining. Everything is read
+    from etcd: O(nodes + partitions), whatever the number of objects (docs/directory.md)."""
     async with etcd_client(etcd) as client:
-        nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
-                                         await get_prefix(client, nodes_prefix(cluster)))}
-        leader = await get_value(client, leader_key(cluster))
-        groups = await _groups(client, cluster)
-        settings = await read_settings(client, cluster) or ReplicationSettings()
-        directory = await read_directory_settings(client, cluster) or DirectorySettings()
-        held: Counter[int] = Counter(
-            int(json.loads(v)["group"]) for _, v in
-            await get_prefix(client, partitions_prefix(cluster)))
+        return await read_status(client, cluster)
+
+
+async def read_status(client: Etcd3Client, cluster: str, *,
+                      partitions: bool = True) -> dict[str, Any]:
+    """:func:`status` with an etcd client the caller holds (the console keeps one open).
+    ``partitions=False`` skips counting the directory partitions each group holds (one read of
+    every partition's key: the console, sampling every second, leaves it out)."""
+    nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
+                                     await get_prefix(client, nodes_prefix(cluster)))}
+    leader = await get_value(client, leader_key(cluster))
+    groups = await _groups(client, cluster)
+    settings = await read_settings(client, cluster) or ReplicationSettings()
+    directory = await read_directory_settings(client, cluster) or DirectorySettings()
+    held: Counter[int] = Counter(
+        int(json.loads(v)["group"]) for _, v in
+        await get_prefix(client, partitions_prefix(cluster))) if partitions else Counter()
     views = [_group_view(g, nodes, settings.floor) for g in sorted(groups.values(),
                                                                    key=lambda g: g.gid)]
     for v in views:
-        v["partitions"] = held.get(v["gid"], 0)
+        v["partitions"] = held.get(v["gid"], 0) if partitions else None
     return {
         "cluster": cluster,
         "leader": json.loads(leader) if leader else None,
         "replication": {"replicas": settings.replicas, "min_in_sync": settings.min_in_sync},
         "directory": {"partitions": directory.partitions,
-                      "assigned": sum(held.values()), "importing_legacy": directory.legacy},
+                      "assigned": sum(held.values()) if partitions else None,
+                      "importing_legacy": directory.legacy},
         "nodes": [
             {"node_id": n.node_id, "address": n.address, "region": n.region, "zone": n.zone,
              "load": n.load, "capacity": n.capacity,
@@ -84,6 +93,7 @@ async def status(etcd: str, cluster: str) -> dict[str, Any]:
         "groups": views,
         "under_replicated_groups": [v["gid"] for v in views if v["under_replicated"]],
         "groups_without_primary": [v["gid"] for v in views if not v["serving"]],
+        "draining_nodes": sorted(n.node_id for n in nodes.values() if n.draining),
         "regions": sorted({n.region for n in nodes.values()}),
     }
 
@@ -135,13 +145,13 @@ def _choose_target(nodes: dict[str, NodeInfo], exclude: str, region: str | None,
         raise InvalidArgumentError(f"no live node in {where} to move to") from None
 
 
-async def _move(address: str, oid: bytes, binding: str, target: str) -> dict[str, Any]:
+async def _move(address: str, oid: bytes, binding: str, target: str,
+                material: Any = _PROCESS) -> dict[str, Any]:
     import grpc
 
-    from duro import tls
     from duro._pb import migration_pb2, migration_pb2_grpc
 
-    async with tls.channel(address) as channel:
+    async with _channel(address, material) as channel:
         stub = migration_pb2_grpc.MigrationStub(channel)
         try:
             r = await stub.Move(migration_pb2.MoveRequest(object_id=oid, binding=binding,
@@ -153,8 +163,11 @@ async def _move(address: str, oid: bytes, binding: str, target: str) -> dict[str
 
 
 async def migrate(etcd: str, cluster: str, app: Any, binding: str, name: str, *,
-                  to_region: str | None = None, to_node: str | None = None) -> dict[str, Any]:
-    """Move one object to a node (or the least-loaded node of a region), live."""
+                  to_region: str | None = None, to_node: str | None = None,
+                  tls: Any = _PROCESS) -> dict[str, Any]:
+    """Move one object to a node (or the least-loaded node of a region), live. ``tls``: the
+    certificate to ask the owner with (default: this process's; the console passes the admin
+    one it holds)."""
     info = await where(etcd, cluster, app, binding, name)
     if not info.get("node"):
         raise InvalidArgumentError(f"{binding}/{name} was never called: nothing to move")
@@ -162,34 +175,64 @@ async def migrate(etcd: str, cluster: str, app: Any, binding: str, name: str, *,
         why = (info.get("group") or {}).get("why_not_serving", "its node is not live")
         return {"from": info["node"], "to": to_node or to_region, "outcome": "error",
                 "detail": f"no node serves it right now ({why}); retry in a moment"}
-    async with etcd_client(etcd) as client:
-        nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
-                                         await get_prefix(client, nodes_prefix(cluster)))}
+    nodes = await _live_nodes(etcd, cluster)
     if to_node:
         if to_node not in nodes:
             raise InvalidArgumentError(f"node {to_node!r} is not live")
         target = to_node
     else:
         target = _choose_target(nodes, info["node"], to_region)
-    result = await _move(info["address"], bytes.fromhex(info["id"]), binding, target)
+    result = await _move(info["address"], bytes.fromhex(info["id"]), binding, target, tls)
     return {"from": info["node"], "to": target, **result}
 
 
+async def _live_nodes(etcd: str, cluster: str) -> dict[str, NodeInfo]:
+    async with etcd_client(etcd) as client:
+        return {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
+                                       await get_prefix(client, nodes_prefix(cluster)))}
+
+
+def _channel(address: str, material: Any) -> Any:
+    from duro import tls as _tls
+
+    return _tls.channel(address) if material is _PROCESS else _tls.channel(address, tls=material)
+
+
+async def undrain(etcd: str, cluster: str, node_id: str, *, tls: Any = _PROCESS
+                  ) -> dict[str, Any]:
+    """The inverse of :func:`drain`: mark ``node_id`` as not draining, so that placement puts
+    new objects on it again (the objects drained away stay where they went; the rebalancer may
+    bring some back by their traffic)."""
+    node = (await _live_nodes(etcd, cluster)).get(node_id)
+    if node is None:
+        raise InvalidArgumentError(f"node {node_id!r} is not live")
+    draining = await set_draining(node.address, False, tls)
+    return {"node": node_id, "draining": draining, "was_draining": node.draining}
+
+
+async def set_draining(address: str, draining: bool, tls: Any = _PROCESS) -> bool:
+    """Ask the node at ``address`` to mark itself draining or not (written to etcd before it
+    answers); returns the flag it now has."""
+    from duro._pb import migration_pb2, migration_pb2_grpc
+
+    async with _channel(address, tls) as channel:
+        r = await migration_pb2_grpc.MigrationStub(channel).SetDraining(
+            migration_pb2.DrainingRequest(draining=draining), timeout=10.0)
+    return bool(r.draining)
+
+
 async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
-                progress: Any = None) -> dict[str, Any]:
+                progress: Any = None, tls: Any = _PROCESS) -> dict[str, Any]:
     """Move every object off ``node_id`` (marked draining first), reporting progress."""
     import asyncio
 
-    from duro import tls
     from duro._pb import migration_pb2, migration_pb2_grpc
 
-    async with etcd_client(etcd) as client:
-        nodes = {n.node_id: n for n in (NodeInfo.from_json(v) for _, v in
-                                         await get_prefix(client, nodes_prefix(cluster)))}
+    nodes = await _live_nodes(etcd, cluster)
     source = nodes.get(node_id)
     if source is None:
         raise InvalidArgumentError(f"node {node_id!r} is not live")
-    async with tls.channel(source.address) as channel:
+    async with _channel(source.address, tls) as channel:
         stub = migration_pb2_grpc.MigrationStub(channel)
         await stub.SetDraining(migration_pb2.DrainingRequest(draining=True), timeout=10.0)
         owned = (await stub.Owned(migration_pb2.OwnedRequest(), timeout=60.0)).objects
@@ -200,7 +243,7 @@ async def drain(etcd: str, cluster: str, node_id: str, *, concurrency: int = 8,
     async def one(obj: Any) -> None:
         async with sem:
             target = _choose_target(others, node_id, None, near=source.region)
-            res = await _move(source.address, obj.object_id, obj.binding, target)
+            res = await _move(source.address, obj.object_id, obj.binding, target, tls)
             done["moved" if res["outcome"] == "released" else "failed"] += 1
             if progress is not None:
                 progress(done, obj.object_id.hex(), target, res)

@@ -17,6 +17,8 @@ from typing import Generic, TypeVar
 import grpc
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 
+from duro.client.etcdkv import describe_etcd_error, watch
+
 __all__ = ["PrefixView", "ETCD_ERRORS"]
 
 log = logging.getLogger("duro.client.watch")
@@ -110,9 +112,13 @@ class PrefixView(Generic[T]):
 
     async def _follow(self) -> None:
         end = prefix_range_end(self.prefix)
+        failing = False
         while True:
             try:
                 resp = await self._client.kv.get(self.prefix, end, timeout=5.0)
+                if failing:
+                    log.warning("%s: etcd answers again", self._name)
+                    failing = False
                 seen: dict[str, T] = {}
                 for kv in resp.kvs:
                     name, item = self._parsed(kv.key, kv.value, kv.mod_revision, kv.lease)
@@ -124,8 +130,7 @@ class PrefixView(Generic[T]):
                     self._set(name, item)
                 self.revision = int(resp.header.revision)
                 self._ready.set()
-                stream = self._client.watch.watch(self.prefix, end,
-                                                  start_revision=self.revision + 1)
+                stream = watch(self._client, self.prefix, end, start_revision=self.revision + 1)
                 created = False
                 async with contextlib.aclosing(stream):
                     async for w in stream:
@@ -144,5 +149,9 @@ class PrefixView(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except ETCD_ERRORS as exc:
-                log.warning("%s: etcd error %r; re-reading", self._name, exc)
+                # One line per outage, not one per retry: the rest at debug level.
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "%s: etcd error (%s); re-reading every 0.2 s until it answers",
+                        self._name, describe_etcd_error(exc))
+                failing = True
                 await asyncio.sleep(0.2)

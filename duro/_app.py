@@ -41,7 +41,13 @@ have a ``helpers.py``.
 Migrations follow wrangler's meaning and are replayed in order: ``new_classes`` (also accepted as
 ``new_sqlite_classes``, which wrangler users write; duro has one storage engine) introduces a
 class, ``renamed_classes = [{from = "Old", to = "New"}]`` renames a live class (its objects keep
-their ids and storage: see :meth:`App.namespace_class`), ``deleted_classes`` removes one. An app
+their ids and storage: see :meth:`App.namespace_class`), ``transferred_classes = [{from = "Old",
+from_script = "old-app", to = "New"}]`` takes over the objects of class ``Old`` of the app
+``old-app`` that ran on the cluster before (they keep their ids and storage under ``New``), and
+``deleted_classes`` removes a class together with its objects' data and directory entries (the
+nodes remove them: ``duro.node.deleted_classes``; docs/runtime.md, "Class migrations"). A name
+whose class was deleted cannot be introduced again (ids are keyed by the class's first name, so
+the new class would address the deleted one's objects). An app
 with no ``[[migrations]]`` at all is accepted (convenient for small apps and tests), but once any
 migration exists the migrations must introduce every bound class: a class that no migration
 introduced is a mistake wrangler also refuses, and accepting it would make a later rename
@@ -64,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from duro._exposure import Exposure, parse_exposure
+from duro._ids import namespace_key
 from duro._object import DurableObject
 from duro.errors import InvalidArgumentError
 
@@ -76,8 +83,10 @@ WorkerFetch = Callable[[Any, Any], Awaitable[Any]]
 _TOP_FIELDS = {"name", "main", "vars", "durable_objects", "migrations", "expose"}
 _DO_FIELDS = {"bindings"}
 _BINDING_FIELDS = {"name", "class_name"}
-_MIGRATION_FIELDS = {"tag", "new_classes", "new_sqlite_classes", "renamed_classes", "deleted_classes"}
+_MIGRATION_FIELDS = {"tag", "new_classes", "new_sqlite_classes", "renamed_classes",
+                     "deleted_classes", "transferred_classes"}
 _RENAME_FIELDS = {"from", "to"}
+_TRANSFER_FIELDS = {"from", "from_script", "to"}
 
 
 class ConfigError(InvalidArgumentError):
@@ -103,6 +112,7 @@ class Migration:
     new_classes: tuple[str, ...] = ()
     renamed_classes: tuple[tuple[str, str], ...] = ()  # (from, to)
     deleted_classes: tuple[str, ...] = ()
+    transferred_classes: tuple[tuple[str, str, str], ...] = ()  # (from, from_script, to)
 
 
 @dataclass(frozen=True)
@@ -138,12 +148,30 @@ class App:
         Object ids and storage belong to this name, so that objects survive a
         ``renamed_classes`` migration as they do in Durable Objects.
         """
-        name = class_name
-        for migration in reversed(self.migrations):
-            for old, new in migration.renamed_classes:
-                if new == name:
-                    name = old
-        return name
+        return _namespace_before(self.migrations, class_name, len(self.migrations))
+
+    def deleted_namespaces(self) -> dict[bytes, str]:
+        """Every class a migration deleted: its namespace key -> what to tell a caller of it."""
+        out: dict[bytes, str] = {}
+        for i, m in enumerate(self.migrations):
+            for name in m.deleted_classes:
+                key = namespace_key(_namespace_before(self.migrations, name, i))
+                out[key] = f"class {name!r} was deleted by migration {m.tag!r}"
+        return out
+
+
+def _namespace_before(migrations: list[Migration], class_name: str, end: int) -> str:
+    """The name ``class_name`` (as of ``migrations[:end]``) was first introduced under: renames
+    are followed backwards; a transfer ends at the class of the app it came from."""
+    name = class_name
+    for migration in reversed(migrations[:end]):
+        for old, _script, new in migration.transferred_classes:
+            if new == name:
+                return old
+        for old, new in migration.renamed_classes:
+            if new == name:
+                name = old
+    return name
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -332,7 +360,7 @@ def _build(config: Path, raw: dict[str, Any], app_name: str, module: types.Modul
     for name in vars_:
         if name in bindings:
             raise ConfigError(f"{config}: vars.{name}: the same name is a durable object binding")
-    _check_migrations(config, migrations, bindings, module)
+    _check_migrations(config, migrations, bindings, module, app_name)
     worker_fetch = _worker_fetch(str(config), module)
     exposure = parse_exposure(config, raw.get("expose"), bindings,
                               has_worker=worker_fetch is not None)
@@ -489,24 +517,30 @@ def _parse_migrations(config: Path, raw: Any) -> list[Migration]:
             config, entry, "new_sqlite_classes", where
         )
         deleted = _str_list(config, entry, "deleted_classes", where)
-        renames: list[tuple[str, str]] = []
-        raw_renames = entry.get("renamed_classes", [])
-        if not isinstance(raw_renames, list):
-            raise ConfigError(f"{config}: {where}renamed_classes must be an array of tables")
-        for j, item in enumerate(raw_renames):
-            rwhere = f"{where}renamed_classes[{j}]."
-            if not isinstance(item, dict):
-                raise ConfigError(
-                    f"{config}: {rwhere[:-1]} must be a table {{from = ..., to = ...}}"
-                )
-            _no_unknown(config, item, _RENAME_FIELDS, where=rwhere)
-            renames.append(
-                (
-                    _required_str(config, item, "from", where=rwhere),
-                    _required_str(config, item, "to", where=rwhere),
-                )
-            )
-        out.append(Migration(tag, tuple(new), tuple(renames), tuple(deleted)))
+        renames = [(item["from"], item["to"])
+                   for item in _tables(config, entry, "renamed_classes", where, _RENAME_FIELDS)]
+        transfers = [
+            (item["from"], item["from_script"], item["to"])
+            for item in _tables(config, entry, "transferred_classes", where, _TRANSFER_FIELDS)
+        ]
+        out.append(Migration(tag, tuple(new), tuple(renames), tuple(deleted), tuple(transfers)))
+    return out
+
+
+def _tables(config: Path, entry: Mapping[str, Any], key: str, where: str,
+            fields: set[str]) -> list[dict[str, str]]:
+    """``key = [{...}, ...]``: tables of exactly ``fields``, each a non-empty string."""
+    raw = entry.get(key, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{config}: {where}{key} must be an array of tables")
+    out = []
+    for j, item in enumerate(raw):
+        twhere = f"{where}{key}[{j}]."
+        if not isinstance(item, dict):
+            raise ConfigError(f"{config}: {twhere[:-1]} must be a table "
+                              f"{{{', '.join(f'{f} = ...' for f in sorted(fields))}}}")
+        _no_unknown(config, item, fields, where=twhere)
+        out.append({f: _required_str(config, item, f, where=twhere) for f in sorted(fields)})
     return out
 
 
@@ -515,17 +549,36 @@ def _check_migrations(
     migrations: list[Migration],
     bindings: dict[str, Binding],
     module: types.ModuleType,
+    app_name: str = "",
 ) -> None:
     if not migrations:
         return  # accepted: an app without any [[migrations]] (see the module docstring)
     live: set[str] = set()
     ever: set[str] = set()
+    deleted: dict[str, str] = {}  # namespace name -> the tag that deleted it
     for i, m in enumerate(migrations):
         where = f"{config}: migrations[{i}] (tag {m.tag!r})"
         for name in m.new_classes:
             if name in live:
                 raise ConfigError(f"{where}: new_classes: {name!r} was already introduced")
+            if name in deleted:
+                raise ConfigError(
+                    f"{where}: new_classes: {name!r}: a class of that name was deleted by "
+                    f"migration {deleted[name]!r}; ids are keyed by the class's first name, so "
+                    f"a new {name!r} would address the deleted class's objects. Pick another name")
             live.add(name)
+        for old, script, new in m.transferred_classes:
+            if script == app_name:
+                raise ConfigError(
+                    f"{where}: transferred_classes: from_script = {script!r} is this app; "
+                    f"to move a class within one app, use renamed_classes")
+            if new in live:
+                raise ConfigError(f"{where}: transferred_classes: to = {new!r} already exists")
+            if old in deleted:
+                raise ConfigError(
+                    f"{where}: transferred_classes: from = {old!r}: that class's objects were "
+                    f"deleted by migration {deleted[old]!r}")
+            live.add(new)
         for old, new in m.renamed_classes:
             if old not in live:
                 raise ConfigError(
@@ -541,6 +594,7 @@ def _check_migrations(
                     f"{where}: deleted_classes: {name!r}: no earlier migration introduced it"
                 )
             live.discard(name)
+            deleted[_namespace_before(migrations, name, i)] = m.tag
         ever |= live
     for name in sorted(live):
         _find_class(config, f"migrations: class {name!r}", name, module)

@@ -20,7 +20,7 @@ import os
 
 from duro.errors import InvalidIdError
 
-__all__ = ["ObjectId", "namespace_key"]
+__all__ = ["ObjectId", "namespace_key", "in_namespace"]
 
 _BODY = 16
 _TAG = 16
@@ -32,6 +32,11 @@ def namespace_key(class_name: str) -> bytes:
 
 def _tag(ns_key: bytes, body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=_TAG, key=ns_key, person=b"duro-tag").digest()
+
+
+def in_namespace(ns_key: bytes, raw: bytes) -> bool:
+    """Whether the 32-byte id ``raw`` was made by the namespace of ``ns_key`` (its tag)."""
+    return len(raw) == _BODY + _TAG and _tag(ns_key, raw[:_BODY]) == raw[_BODY:]
 
 
 class ObjectId:
@@ -76,7 +81,7 @@ class ObjectId:
     def from_bytes(cls, ns_key: bytes, raw: bytes) -> ObjectId:
         if len(raw) != _BODY + _TAG:
             raise InvalidIdError(f"object id must be {_BODY + _TAG} bytes, got {len(raw)}")
-        if _tag(ns_key, raw[:_BODY]) != raw[_BODY:]:
+        if not in_namespace(ns_key, raw):
             raise InvalidIdError("object id does not belong to this namespace")
         return cls(raw)
 

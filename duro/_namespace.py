@@ -55,6 +55,9 @@ class Call:
     epoch: int = 0
     hops: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the name the id was derived from (``id_from_name``), when the caller knows it: the
+    #: object's ``ctx.id.name``; None for a unique id or an unknown name
+    name: str | None = None
     # FETCH: the caller takes a streamed response body (pulled with Node.Body, or in process),
     # else the node collects such a body into its answer.
     stream_response: bool = False
@@ -105,6 +108,7 @@ class Stub:
             payload=payload,
             caller_region=self._ns.caller_region,
             location_hint=self.id.location_hint,
+            name=self.id.name,
         )
         return asyncio.ensure_future(self._run(call, send))
 

@@ -89,7 +89,7 @@ class RedirectError(UnavailableError):
 
 def call_to_pb(call: Call, seq: int) -> node_pb2.Call:
     """Encode ``call`` with the stream-unique ``seq``. ``call.meta`` stays in process."""
-    return node_pb2.Call(
+    pb = node_pb2.Call(
         seq=seq,
         binding=call.binding,
         object_id=call.object_id,
@@ -102,6 +102,9 @@ def call_to_pb(call: Call, seq: int) -> node_pb2.Call:
         hops=call.hops,
         stream_response=call.stream_response,
     )
+    if call.name is not None:
+        pb.name = call.name  # optional: absent (None) and "" (a valid name) stay apart
+    return pb
 
 
 def call_from_pb(pb: node_pb2.Call, *, validate_payload: bool = True) -> Call:
@@ -132,6 +135,7 @@ def call_from_pb(pb: node_pb2.Call, *, validate_payload: bool = True) -> Call:
         location_hint=pb.location_hint or None,
         epoch=pb.epoch,
         hops=pb.hops,
+        name=pb.name if pb.HasField("name") else None,
         stream_response=pb.stream_response,
     )
 

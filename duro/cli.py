@@ -1,7 +1,8 @@
 """The ``duro`` command line.
 
-    duro dev [--app PATH] [--nodes-per-region N] [--replicas R]
-                                           local cluster: etcd, placement, nodes, edges
+    duro dev [--app PATH] [--nodes-per-region N] [--replicas R] [--simulate-latency]
+             [--no-reload]                 local cluster: etcd, placement, nodes, edges;
+                                           restarts them when the app's code changes
     duro node [--config F] [--flag ...]    one host node
     duro placement [...]                   one placement replica
     duro edge [...]                        one edge (HTTP/WebSocket + gRPC gateway)
@@ -11,6 +12,7 @@
     duro migrate BINDING NAME (--to-region R | --to-node N)   move an object, live
     duro gateway-token --name N [--file F]  make a Gateway bearer token (docs/security.md)
     duro drain   NODE_ID                   move every object off a node
+    duro undrain NODE_ID                   new objects may go to the node again
     duro certs   --dir D [--node ID ...]   the cluster CA and per-process certificates (mTLS)
 
 Every service takes its settings from an optional TOML file (``--config``), then ``DURO_<ROLE>_*``
@@ -107,17 +109,21 @@ async def _call(args: argparse.Namespace) -> Any:
     from duro.client import connect
 
     pos, kw = _parse_json_args(args.json_args)
-    async with connect(etcd=args.etcd, node=args.node, app=args.app, cluster=args.cluster,
-                       region=args.region) as c:
+    async with connect(etcd=None if args.node else args.etcd, node=args.node, app=args.app,
+                       cluster=args.cluster, region=args.region,
+                       timeout=args.connect_timeout) as c:
         stub = c.namespace(args.binding).get_by_name(args.name)
         return await stub.call(args.method, *pos, **kw)
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
+    from duro.client.etcdkv import EtcdUnreachableError
     from duro.errors import DuroError
 
     try:
         result = _run(_call(args))
+    except EtcdUnreachableError:
+        raise  # main() says what was tried and what to do
     except DuroError as exc:
         flags = [f for f in ("retryable", "overloaded") if getattr(exc, f)]
         print(f"error: {exc.code}: {exc}" + (f" ({', '.join(flags)})" if flags else ""),
@@ -127,24 +133,41 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reached(args: argparse.Namespace, coro_fn: Callable[[], Any]) -> Any:
+    """``coro_fn()`` once etcd has answered (within ``--connect-timeout``): a dead or wrong
+    endpoint fails in seconds, with one line (``_unreachable``), not after the retries of every
+    read the command makes."""
+    from duro.client.etcdkv import check_reachable, etcd_client
+
+    async with etcd_client(args.etcd) as kv:
+        await check_reachable(kv, args.etcd, args.connect_timeout)
+    return await coro_fn()
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from duro.client.admin import status
 
-    print(json.dumps(_run(status(args.etcd, args.cluster)), indent=2))
+    print(json.dumps(_run(_reached(args, lambda: status(args.etcd, args.cluster))), indent=2))
     return 0
 
 
 def _cmd_where(args: argparse.Namespace) -> int:
     from duro.client.admin import where
 
-    info = _run(where(args.etcd, args.cluster, args.app, args.binding, args.name))
+    info = _run(_reached(args, lambda: where(args.etcd, args.cluster, args.app, args.binding,
+                                             args.name)))
     print(json.dumps(info, indent=2))
     return 0 if info.get("node") else 1
 
 
+DEV_STATE = Path(".duro/dev/cluster.json")
+DEFAULT_ETCD = "127.0.0.1:2379"
+CONNECT_TIMEOUT = 2.0  # with the start of the process (~0.5 s, more on a busy machine): within 5 s
+
+
 def _dev_state() -> dict[str, str]:
     """What a running ``duro dev`` in this directory wrote: its etcd endpoint and app."""
-    path = Path(".duro/dev/cluster.json")
+    path = DEV_STATE
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
@@ -157,8 +180,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     if not args.to_region and not args.to_node:
         print("duro migrate: give --to-region R or --to-node N", file=sys.stderr)
         return 2
-    res = _run(migrate(args.etcd, args.cluster, args.app, args.binding, args.name,
-                       to_region=args.to_region, to_node=args.to_node))
+    res = _run(_reached(args, lambda: migrate(args.etcd, args.cluster, args.app, args.binding,
+                                              args.name, to_region=args.to_region,
+                                              to_node=args.to_node)))
     print(json.dumps(res, indent=2))
     return 0 if res.get("outcome") == "released" else 1
 
@@ -171,10 +195,17 @@ def _cmd_drain(args: argparse.Namespace) -> int:
         print(f"[{n}/{done['total']}] {oid[:16]}… -> {target}: {res['outcome']} "
               f"({res.get('held_ms', '-')} ms held) {res.get('detail', '')}", flush=True)
 
-    res = _run(drain(args.etcd, args.cluster, args.node_id, concurrency=args.concurrency,
-                     progress=progress))
+    res = _run(_reached(args, lambda: drain(args.etcd, args.cluster, args.node_id,
+                                            concurrency=args.concurrency, progress=progress)))
     print(json.dumps(res, indent=2))
     return 0 if res["failed"] == 0 else 1
+
+
+def _cmd_undrain(args: argparse.Namespace) -> int:
+    from duro.client.admin import undrain
+
+    print(json.dumps(_run(undrain(args.etcd, args.cluster, args.node_id)), indent=2))
+    return 0
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
@@ -223,6 +254,38 @@ def _cmd_gateway_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_etcd(args: argparse.Namespace) -> str:
+    """Fill in ``args.etcd`` (flag, else ``DURO_ETCD``, else this directory's ``duro dev``, else
+    the default) and return where it came from, for the message when it cannot be reached."""
+    if args.etcd:
+        return "--etcd"
+    if os.environ.get("DURO_ETCD"):
+        args.etcd = os.environ["DURO_ETCD"]
+        return "DURO_ETCD"
+    dev = _dev_state().get("etcd")
+    if dev:
+        args.etcd = dev
+        return str(DEV_STATE)
+    args.etcd = DEFAULT_ETCD
+    return "default"
+
+
+def _unreachable(command: str, args: argparse.Namespace, origin: str, why: str) -> str:
+    """One line: what was tried, what failed, what to do."""
+    if origin == "default":
+        todo = (f"no duro dev runs in {Path.cwd()} (no {DEV_STATE}): run `duro dev` here, or "
+                f"run this command where duro dev runs, or pass --etcd HOST:PORT (or set "
+                f"DURO_ETCD)")
+    elif origin == str(DEV_STATE):
+        todo = (f"{DEV_STATE} names it, but that duro dev is not running: start it again "
+                f"(or remove the file)")
+    else:
+        todo = f"check the endpoint given by {origin}, and that etcd runs there"
+    if not args.tls_ca and not os.environ.get("DURO_TLS_CA"):
+        todo += "; a cluster with mTLS also needs --tls-ca/--tls-cert/--tls-key"
+    return f"duro {command}: {why}; {todo}"
+
+
 def _use_tls(args: argparse.Namespace) -> None:
     """Operator commands present the certificate they are given (an admin's, usually)."""
     from duro import tls
@@ -238,9 +301,12 @@ def _add_cluster_flags(p: argparse.ArgumentParser, *, node: bool = False) -> Non
                                                                dev.get(f"tls_{name}")),
                        help=f"mTLS: the {what}, PEM (env DURO_TLS_{name.upper()}; default: "
                             "the running duro dev's)")
-    p.add_argument("--etcd", default=os.environ.get("DURO_ETCD", dev.get("etcd", "127.0.0.1:2379")),
+    p.add_argument("--etcd", default=None,
                    help="etcd endpoint host:port (env DURO_ETCD; default: the running duro dev, "
-                        "else 127.0.0.1:2379)")
+                        f"else {DEFAULT_ETCD})")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="S",
+                   help=f"give up when etcd does not answer within S seconds "
+                        f"(default {CONNECT_TIMEOUT:g})")
     p.add_argument("--cluster", default=os.environ.get("DURO_CLUSTER", dev.get("cluster", "duro")))
     p.add_argument("--app", default=os.environ.get("DURO_APP"),
                    help="the app, for binding → class names (default: what the nodes published)")
@@ -271,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes are refused below this many in-sync copies (default 2)")
     p.add_argument("--simulate-latency", action="store_true",
                    help="inject inter-region latency (us-east↔eu-west 40 ms, to ap-south 90 ms)")
+    p.add_argument("--no-reload", action="store_true",
+                   help="do not restart the cluster when the app's code changes")
     p.add_argument("--insecure", action="store_true",
                    help="no TLS anywhere (debugging): by default every connection is mutual TLS "
                         "with certificates made in the data directory")
@@ -349,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_flags(p)
     p.set_defaults(fn=_cmd_drain)
 
+    p = sub.add_parser("undrain", help="let placement put new objects on a drained node again")
+    p.add_argument("node_id")
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_undrain)
+
     p = sub.add_parser("where", help="which node owns an object")
     p.add_argument("binding")
     p.add_argument("name")
@@ -368,8 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.rest = [*extra, *args.rest]
     fn: Callable[[argparse.Namespace], int] = args.fn
+    operator = hasattr(args, "tls_ca") and not hasattr(args, "rest")
+    origin = _resolve_etcd(args) if operator else ""
     try:
-        if hasattr(args, "tls_ca") and not hasattr(args, "rest"):  # the operator commands
+        if operator:
             _use_tls(args)
         return fn(args)
     except (InvalidArgumentError, TlsSettingsError) as exc:  # config errors: one clear line
@@ -377,6 +452,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - an operator command's failure: one line, no traceback
+        if not operator:
+            raise
+        return _operator_failed(args, origin, exc)
+
+
+def _operator_failed(args: argparse.Namespace, origin: str, exc: Exception) -> int:
+    """An operator command failed on the cluster's side: say so in one line (what was tried,
+    what to do), never with a traceback."""
+    import grpc
+    from etcd3aio import EtcdError
+
+    from duro.client.etcdkv import EtcdUnreachableError, describe_etcd_error
+    from duro.errors import DuroError
+
+    if isinstance(exc, EtcdUnreachableError):
+        print(_unreachable(args.command, args, origin, str(exc)), file=sys.stderr)
+        return 1
+    if isinstance(exc, EtcdError):  # etcd lost after it answered
+        why = f"etcd at {args.etcd} failed midway ({describe_etcd_error(exc)})"
+        print(_unreachable(args.command, args, origin, why), file=sys.stderr)
+        return 1
+    if isinstance(exc, grpc.aio.AioRpcError):  # a node's or the placement's answer
+        print(f"duro {args.command}: a call in the cluster failed: {exc.code().name}: "
+              f"{exc.details()}", file=sys.stderr)
+        return 1
+    if isinstance(exc, DuroError):
+        print(f"duro {args.command}: {exc.code}: {exc}", file=sys.stderr)
+        return 1
+    raise exc
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from typing import Any
 
 from duro._certs import ensure_ca
 from duro._etcd import EtcdProcess, free_port, supervised
+from duro.client.latency import DEFAULT_MS
 from duro.edge.tokens import dev_token
 from duro.tls import TlsConfig
 
@@ -171,6 +173,10 @@ class LocalCluster:
         # (reused by the next run on the same root), allowed everything the app exposes.
         self.gateway_token, self.gateway_token_file, self.gateway_tokens_file = dev_token(
             self.root / "gateway")
+        # The console's admin actions (docs/console.md): a token of this cluster's own, and the
+        # admin certificate the edges make them with.
+        self.console_token, self.console_token_file, self.console_tokens_file = dev_token(
+            self.root / "console")
         for region in regions:
             for j in range(nodes_per_region):
                 name = f"{region}-{j}"
@@ -205,7 +211,9 @@ class LocalCluster:
                  "--admin-listen", f"127.0.0.1:{admin_port}",
                  "--log-level", "INFO",  # the access log is INFO
                  *self._tls_args("edge", name),
-                 "--gateway-tokens-file", str(self.gateway_tokens_file), *edge_args],
+                 "--gateway-tokens-file", str(self.gateway_tokens_file),
+                 *(f"--{k.replace('_', '-')}={v}" for k, v in self._console_settings().items()),
+                 *edge_args],
                 self.root / "logs" / f"{name}.log", region=region,
             ))
 
@@ -224,8 +232,18 @@ class LocalCluster:
         path.write_text(
             f'http_listen = "127.0.0.1:{http}"\ngrpc_listen = "127.0.0.1:{grpc_}"\n'
             f'admin_listen = "127.0.0.1:{admin}"\n'
-            f'gateway_tokens_file = "{self.gateway_tokens_file}"\n')
+            f'gateway_tokens_file = "{self.gateway_tokens_file}"\n'
+            + "".join(f'{k} = "{v}"\n' for k, v in self._console_settings().items()))
         return ["--edge", "--edge-config", str(path)]
+
+    def _console_settings(self) -> dict[str, str]:
+        """The edges' console settings: this cluster's console token, and the admin certificate
+        its actions are made with (docs/console.md)."""
+        out = {"console_admin_tokens_file": str(self.console_tokens_file)}
+        if self.client_tls is not None:
+            out["console_admin_tls_cert"] = str(self.client_tls.cert)
+            out["console_admin_tls_key"] = str(self.client_tls.key)
+        return out
 
     # -- certificates -------------------------------------------------------------------------
     def issue(self, role: str, ident: str = "", *, hosts: tuple[str, ...] = ()) -> TlsConfig:
@@ -344,6 +362,10 @@ class LocalCluster:
         """``http://host:port`` of edge ``i``'s admin listener (``/health``, ``/metrics``)."""
         return "http://" + self.edges[i].ready["admin"]
 
+    def console_url(self, i: int = 0) -> str:
+        """The console page on edge ``i``'s admin listener (docs/console.md)."""
+        return self.edge_admin_url(i) + "/console/"
+
     async def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
         spec = self.nodes[i]
         assert spec.proc is not None
@@ -408,6 +430,27 @@ class LocalCluster:
                 raise TimeoutError(f"replica groups not in sync after {timeout} s: {groups}")
             await asyncio.sleep(0.05)
 
+    async def restart_rolling(self, timeout: float = 60.0) -> None:
+        """Restart every node, one at a time, then every separate edge process (co-located
+        edges restart with their nodes): what ``duro dev`` does when the
+        app's code changed. Each node stops gracefully (its groups fail over to their in-sync
+        followers, so every acknowledged write is on a live copy) and starts again on its data
+        directory; the next one stops only once every group is in sync again. With fewer than
+        two copies per group (``--replicas 1``), a node's objects are unavailable while it
+        restarts, but still lose nothing: their writes were fsynced before they were
+        acknowledged."""
+        for i, spec in enumerate(self.nodes):
+            if spec.running:
+                await self.stop_node(i)
+            await self.start_node(i, timeout)
+            await self.wait_replicated(timeout)
+        if self.colocated_edges:
+            return  # the edges restarted with their nodes
+        for i, spec in enumerate(self.edges):
+            if spec.running:
+                await self.stop_edge(i)
+            await self.start_edge(i, timeout)
+
     def node_by_id(self, node_id: str) -> int:
         for i, spec in enumerate(self.nodes):
             if spec.ready.get("node_id", spec.name) == node_id or spec.name == node_id:
@@ -431,17 +474,99 @@ class LocalCluster:
 
 # -- duro dev -----------------------------------------------------------------------------------
 
+def _guard(args: argparse.Namespace) -> Any:
+    """Refuse at once when another ``duro dev`` holds the data directory or the ports
+    (duro._dev_guard); the lock it returns is held until this process exits."""
+    from duro._dev_guard import check_ports, claim_data_dir
+
+    lock = claim_data_dir(Path(args.data_dir))
+    try:
+        wanted = [(args.base_port, "etcd", "--base-port")]
+        if args.http_port and not args.no_edge:
+            wanted += [(args.http_port + k, what, "--http-port") for k, what in
+                       enumerate(("edge HTTP", "edge gRPC Gateway", "edge admin"))]
+        check_ports(wanted)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _print_hints(cluster: LocalCluster, summary: Any) -> None:
+    from duro._app_summary import hints
+    from duro.cli import DEV_STATE
+
+    url = cluster.edge_url(0) if cluster.edges else None
+    # From this directory the CLI finds this cluster (and its certificates) by itself.
+    found = cluster.root == (Path.cwd() / DEV_STATE).parent.resolve()
+    etcd = None if found else cluster.etcd.endpoint
+    for k, line in enumerate(hints(summary, etcd=etcd, edge_url=url)):
+        print(("try:  " if k == 0 else "      ") + line, flush=True)
+    if cluster.edges:
+        print(f"      Gateway token in {cluster.gateway_token_file}: send the gRPC metadata "
+              f"'authorization: Bearer <token>' (docs/edge.md)", flush=True)
+
+
+async def _reload_loop(cluster: LocalCluster, app_ref: str, watcher: Any) -> None:
+    """On every change ``watcher`` (duro._app_watch) reports that still loads, restart the
+    cluster on it (:meth:`LocalCluster.restart_rolling`). A change that does not load is
+    reported and the cluster keeps serving the code it runs."""
+    from duro._app import ConfigError
+    from duro._app_summary import summarize_in_child
+
+    while True:
+        changed = await watcher.wait_change()
+        shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        try:
+            await summarize_in_child(app_ref, cluster.python)
+        except ConfigError as exc:
+            tail = "\n".join(str(exc).splitlines()[-8:])
+            print(f"duro dev: changed ({shown}), but the app does not load; still serving the "
+                  f"code it runs:\n{tail}\nDURO-DEV-RELOAD-FAILED", flush=True)
+            continue
+        print(f"duro dev: changed ({shown}): restarting the nodes (and edges) one at a time",
+              flush=True)
+        t0 = time.monotonic()
+        try:
+            await cluster.restart_rolling()
+        except (RuntimeError, TimeoutError) as exc:  # a node that did not come back: say why
+            print(f"duro dev: reload failed: {exc}\nDURO-DEV-RELOAD-FAILED", flush=True)
+            continue
+        print(f"duro dev: reloaded in {time.monotonic() - t0:.1f} s\nDURO-DEV-RELOADED",
+              flush=True)
+
+
 async def _dev(args: argparse.Namespace) -> int:
+    from duro._app import ConfigError
+    from duro._app_summary import summarize_in_child
+    from duro._app_watch import AppWatcher, watched_dir
+    from duro._dev_guard import DevBusyError
+
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
     if args.nodes_per_region < 1 or args.replicas < 1 or args.min_in_sync < 1:
         print("duro dev: --nodes-per-region, --replicas and --min-in-sync must be at least 1",
               file=sys.stderr)
         return 2
+    try:
+        lock = _guard(args)
+    except DevBusyError as exc:
+        print(f"duro dev: {exc}", file=sys.stderr)
+        return 1
+    try:
+        summary = await summarize_in_child(args.app)  # the app loads, before anything starts
+    except ConfigError as exc:
+        where = (" (the default, the repository's examples: run duro dev from the repository's "
+                 "root, or give --app DIR for your own app's directory)"
+                 if args.app == "examples" and not Path(args.app).exists() else "")
+        print(f"duro dev: the app {args.app}{where} does not load:\n{exc}", file=sys.stderr)
+        lock.release()
+        return 2
     cluster = LocalCluster(args.data_dir, app=args.app, regions=regions, etcd_port=args.base_port,
                            edges=not args.no_edge, http_port=args.http_port,
                            nodes_per_region=args.nodes_per_region, replicas=args.replicas,
                            min_in_sync=args.min_in_sync, tls=not args.insecure,
-                           colocated_edges=not args.separate_edges)
+                           colocated_edges=not args.separate_edges,
+                           simulate_latency=args.simulate_latency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -458,7 +583,7 @@ async def _dev(args: argparse.Namespace) -> int:
             c = cluster.client_tls
             tls_state = {"tls_ca": str(c.ca), "tls_cert": str(c.cert), "tls_key": str(c.key)}
         state.write_text(json.dumps({"etcd": cluster.etcd.endpoint, "cluster": cluster.cluster,
-                                     "app": cluster.app, **tls_state}))
+                                     "app": cluster.app, "pid": os.getpid(), **tls_state}))
         print(cluster.describe(), flush=True)
         if cluster.client_tls is not None:
             exports = " ".join(f"{k}={v}" for k, v in cluster.client_tls.env().items())
@@ -466,17 +591,34 @@ async def _dev(args: argparse.Namespace) -> int:
                   f"programs: export {exports}", flush=True)
         else:
             print("mTLS OFF (--insecure): any local process can call every node", flush=True)
-        print(f"try:  duro call COUNTER demo increment --etcd {cluster.etcd.endpoint} "
-              f"--app {args.app}", flush=True)
+        if args.simulate_latency:
+            pairs = ", ".join(f"{k.replace('|', '<->')} {v:g} ms" for k, v in DEFAULT_MS.items())
+            print(f"latency simulated between regions (one way): {pairs}; calls within a region "
+                  f"are not delayed", flush=True)
+        _print_hints(cluster, summary)
         if cluster.edges:
-            url = cluster.edge_url(0)
-            print(f"      curl {url}/counter/demo/increment    (chat page: {url}/)", flush=True)
-            print(f"      Gateway token in {cluster.gateway_token_file}: send the gRPC metadata "
-                  f"'authorization: Bearer <token>' (docs/edge.md)", flush=True)
+            print(f"console: {cluster.console_url(0)}  (admin token for migrate/drain in "
+                  f"{cluster.console_token_file}; docs/console.md)", flush=True)
+        reload = None
+        if not args.no_reload:
+            root = watched_dir(args.app)
+            if root is None:
+                print(f"duro dev: {args.app} is a module name: its code is not watched for "
+                      f"changes", flush=True)
+            else:
+                watcher = AppWatcher(root)  # its first look, before READY
+                print(f"duro dev: watching {root} for changes (--no-reload: off)", flush=True)
+                reload = asyncio.create_task(_reload_loop(cluster, args.app, watcher),
+                                             name="dev-reload")
         print("DURO-DEV-READY etcd=" + cluster.etcd.endpoint, flush=True)
         await stop.wait()
         print("duro dev: stopping", flush=True)
+        if reload is not None:
+            reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reload
     state.unlink(missing_ok=True)
+    lock.release()
     return 0
 
 

@@ -93,6 +93,7 @@ class Testbed:
         self.host = ObjectHost(
             self.engine, self.app.bindings, self.config, vars=self.app.vars,
             namespace_class=self.app.namespace_class,
+            deleted_classes=self.app.deleted_namespaces(),
         )
         await self.host.start()
 

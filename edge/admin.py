@@ -1,5 +1,6 @@
-"""The edge's admin listener (``admin_listen``, 127.0.0.1:8789 by default): ``GET /health`` and
-``GET /metrics``, apart from the public HTTP port.
+"""The edge's admin listener (``admin_listen``, 127.0.0.1:8789 by default): ``GET /health``,
+``GET /metrics`` and the console under ``/console/`` (duro.console, docs/console.md), apart from
+the public HTTP port.
 
 Health lists node addresses and metrics describe traffic: neither is for the public, so they
 live on a listener of their own that a deployment keeps private (loopback by default; in
@@ -27,8 +28,9 @@ class AdminServer:
     """``/health`` (JSON from ``health()``) and ``/metrics`` (Prometheus text of ``registry``)."""
 
     def __init__(self, listen: str, health: Callable[[], dict[str, Any]],
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, console: Any = None) -> None:
         self.listen = listen
+        self.console = console  # a duro.console.web.ConsoleWeb, or None
         self._health = health
         self._registry = registry
         self._runner: web.ServerRunner | None = None
@@ -54,11 +56,16 @@ class AdminServer:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        if self.console is not None:
+            await self.console.close()  # ends its event streams, so cleanup need not wait
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.console is not None and (request.path == "/console"
+                                         or request.path.startswith("/console/")):
+            return await self.console.handle(request)
         if request.method not in ("GET", "HEAD"):
             return web.json_response({"error": {"code": "invalid_argument",
                                                 "message": "the admin listener is read-only"}},
@@ -69,5 +76,6 @@ class AdminServer:
             return web.Response(body=generate_latest(self._registry),
                                 headers={"Content-Type": CONTENT_TYPE_LATEST})
         return web.json_response({"error": {"code": "not_found", "message":
-                                            "the admin listener serves /health and /metrics"}},
+                                            "the admin listener serves /health, /metrics "
+                                            "and /console/"}},
                                  status=404)

@@ -53,6 +53,23 @@ class EdgeConfig:
         default="127.0.0.1:8789",
         metadata={"help": "admin HTTP host:port: /health and /metrics ('' = off; never public)"},
     )
+    console_admin_tokens_file: Path | None = field(
+        default=None,
+        metadata={"help": "TOML file of the bearer tokens that may act from the console "
+                          "(migrate, drain, undrain; format of the Gateway tokens file; "
+                          "docs/console.md); none: the console only reads"},
+    )
+    console_admin_tls_cert: Path | None = field(
+        default=None,
+        metadata={"help": "an admin certificate (duro certs --admin), PEM: the console's actions "
+                          "are made with it (with TLS; CA: tls_ca)"},
+    )
+    console_admin_tls_key: Path | None = field(
+        default=None, metadata={"help": "its private key, PEM"})
+    console_interval: float = field(
+        default=1.0,
+        metadata={"help": "seconds between the console's cluster samples while a page is open"},
+    )
     static_dir: str = field(
         default="", metadata={"help": "static files served at / (default: the app's static/)"}
     )
@@ -168,6 +185,10 @@ class EdgeConfig:
             raise ValueError("max_body_bytes_in_flight must be at least the body an edge "
                              "buffers: min(max_body_bytes, stream_threshold + 1)")
         self.tls  # half the TLS settings: an error now, not at the first connection
+        if bool(self.console_admin_tls_cert) != bool(self.console_admin_tls_key):
+            raise ValueError("console_admin_tls_cert and console_admin_tls_key go together")
+        if self.console_interval < 0.1:
+            raise ValueError("console_interval must be at least 0.1 seconds")
 
     @property
     def tls(self) -> TlsConfig | None:

@@ -315,7 +315,7 @@ class EdgeHttp:
         oid = ns.id_from_string(name[1:]) if name.startswith("@") else ns.id_from_name(name)
         # What stub.fetch(req) does, without its two tasks per call (this is the hot path).
         call = Call(binding=ns.binding, object_id=oid.raw, kind=CallKind.FETCH,
-                    payload=payload, caller_region=ns.caller_region)
+                    payload=payload, caller_region=ns.caller_region, name=oid.name)
         return await ns.invoker.invoke_fetch(call, stream)
 
     def health(self) -> dict[str, Any]:

@@ -29,9 +29,11 @@ from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
 from duro.client.router import Router
+from duro.client import _bindings_of
 from duro.edge import access_log
 from duro.edge.admin import AdminServer
 from duro.edge.admission import EdgeInvoker
+from duro.edge.console import make_console
 from duro.edge.config import ENV_PREFIX, EdgeConfig, load_edge_config, split_hostport
 from duro.edge.gateway import GatewayServicer
 from duro.edge.http import EdgeHttp
@@ -141,7 +143,9 @@ class EdgeProcess:
         self.http_port = 0
         self.grpc_port = 0
         self.max_connections = 0
-        self.admin = (AdminServer(config.admin_listen, self.http.health, self.metrics.registry)
+        self.admin = (AdminServer(config.admin_listen, self.http.health, self.metrics.registry,
+                                  console=make_console(config, self.router,
+                                                       _bindings_of(self.app)))
                       if config.admin_listen else None)
 
     @property
@@ -216,10 +220,10 @@ class EdgeProcess:
             await self._grpc.stop(grace)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.admin is not None:  # the console reads through the router: stop it first
+            await self.admin.stop()
         if self._own_router:
             await self.router.close()
-        if self.admin is not None:
-            await self.admin.stop()
         access_log.flush()
         self.status = Status.STOPPED
         log.info("edge %s stopped", self.edge_id)

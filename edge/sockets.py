@@ -99,7 +99,7 @@ class EdgeSocket:
         "sid", "binding", "oid", "node", "tags", "attachment", "ws", "transport", "pre",
         "out", "out_bytes", "writer", "unacked", "credit", "accepted", "closed",
         "close_code", "close_reason", "object_closed", "redeliveries", "up", "seq", "held",
-        "bounced", "hint", "inflight", "unacked_bytes",
+        "bounced", "hint", "inflight", "unacked_bytes", "auto_at",
     )
 
     def __init__(self, sid: int) -> None:
@@ -118,6 +118,7 @@ class EdgeSocket:
         self.unacked = 0
         self.credit: asyncio.Future[None] | None = None
         self.accepted: asyncio.Future[None] | None = None
+        self.auto_at = 0  # when this edge last answered it with the auto-response (Unix ms)
         self.closed = False
         self.close_code = 0
         self.close_reason = ""
@@ -383,7 +384,18 @@ class SocketManager:
         pair = self.auto.get(s.oid)
         if pair is not None:
             pb.auto_request, pb.auto_response = pair
+        if s.auto_at:
+            pb.auto_response_at = s.auto_at
         return pb
+
+    def auto_answered(self, s: EdgeSocket) -> None:
+        """``s`` was just answered with its object's auto-response: tell the object's node when
+        (``ctx.get_web_socket_auto_response_timestamp``), without waking the object."""
+        s.auto_at = int(time.time() * 1000)
+        if s.node:
+            self.link(s.node).push(node_pb2.SocketFrame(
+                socket_id=s.sid, op=_AUTO, binding=s.binding, object_id=s.oid,
+                auto_response_at=s.auto_at))
 
     def check_orphans(self, address: str) -> None:
         """Close sockets whose node has been unreachable for longer than the grace period."""
@@ -795,6 +807,7 @@ class SocketManager:
                     if pair is not None and data == pair[0]:
                         metrics.auto_responses.inc()
                         self._enqueue(s, pair[1].encode(), True)
+                        self.auto_answered(s)
                         continue
                     raw, text = data.encode(), True
                 elif t == WSMsgType.BINARY:

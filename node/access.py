@@ -13,6 +13,8 @@ directory lookups (``Directory.Resolve``)   every router: node, edge, client, ad
 directory writes (``Switch/Forget/Import``) node, placement, admin
 migration (``Migration.*``, ``SetDraining``) node, placement (the rebalancer), admin (duro migrate/drain)
 replication (``Replication.*``)             node, placement (fences, handovers), admin
+inspection (``NodeInspect.*``, read-only)   node, placement, admin, and edges (the console on an
+                                            edge's admin listener reads through it: docs/console.md)
 ==========================================  ===============================================
 """
 
@@ -30,4 +32,5 @@ NODE_RULES: dict[str, tuple[str, ...]] = {
     "/duro.v1.Directory/": MEMBERS,
     "/duro.v1.Migration/": MEMBERS,
     "/duro.v1.Replication/": MEMBERS,
+    "/duro.v1.NodeInspect/": (*MEMBERS, "edge"),
 }

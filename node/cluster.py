@@ -38,6 +38,7 @@ from duro.client.router import Router, app_key
 from duro.errors import DuroError, UnavailableError
 from duro.node.config import NodeConfig
 from duro.node.membership import Membership, NodeInfo
+from duro.node.inspect_service import InspectServicer
 from duro.node.migration.service import MigrationServicer
 from duro.node.replication.listener import ReplicationListener
 from duro.node.replication.manager import ReplicationManager
@@ -187,6 +188,7 @@ class NodeCluster:
                              cache_entries=config.directory_cache)
         self.ownership = NodeOwnership(self)
         self.migration = MigrationServicer(self)
+        self.inspect_service = InspectServicer(self)
         self.replication: ReplicationManager | None = None
         self.replication_service = ReplicationServicer(lambda: self.replication)
         self.replication_listener = ReplicationListener(lambda: self.replication, config.cluster)
@@ -205,6 +207,7 @@ class NodeCluster:
 
     def add_to(self, server) -> None:  # noqa: ANN001 - grpc.aio.Server
         self.migration.add_to(server)
+        self.inspect_service.add_to(server)
         self.replication_service.add_to(server)
         self.directory_service.add_to(server)
 
@@ -253,7 +256,8 @@ class NodeCluster:
         self.partitions = PartitionService(
             self.node_id, self.config.cluster, self.etcd, self.replication, self.router.nodes,
             self.router.groups, self.router.directory.partitions,
-            lambda: self.router.directory.known_settings)
+            lambda: self.router.directory.known_settings,
+            refuse=host.removal.why_deleted if host.removal.deleted else None)
         if has_legacy_keys(host.engine):
             await self._upgrade_storage()
         self._load_task = asyncio.get_running_loop().create_task(self._report_load())
@@ -364,12 +368,36 @@ class NodeCluster:
             # this node): their "moved away" redirects no longer hold.
             for oid in [o for o, r in host.moved.items() if getattr(r, "gid", 0) == prim.gid]:
                 del host.moved[oid]
+        if host.removal.deleted:
+            self._spawn(self._remove_deleted_classes(prim))
         moving = [k[-32:] for k, _v in host.engine.scan(*layout.moving_range(prim.gid))]
         if moving:
             for oid in moving:
                 if oid not in host.holds:
                     host.hold(oid)
             self._spawn(self._settle_moves(prim, moving))
+
+    async def _remove_deleted_classes(self, prim: PrimaryGroup) -> None:
+        """Remove the objects of deleted classes from a group this node now serves (again
+        after a retryable failure, such as too few copies in sync, while it still serves it)."""
+        host, rep = self.host, self.replication
+        assert host is not None and rep is not None
+
+        async def forget(oid: bytes, entry: Entry) -> bool:
+            if self.partitions is None:
+                return False
+            return await self.partitions.forget(oid, entry.group, entry.epoch)
+
+        while rep.serving(prim.gid) is prim:
+            try:
+                await host.removal.run(prim.gid, forget)
+                return
+            except DuroError as exc:
+                if not exc.retryable:
+                    log.warning("group %s: removing deleted classes failed: %s", prim.gid, exc)
+                    return
+                log.info("group %s: removing deleted classes waits: %s", prim.gid, exc)
+            await asyncio.sleep(0.5)
 
     async def _settle_moves(self, prim: PrimaryGroup, oids: list[bytes]) -> None:
         """Moves that the group's previous primary started and did not finish (their marker is

@@ -111,6 +111,7 @@ class NodeProcess:
         self.host = ObjectHost(
             self.engine, self.app.bindings, cfg, vars=self.app.vars,
             ownership=ownership, outgoing=outgoing, namespace_class=self.app.namespace_class,
+            deleted_classes=self.app.deleted_namespaces(),
         )
         await self.host.start()
         # Client WebSockets reach this node's objects through edges (hibernation API).

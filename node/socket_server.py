@@ -71,6 +71,8 @@ def frame_to_pb(f: Frame) -> node_pb2.SocketFrame:
         pb.seq = f.seq
     if f.owner:
         pb.owner = f.owner
+    if f.auto_at:
+        pb.auto_response_at = f.auto_at
     return pb
 
 
@@ -79,7 +81,7 @@ def frame_from_pb(pb: node_pb2.SocketFrame) -> Frame:
         Op(pb.op), pb.socket_id, pb.binding, pb.object_id, pb.data, pb.text, pb.code, pb.reason,
         pb.was_clean, tuple(pb.tags), pb.attachment if pb.has_attachment else None,
         (pb.auto_request, pb.auto_response) if pb.auto_request else None, pb.count, pb.seq,
-        pb.owner,
+        pb.owner, pb.auto_response_at,
     )
 
 

@@ -28,6 +28,7 @@ import grpc
 from etcd3aio import Etcd3Client, EtcdError
 from etcd3aio._protobuf import Compare
 
+from duro.client.etcdkv import watch
 from duro.node.membership import keepalive_once
 
 __all__ = ["Election", "ElectionStatus", "LeaderGuard", "LeaderInfo", "leader_key"]
@@ -250,7 +251,7 @@ class Election:
 
     async def _watch_until_vacant(self, rev: int) -> None:
         """Follow the leader key from *rev*; return when it is deleted (or to re-check)."""
-        stream = self._client.watch.watch(self.key, start_revision=rev + 1)
+        stream = watch(self._client, self.key, start_revision=rev + 1)
         async with contextlib.aclosing(stream):
             # Re-check now and then: a watch that silently stalled must not keep us standby.
             with contextlib.suppress(TimeoutError):

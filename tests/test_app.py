@@ -11,6 +11,7 @@ import pytest
 
 from duro import DurableObject, InvalidArgumentError
 from duro._app import App, Binding, ConfigError, Migration, load_app
+from duro._ids import namespace_key
 
 APP_PY = """
 from duro import DurableObject
@@ -195,6 +196,32 @@ def test_migrations_rename_and_delete(tmp_path: Path) -> None:
         app.binding_for_class("NoSuch")
 
 
+def test_transferred_classes_take_the_source_class_namespace(tmp_path: Path) -> None:
+    toml = """
+    name = "counter-app"
+    main = "app.py"
+    [[durable_objects.bindings]]
+    name = "COUNTER"
+    class_name = "Counter"
+    [[migrations]]
+    tag = "v1"
+    new_classes = ["Gone"]
+    [[migrations]]
+    tag = "v2"
+    transferred_classes = [{from = "Tally", from_script = "old-app", to = "Renamed"}]
+    deleted_classes = ["Gone"]
+    [[migrations]]
+    tag = "v3"
+    renamed_classes = [{from = "Renamed", to = "Counter"}]
+    """
+    app = load_app(write_app(tmp_path / "xfer", toml=toml))
+    assert app.migrations[1].transferred_classes == (("Tally", "old-app", "Renamed"),)
+    # Counter <- Renamed (renamed) <- Tally of old-app (transferred): Tally's ids and data.
+    assert app.namespace_class("Counter") == "Tally"
+    assert app.deleted_namespaces() == {
+        namespace_key("Gone"): "class 'Gone' was deleted by migration 'v2'"}
+
+
 def test_discovery_from_py_file(tmp_path: Path) -> None:
     root = write_app(tmp_path / "disc", toml=None)
     app = load_app(root / "app.py")
@@ -342,6 +369,16 @@ def test_bad_toml(tmp_path: Path) -> None:
         (lambda t: t + '[[migrations]]\ntag = "v2"\nrenamed_classes = ["Counter"]\n',
          "renamed_classes[0] must be a table"),
         (lambda t: t + '[[migrations]]\ntag = "v2"\nrenamed_classes = 1\n', "must be an array of tables"),
+        (lambda t: t + '[[migrations]]\ntag = "v2"\ntransferred_classes = [{from = "X", '
+         'from_script = "counter-app", to = "Y"}]\n', "from_script = 'counter-app' is this app"),
+        (lambda t: t + '[[migrations]]\ntag = "v2"\ntransferred_classes = [{from = "X", '
+         'from_script = "other", to = "Counter"}]\n',
+         "transferred_classes: to = 'Counter' already exists"),
+        (lambda t: t + '[[migrations]]\ntag = "v2"\ntransferred_classes = [{from = "X", to = "Y"}]\n',
+         "transferred_classes[0].from_script: missing"),
+        (lambda t: t + '[[migrations]]\ntag = "v2"\nnew_classes = ["Gone"]\n[[migrations]]\n'
+         'tag = "v3"\ndeleted_classes = ["Gone"]\n[[migrations]]\ntag = "v4"\n'
+         'new_classes = ["Gone"]\n', "'Gone': a class of that name was deleted by migration 'v3'"),
         (lambda t: t.replace("[[migrations]]", "migrations = 1\n[[x]]"), "unknown field"),
         (lambda t: "migrations = 1\n" + t.split("[[migrations]]")[0], "migrations must be an array"),
         (lambda t: "durable_objects = 1\n" + t.split("[[durable_objects.bindings]]")[0],

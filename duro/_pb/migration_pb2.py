@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64uro/v1/migration.proto\x12\x07\x64uro.v1\"#\n\x0f\x44rainingRequest\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\"$\n\x10\x44rainingResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\"V\n\x0bMoveRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"p\n\x0cMoveResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x11\n\tnew_epoch\x18\x03 \x01(\x04\x12\x0f\n\x07held_ms\x18\x04 \x01(\x01\x12\x0c\n\x04keys\x18\x05 \x01(\x04\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xeb\x01\n\x0bIngestChunk\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x13\n\x0bsource_node\x18\x03 \x01(\t\x12\x11\n\tnew_epoch\x18\x04 \x01(\x04\x12 \n\x05items\x18\x05 \x03(\x0b\x32\x11.duro.v1.KeyValue\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12&\n\x07sockets\x18\x07 \x03(\x0b\x32\x15.duro.v1.SocketRecord\x12\x14\n\x0c\x61uto_request\x18\x08 \x01(\t\x12\x15\n\rauto_response\x18\t \x01(\t\x12\x0b\n\x03gid\x18\n \x01(\r\"i\n\x0cSocketRecord\x12\x0c\n\x04\x65\x64ge\x18\x01 \x01(\t\x12\x11\n\tsocket_id\x18\x02 \x01(\x04\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\nattachment\x18\x04 \x01(\x0c\x12\x16\n\x0ehas_attachment\x18\x05 \x01(\x08\"5\n\tIngestAck\x12\x0c\n\x04keys\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0b\n\x03gid\x18\x03 \x01(\r\" \n\x0b\x44ropRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\"\x1f\n\x0c\x44ropResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"H\n\x11\x43\x61ndidatesRequest\x12\x11\n\tmin_share\x18\x01 \x01(\x01\x12\x11\n\tmin_calls\x18\x02 \x01(\x01\x12\r\n\x05limit\x18\x03 \x01(\r\",\n\x0bRegionCount\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x01\"k\n\tCandidate\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12%\n\x07regions\x18\x03 \x03(\x0b\x32\x14.duro.v1.RegionCount\x12\x13\n\x0bstate_bytes\x18\x04 \x01(\x04\"]\n\x12\x43\x61ndidatesResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12&\n\ncandidates\x18\x03 \x03(\x0b\x32\x12.duro.v1.Candidate\"\x1d\n\x0cOwnedRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"4\n\rOwnedResponse\x12#\n\x07objects\x18\x01 \x03(\x0b\x32\x12.duro.v1.Candidate2\xee\x02\n\tMigration\x12\x33\n\x04Move\x12\x14.duro.v1.MoveRequest\x1a\x15.duro.v1.MoveResponse\x12\x34\n\x06Ingest\x12\x14.duro.v1.IngestChunk\x1a\x12.duro.v1.IngestAck(\x01\x12\x33\n\x04\x44rop\x12\x14.duro.v1.DropRequest\x1a\x15.duro.v1.DropResponse\x12\x45\n\nCandidates\x12\x1a.duro.v1.CandidatesRequest\x1a\x1b.duro.v1.CandidatesResponse\x12\x36\n\x05Owned\x12\x15.duro.v1.OwnedRequest\x1a\x16.duro.v1.OwnedResponse\x12\x42\n\x0bSetDraining\x12\x18.duro.v1.DrainingRequest\x1a\x19.duro.v1.DrainingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64uro/v1/migration.proto\x12\x07\x64uro.v1\"#\n\x0f\x44rainingRequest\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\"$\n\x10\x44rainingResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\"V\n\x0bMoveRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"p\n\x0cMoveResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x11\n\tnew_epoch\x18\x03 \x01(\x04\x12\x0f\n\x07held_ms\x18\x04 \x01(\x01\x12\x0c\n\x04keys\x18\x05 \x01(\x04\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xfc\x01\n\x0bIngestChunk\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x13\n\x0bsource_node\x18\x03 \x01(\t\x12\x11\n\tnew_epoch\x18\x04 \x01(\x04\x12 \n\x05items\x18\x05 \x03(\x0b\x32\x11.duro.v1.KeyValue\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12&\n\x07sockets\x18\x07 \x03(\x0b\x32\x15.duro.v1.SocketRecord\x12\x14\n\x0c\x61uto_request\x18\x08 \x01(\t\x12\x15\n\rauto_response\x18\t \x01(\t\x12\x0b\n\x03gid\x18\n \x01(\r\x12\x0f\n\x07history\x18\x0b \x01(\x0c\"i\n\x0cSocketRecord\x12\x0c\n\x04\x65\x64ge\x18\x01 \x01(\t\x12\x11\n\tsocket_id\x18\x02 \x01(\x04\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\nattachment\x18\x04 \x01(\x0c\x12\x16\n\x0ehas_attachment\x18\x05 \x01(\x08\"5\n\tIngestAck\x12\x0c\n\x04keys\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0b\n\x03gid\x18\x03 \x01(\r\" \n\x0b\x44ropRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\"\x1f\n\x0c\x44ropResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"H\n\x11\x43\x61ndidatesRequest\x12\x11\n\tmin_share\x18\x01 \x01(\x01\x12\x11\n\tmin_calls\x18\x02 \x01(\x01\x12\r\n\x05limit\x18\x03 \x01(\r\",\n\x0bRegionCount\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x01\"k\n\tCandidate\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12%\n\x07regions\x18\x03 \x03(\x0b\x32\x14.duro.v1.RegionCount\x12\x13\n\x0bstate_bytes\x18\x04 \x01(\x04\"]\n\x12\x43\x61ndidatesResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12&\n\ncandidates\x18\x03 \x03(\x0b\x32\x12.duro.v1.Candidate\"\x1d\n\x0cOwnedRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"4\n\rOwnedResponse\x12#\n\x07objects\x18\x01 \x03(\x0b\x32\x12.duro.v1.Candidate2\xee\x02\n\tMigration\x12\x33\n\x04Move\x12\x14.duro.v1.MoveRequest\x1a\x15.duro.v1.MoveResponse\x12\x34\n\x06Ingest\x12\x14.duro.v1.IngestChunk\x1a\x12.duro.v1.IngestAck(\x01\x12\x33\n\x04\x44rop\x12\x14.duro.v1.DropRequest\x1a\x15.duro.v1.DropResponse\x12\x45\n\nCandidates\x12\x1a.duro.v1.CandidatesRequest\x1a\x1b.duro.v1.CandidatesResponse\x12\x36\n\x05Owned\x12\x15.duro.v1.OwnedRequest\x1a\x16.duro.v1.OwnedResponse\x12\x42\n\x0bSetDraining\x12\x18.duro.v1.DrainingRequest\x1a\x19.duro.v1.DrainingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,27 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYVALUE']._serialized_start=313
   _globals['_KEYVALUE']._serialized_end=351
   _globals['_INGESTCHUNK']._serialized_start=354
-  _globals['_INGESTCHUNK']._serialized_end=589
-  _globals['_SOCKETRECORD']._serialized_start=591
-  _globals['_SOCKETRECORD']._serialized_end=696
-  _globals['_INGESTACK']._serialized_start=698
-  _globals['_INGESTACK']._serialized_end=751
-  _globals['_DROPREQUEST']._serialized_start=753
-  _globals['_DROPREQUEST']._serialized_end=785
-  _globals['_DROPRESPONSE']._serialized_start=787
-  _globals['_DROPRESPONSE']._serialized_end=818
-  _globals['_CANDIDATESREQUEST']._serialized_start=820
-  _globals['_CANDIDATESREQUEST']._serialized_end=892
-  _globals['_REGIONCOUNT']._serialized_start=894
-  _globals['_REGIONCOUNT']._serialized_end=938
-  _globals['_CANDIDATE']._serialized_start=940
-  _globals['_CANDIDATE']._serialized_end=1047
-  _globals['_CANDIDATESRESPONSE']._serialized_start=1049
-  _globals['_CANDIDATESRESPONSE']._serialized_end=1142
-  _globals['_OWNEDREQUEST']._serialized_start=1144
-  _globals['_OWNEDREQUEST']._serialized_end=1173
-  _globals['_OWNEDRESPONSE']._serialized_start=1175
-  _globals['_OWNEDRESPONSE']._serialized_end=1227
-  _globals['_MIGRATION']._serialized_start=1230
-  _globals['_MIGRATION']._serialized_end=1596
+  _globals['_INGESTCHUNK']._serialized_end=606
+  _globals['_SOCKETRECORD']._serialized_start=608
+  _globals['_SOCKETRECORD']._serialized_end=713
+  _globals['_INGESTACK']._serialized_start=715
+  _globals['_INGESTACK']._serialized_end=768
+  _globals['_DROPREQUEST']._serialized_start=770
+  _globals['_DROPREQUEST']._serialized_end=802
+  _globals['_DROPRESPONSE']._serialized_start=804
+  _globals['_DROPRESPONSE']._serialized_end=835
+  _globals['_CANDIDATESREQUEST']._serialized_start=837
+  _globals['_CANDIDATESREQUEST']._serialized_end=909
+  _globals['_REGIONCOUNT']._serialized_start=911
+  _globals['_REGIONCOUNT']._serialized_end=955
+  _globals['_CANDIDATE']._serialized_start=957
+  _globals['_CANDIDATE']._serialized_end=1064
+  _globals['_CANDIDATESRESPONSE']._serialized_start=1066
+  _globals['_CANDIDATESRESPONSE']._serialized_end=1159
+  _globals['_OWNEDREQUEST']._serialized_start=1161
+  _globals['_OWNEDREQUEST']._serialized_end=1190
+  _globals['_OWNEDRESPONSE']._serialized_start=1192
+  _globals['_OWNEDRESPONSE']._serialized_end=1244
+  _globals['_MIGRATION']._serialized_start=1247
+  _globals['_MIGRATION']._serialized_end=1613
 # @@protoc_insertion_point(module_scope)

@@ -56,7 +56,7 @@ class KeyValue(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class IngestChunk(_message.Message):
-    __slots__ = ("object_id", "binding", "source_node", "new_epoch", "items", "last", "sockets", "auto_request", "auto_response", "gid")
+    __slots__ = ("object_id", "binding", "source_node", "new_epoch", "items", "last", "sockets", "auto_request", "auto_response", "gid", "history")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class IngestChunk(_message.Message):
     AUTO_REQUEST_FIELD_NUMBER: _ClassVar[int]
     AUTO_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     binding: str
     source_node: str
@@ -77,7 +78,8 @@ class IngestChunk(_message.Message):
     auto_request: str
     auto_response: str
     gid: int
-    def __init__(self, object_id: _Optional[bytes] = ..., binding: _Optional[str] = ..., source_node: _Optional[str] = ..., new_epoch: _Optional[int] = ..., items: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., last: _Optional[bool] = ..., sockets: _Optional[_Iterable[_Union[SocketRecord, _Mapping]]] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., gid: _Optional[int] = ...) -> None: ...
+    history: bytes
+    def __init__(self, object_id: _Optional[bytes] = ..., binding: _Optional[str] = ..., source_node: _Optional[str] = ..., new_epoch: _Optional[int] = ..., items: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., last: _Optional[bool] = ..., sockets: _Optional[_Iterable[_Union[SocketRecord, _Mapping]]] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., gid: _Optional[int] = ..., history: _Optional[bytes] = ...) -> None: ...
 
 class SocketRecord(_message.Message):
     __slots__ = ("edge", "socket_id", "tags", "attachment", "has_attachment")

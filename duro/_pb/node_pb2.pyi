@@ -43,7 +43,7 @@ SOCKET_OP_UNKNOWN: SocketOp
 SOCKET_OP_BARRIER: SocketOp
 
 class Call(_message.Message):
-    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "stream_response")
+    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "name", "stream_response")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Call(_message.Message):
     LOCATION_HINT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     STREAM_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     binding: str
@@ -65,8 +66,9 @@ class Call(_message.Message):
     location_hint: str
     epoch: int
     hops: int
+    name: str
     stream_response: bool
-    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., stream_response: _Optional[bool] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., name: _Optional[str] = ..., stream_response: _Optional[bool] = ...) -> None: ...
 
 class Redirect(_message.Message):
     __slots__ = ("node_id", "address", "epoch")
@@ -149,7 +151,7 @@ class HealthResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., status: _Optional[str] = ..., active_objects: _Optional[int] = ...) -> None: ...
 
 class SocketFrame(_message.Message):
-    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count", "seq", "owner")
+    __slots__ = ("socket_id", "op", "binding", "object_id", "data", "text", "code", "reason", "was_clean", "tags", "attachment", "has_attachment", "auto_request", "auto_response", "count", "seq", "owner", "auto_response_at")
     SOCKET_ID_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +169,7 @@ class SocketFrame(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RESPONSE_AT_FIELD_NUMBER: _ClassVar[int]
     socket_id: int
     op: SocketOp
     binding: str
@@ -184,7 +187,8 @@ class SocketFrame(_message.Message):
     count: int
     seq: int
     owner: str
-    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ..., seq: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    auto_response_at: int
+    def __init__(self, socket_id: _Optional[int] = ..., op: _Optional[_Union[SocketOp, str]] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., was_clean: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., attachment: _Optional[bytes] = ..., has_attachment: _Optional[bool] = ..., auto_request: _Optional[str] = ..., auto_response: _Optional[str] = ..., count: _Optional[int] = ..., seq: _Optional[int] = ..., owner: _Optional[str] = ..., auto_response_at: _Optional[int] = ...) -> None: ...
 
 class SocketBatch(_message.Message):
     __slots__ = ("frames",)

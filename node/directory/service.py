@@ -21,12 +21,12 @@ import json
 import logging
 import sys
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from etcd3aio import Etcd3Client
 
 from duro.client.etcdkv import get_value
-from duro.errors import InvalidArgumentError, UnavailableError
+from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.directory import store
 from duro.node.directory.entry import Entry
 from duro.node.directory.partitions import DirectorySettings, PartitionView, partition_of
@@ -68,6 +68,7 @@ class PartitionService:
         self, node_id: str, cluster: str, etcd: Etcd3Client, mgr: ReplicationManager,
         nodes: NodeView, groups: GroupView, partitions: PartitionView,
         settings: Any,  # () -> DirectorySettings
+        refuse: Callable[[bytes], str | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.cluster = cluster
@@ -77,6 +78,8 @@ class PartitionService:
         self.groups = groups
         self.partitions = partitions
         self._settings = settings
+        # Why an id may not get an entry (its class was deleted: duro.node.deleted_classes).
+        self._refuse = refuse
         self._busy: dict[bytes, asyncio.Future[None]] = {}  # object id -> its write in flight
         self._metas: dict[tuple[int, int], store.PartitionMeta] = {}
         self._assigned: dict[str, int] = {}  # placements per node since its last load report
@@ -156,6 +159,9 @@ class PartitionService:
             if entry is None and create:
                 if not binding:
                     raise InvalidArgumentError("binding is required to create an entry")
+                why = self._refuse(oid) if self._refuse is not None else None
+                if why:
+                    raise InvalidIdError(f"object {oid.hex()}: {why}")
                 entry = (await self._create(gid, [(p, oid, binding, caller_region,
                                                    location_hint)], self._placement()))[0]
             return self._answer(gid, entry)
@@ -186,6 +192,8 @@ class PartitionService:
                 answered.append((i, gid))
             elif not binding:
                 out[i] = InvalidArgumentError("binding is required to create an entry")
+            elif self._refuse is not None and (why := self._refuse(oid)):
+                out[i] = InvalidIdError(f"object {oid.hex()}: {why}")
             else:
                 if done is None:
                     done = asyncio.get_running_loop().create_future()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import deque
 from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 from grpc import aio
 
 from duro import _codec
-from duro._pb import migration_pb2, migration_pb2_grpc
+from duro._pb import inspect_pb2, migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
+from duro.node.migration import history
 from duro.node.migration.source import clear_ops, run_move
 from duro.node.storage import layout, usage
 from duro.node.storage.object_storage import PUT
@@ -24,6 +27,8 @@ __all__ = ["MigrationServicer", "candidates_of"]
 
 log = logging.getLogger("duro.node.migration")
 
+RECENT_MOVES = 64
+
 _STATUS = {True: grpc.StatusCode.UNAVAILABLE, False: grpc.StatusCode.FAILED_PRECONDITION}
 
 
@@ -33,6 +38,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         self.moves_released = 0
         self.moves_aborted = 0
         self.ingested = 0
+        # The last moves this node made as source, newest last (the console shows them live).
+        self.recent: deque[migration_pb2.MoveResponse] = deque(maxlen=RECENT_MOVES)
 
     def add_to(self, server: aio.Server) -> None:
         migration_pb2_grpc.add_MigrationServicer_to_server(self, server)
@@ -49,6 +56,10 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
             self.moves_released += 1
         else:
             self.moves_aborted += 1
+        self.recent.append(inspect_pb2.MoveRecord(
+            at=time.time(), from_node=self.c.node_id, to_node=request.target_node,
+            epoch=res.new_epoch, outcome=res.outcome, binding=request.binding,
+            object_id=request.object_id, held_ms=res.held_ms, detail=res.detail))
         return migration_pb2.MoveResponse(
             outcome=res.outcome, detail=res.detail, new_epoch=res.new_epoch,
             held_ms=res.held_ms, keys=res.keys, bytes=res.bytes,
@@ -93,6 +104,10 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 ops = clear_ops(host.engine, gid, oid)  # a staged copy of an earlier attempt
                 rel = layout.GROUP_PREFIX_BYTES
                 alarm_rel = layout.alarm_key(gid, oid)[rel:]
+                if len(chunk.history) > history.MAX_BYTES:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "move history too large")
+                if chunk.history:  # its move history, kept with the copy (history.py)
+                    ops.append([PUT, layout.history_key(gid, oid), chunk.history])
                 data_rel = layout.data_prefix(gid, oid)[rel:]
             elif chunk.object_id != oid:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunks of two objects")
@@ -159,7 +174,8 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
         for gid, prim in list(rep.primaries.items()):
             if not prim.serving or (entry is not None and entry.group == gid):
                 continue  # never drop what we own
-            if host.engine.get(layout.alarm_key(gid, oid)) is None and not any(
+            if host.engine.get(layout.alarm_key(gid, oid)) is None and host.engine.get(
+                    layout.history_key(gid, oid)) is None and not any(
                     True for _ in host.engine.scan(*_range(layout.data_prefix(gid, oid)))):
                 continue
             try:

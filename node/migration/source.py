@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
-from duro import _codec, tls
+from duro import tls
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
 from duro.client.etcdkv import get_value
 from duro.node.membership import NodeInfo, node_key
+from duro.node.migration import history
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
-from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
+from duro.node.storage.engine import clear_ops
+from duro.node.storage.object_storage import DELETE, PUT
 from duro.node.directory.entry import Entry
 from duro.node.replication.groups import GroupConfig
 
@@ -210,6 +212,10 @@ class _Move:
         alarm = engine.get(alarm_key)
         if alarm is not None:
             chunk.items.add(key=alarm_key[rel:], value=alarm)
+        # The move history goes with the object, this move appended (node/migration/history.py).
+        chunk.history = history.append(engine.get(layout.history_key(self.gid, self.oid)),
+                                       time.time(), self.c.node_id, self.target,
+                                       self.entry.epoch + 1)
         prefix = layout.data_prefix(self.gid, self.oid)
         for k, v in engine.scan(prefix, layout.prefix_end(prefix)):
             chunk.items.add(key=k[rel:], value=v)
@@ -362,20 +368,6 @@ def target_group(groups: list[GroupConfig], nodes: dict, node: str) -> int:
     served = [g for g in groups if g.primary == node and primary_gone(g, nodes) is None]
     served.sort(key=lambda g: (g.home != node, g.gid))
     return served[0].gid if served else 0
-
-
-def clear_ops(engine, gid: int, oid: bytes) -> list[list]:  # noqa: ANN001
-    """The write operations deleting an object's keys, usage record, alarm and alarm index entry
-    in group ``gid`` (committed with ``GroupCommitter.write_raw``: replicated like any write)."""
-    ops: list[list] = []
-    alarm = engine.get(layout.alarm_key(gid, oid))
-    if alarm is not None:
-        ops.append([DELETE, layout.alarm_index_key(gid, _codec.decode(alarm)[0], oid)])
-        ops.append([DELETE, layout.alarm_key(gid, oid)])
-    prefix = layout.data_prefix(gid, oid)
-    ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
-    ops.append([DELETE, layout.usage_key(gid, oid)])  # its storage account (usage.py)
-    return ops
 
 
 async def run_move(c: NodeCluster, oid: bytes, binding: str, target: str) -> MoveResult:

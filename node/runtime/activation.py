@@ -1,21 +1,20 @@
-"""One live instance of one object: its input gate, output gate and event delivery.
+"""One live instance of one object: its construction, event delivery and output gate,
+eviction and reset.
 
-Input gate
-    Events are admitted one at a time in arrival order (a FIFO turnstile). While
-    ``block_concurrency_while`` or a storage transaction holds the gate, no new event is admitted,
-    and replies to the object's outgoing calls are not handed back to other events either (they
-    wait for the gate, except in the task that holds it). Storage operations never yield to the
-    event loop, so nothing can interleave with one. Events DO interleave where a handler awaits
-    other I/O (a call to another object, a sleep), as in Durable Objects: read-modify-write across
-    such an await needs ``block_concurrency_while`` or a transaction.
+The activation is put together from modules that each do one job:
+
+* ``input_gate.InputGate``: admission, one event at a time in arrival order, while
+  ``block_concurrency_while`` or a transaction holds the gate; the overload bound; the freeze a
+  migration holds it in (docs/runtime.md);
+* ``alarm_policy.AlarmPolicy``: running a due alarm, its retries and back-off;
+* this module: the instance (constructor, methods, ``fetch``, WebSocket handlers: dispatch, with
+  the arguments checked against the method's signature), the output gate, eviction and reset,
+  and the hooks the object's storage calls.
 
 Output gate
     A reply (result or error), and every outgoing call, waits until every storage write the object
     made before it is durable. If a write fails, the waiting replies become ``ObjectResetError``:
     a caller never sees an acknowledgement of a write that was lost.
-
-Overload
-    At most ``max_queued_events`` events may wait at the gate; more answer ``OverloadedError``.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from enum import Enum
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from duro import _codec
 from duro._body import COLLECTED_BODY_LIMIT
@@ -41,16 +39,18 @@ from duro.errors import (
     MethodNotFoundError,
     ObjectError,
     ObjectResetError,
-    OverloadedError,
     UnavailableError,
 )
-from duro.node.runtime.context import AlarmInfo, ObjectContext
-from duro.node.storage.object_storage import ObjectStorage, now_ms
+from duro.node.runtime.context import ObjectContext
+from duro.node.storage.object_storage import ObjectStorage
 
 if TYPE_CHECKING:
     from duro.node.runtime.host import ObjectHost
 
+from duro.node.runtime.alarm_policy import AlarmPolicy
 from duro.node.runtime.grant import Grant
+from duro.node.runtime.input_gate import InputGate, retrieve
+from duro.node.runtime.state import State
 
 __all__ = ["Activation", "State", "current_activation"]
 
@@ -60,19 +60,6 @@ log = logging.getLogger("duro.node.runtime")
 current_activation: contextvars.ContextVar[Activation | None] = contextvars.ContextVar(
     "duro_current_activation", default=None
 )
-# Gate tokens held by the current task (block_concurrency_while / transaction).
-_held_tokens: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar(
-    "duro_held_tokens", default=()
-)
-
-ALARM_MAX_RETRIES = 6
-ALARM_BACKOFF_S = 2.0
-
-
-class State(Enum):
-    ACTIVE = "active"
-    BROKEN = "broken"  # reset: every event fails; the host has forgotten this instance
-    CLOSED = "closed"  # evicted or shut down cleanly
 
 
 class _Evicted:
@@ -92,7 +79,7 @@ class _Evicted:
 EVICTED: Any = _Evicted()
 
 
-class Activation:
+class Activation(InputGate, AlarmPolicy):
     __slots__ = (
         "host",
         "oid",
@@ -114,13 +101,16 @@ class Activation:
         "_background",
         "frozen",
         "regions",
+        "name",
         "__weakref__",
     )
 
-    def __init__(self, host: ObjectHost, oid: bytes, binding: str, grant: Grant = Grant()) -> None:
+    def __init__(self, host: ObjectHost, oid: bytes, binding: str, grant: Grant = Grant(),
+                 name: str | None = None) -> None:
         self.host = host
         self.oid = oid
         self.binding = binding
+        self.name = name  # ctx.id.name: checked against the id by the host before it is set
         self.epoch = grant.epoch  # the object's directory epoch
         self.gid = grant.gid  # its replica group, and that group's epoch (primary term)
         self.group_epoch = grant.group_epoch
@@ -156,154 +146,6 @@ class Activation:
             ) from exc
         finally:
             current_activation.reset(token)
-
-    # -- gate -------------------------------------------------------------------------------
-    @property
-    def gate_closed(self) -> bool:
-        return bool(self._holders)
-
-    def _block_events(self, *, in_context: bool = True) -> object:
-        """Close the gate; the token marks the current task as its holder (unless told not to)."""
-        token = object()
-        if self._holders is None:
-            self._holders = set()
-        self._holders.add(token)
-        if in_context:
-            _held_tokens.set(_held_tokens.get() + (token,))
-        return token
-
-    def _unblock_events(self, token: object) -> None:
-        held = _held_tokens.get()
-        if token in held:
-            _held_tokens.set(tuple(t for t in held if t is not token))
-        if self._holders is not None:
-            self._holders.discard(token)
-            if not self._holders:
-                self._holders = None
-                self._open_gate()
-
-    def _open_gate(self) -> None:
-        gw, self._gate_waiters = self._gate_waiters, None
-        for fut in gw or ():
-            if not fut.done():
-                fut.set_result(None)
-        self._wake_next()
-
-    def _wake_next(self) -> None:
-        waiters = self._waiters
-        while waiters and self._holders is None and not self.frozen:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                break
-        if waiters is not None and not waiters:
-            self._waiters = None  # an idle object keeps no empty deque (760 bytes each)
-
-    async def admit(self) -> None:
-        """Wait for this event's turn at the input gate (FIFO)."""
-        if self.state is not State.ACTIVE:
-            raise self._dead_error()
-        if self._holders is None and not self._waiters and not self.frozen:
-            return
-        if self._waiters is None:
-            self._waiters = deque()
-        if len(self._waiters) >= self.host.config.max_queued_events:
-            self.host.stats.overloaded += 1
-            raise OverloadedError(
-                f"object has {len(self._waiters)} events queued; the limit is "
-                f"{self.host.config.max_queued_events}"
-            )
-        front = False
-        # Counted from here until this event runs or leaves: between the turn passed to it
-        # (its future popped and resolved) and its task resuming, the queue can be empty, and
-        # an idle sweep must not evict the object then (the event would find it closed).
-        self._admitting += 1
-        try:
-            await self._wait_turn(front)
-        finally:
-            self._admitting -= 1
-
-    async def _wait_turn(self, front: bool) -> None:
-        while True:
-            fut = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = deque()
-            if front:
-                self._waiters.appendleft(fut)
-            else:
-                self._waiters.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self._wake_next()  # we were woken but leave: pass the turn on
-                raise
-            if self.state is not State.ACTIVE:
-                raise self._dead_error()
-            if self._holders is None and not self.frozen:
-                self._wake_next()  # admission is one at a time; let the next one in
-                return
-            front = True  # the gate closed again before we ran: keep our place
-
-    async def wait_gate_open(self) -> None:
-        """Used for replies to outgoing calls: wait unless this task holds the gate."""
-        holders = self._holders
-        if holders is None or any(t in holders for t in _held_tokens.get()):
-            return
-        fut = asyncio.get_running_loop().create_future()
-        if self._gate_waiters is None:
-            self._gate_waiters = []
-        self._gate_waiters.append(fut)
-        await fut
-
-    def block_concurrency_while(self, fn: Callable[[], Awaitable[Any]]) -> asyncio.Task:
-        if self.state is not State.ACTIVE:
-            raise self._dead_error()
-        token = self._block_events(in_context=False)
-        ctx = contextvars.copy_context()
-        ctx.run(lambda: _held_tokens.set(_held_tokens.get() + (token,)))
-        timeout = self.host.config.block_concurrency_timeout
-
-        async def run() -> Any:
-            try:
-                async with asyncio.timeout(timeout):  # cheaper than wait_for: no extra task
-                    return await _as_awaitable(fn)
-            except BaseException as exc:
-                if isinstance(exc, asyncio.TimeoutError):
-                    err: BaseException = ObjectResetError(
-                        f"block_concurrency_while did not finish within {timeout} s; object reset"
-                    )
-                else:
-                    err = exc
-                if not isinstance(exc, asyncio.CancelledError):
-                    self.reset(
-                        ObjectResetError(
-                            f"block_concurrency_while raised {type(err).__name__}: {err}; "
-                            "object reset",
-                            retryable=False,
-                        )
-                    )
-                raise
-            finally:
-                self._unblock_events(token)
-
-        task = asyncio.get_running_loop().create_task(run(), context=ctx)
-        task.add_done_callback(_retrieve)
-        return task
-
-    def wait_until(self, awaitable: Awaitable[Any]) -> asyncio.Future:
-        fut = asyncio.ensure_future(awaitable)
-        if self._background is None:
-            self._background = set()
-        self._background.add(fut)
-
-        def done(f: asyncio.Future) -> None:
-            if self._background is not None:
-                self._background.discard(f)
-            _retrieve(f)
-
-        fut.add_done_callback(done)
-        return fut
 
     # -- delivering events ------------------------------------------------------------------
     async def deliver(self, call: Call) -> bytes:
@@ -360,7 +202,11 @@ class Activation:
             isinstance(k, str) for k in kwargs
         ):
             raise InvalidArgumentError("RPC payload is not msgpack [args, kwargs]")
-        result = method(*args, **kwargs)
+        try:
+            result = method(*args, **kwargs)
+        except TypeError:
+            _check_arguments(method, call.method, args, kwargs)
+            raise  # the arguments fit: the method's own code raised it
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -412,59 +258,21 @@ class Activation:
             return None
         res = handler(ws, *args)
         if inspect.isawaitable(res):
-            await res
-        return None
-
-    async def run_alarm(self, force: bool = False) -> bool:
-        """Run ``alarm(info)`` if the stored alarm is due (or ``force``). Returns whether it ran."""
-        st = self.storage
-        if st._alarm_firing is not None:
-            return False  # already running (a duplicate wake-up)
-        rec = st._alarm_record()
-        now = now_ms()
-        if rec is None or (rec[0] > now + 5 and not force):
-            return False  # deleted or moved later since it was scheduled
-        when, _binding, retry = rec
-        version = st._alarm_version
-        handler = getattr(self.instance, "alarm", None)
-        st._alarm_firing = when
-        try:
-            if handler is not None:
-                res = handler(AlarmInfo(retry_count=retry, is_retry=retry > 0))
-                if inspect.isawaitable(res):
+            limit = self.host.sockets.event_timeout(self.oid)  # ctx.set_hibernatable_...
+            if limit is None:
+                await res
+                return None
+            timeout = asyncio.timeout(limit / 1000)
+            try:
+                async with timeout:
                     await res
-        except Exception as exc:
-            if st._error is None and st._alarm_version == version:
-                if retry < ALARM_MAX_RETRIES:
-                    delay = ALARM_BACKOFF_S * (2**retry)
-                    st._write_alarm_internal(now_ms() + int(delay * 1000), retry + 1)
-                    log.warning("alarm raised %r; retry %s in %.0f s", exc, retry + 1, delay,
-                                extra=self._log_ctx())
-                else:
-                    st._write_alarm_internal(None)
-                    log.error("alarm raised %r; gave up after %s retries", exc, retry,
-                              extra=self._log_ctx())
-            raise
-        else:
-            if st._error is None and st._alarm_version == version:
-                st._write_alarm_internal(None)
-        finally:
-            st._alarm_firing = None
-        return True
-
-    # -- migration --------------------------------------------------------------------------
-    def freeze(self) -> None:
-        """Admit no more events (they queue in order); running ones finish, replies flow."""
-        self.frozen = True
-
-    def unfreeze(self) -> None:
-        self.frozen = False
-        if self._holders is None:
-            self._wake_next()
-
-    def drained(self) -> bool:
-        """No admitted event is running and nothing holds the gate or runs in the background."""
-        return self.running == 0 and self._holders is None and not self._background
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # the handler's own TimeoutError
+                raise ObjectError(
+                    f"web_socket_{kind} ran longer than the object's WebSocket event timeout "
+                    f"({limit} ms) and was cancelled", remote_type="TimeoutError") from None
+        return None
 
     # -- eviction and reset -----------------------------------------------------------------
     def is_idle(self) -> bool:
@@ -506,12 +314,12 @@ class Activation:
         for fut in waiters or ():
             if not fut.done():
                 fut.set_exception(err)
-                _retrieve(fut)
+                retrieve(fut)
         gw, self._gate_waiters = self._gate_waiters, None
         for fut in gw or ():
             if not fut.done():
                 fut.set_exception(err)
-                _retrieve(fut)
+                retrieve(fut)
         log.info("object reset: %s", err, extra=self._log_ctx())
 
     def reset_by_user(self, reason: str) -> None:
@@ -548,13 +356,24 @@ class Activation:
             self.host.alarms.schedule(self.oid, self.binding, when_ms, self.gid)
 
 
-def _retrieve(fut: asyncio.Future) -> None:
-    if not fut.cancelled():
-        fut.exception()
+def _check_arguments(method: Callable[..., Any], name: str, args: list, kwargs: dict) -> None:
+    """After ``method(*args, **kwargs)`` raised a TypeError: if the arguments do not fit the
+    method's signature, raise :class:`InvalidArgumentError` naming the parameter; else return
+    (the TypeError came from inside the method and stays the object's own error).
 
-
-async def _as_awaitable(fn: Callable[[], Awaitable[Any]]) -> Any:
-    res = fn()
-    if inspect.isawaitable(res):
-        res = await res
-    return res
+    Checked only once a call failed with a TypeError, so a call that fits costs nothing more.
+    Binding the arguments is what Python does before running any line of the method, so a
+    TypeError raised by binding is never the method's own."""
+    try:
+        sig = inspect.signature(method)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as bad:
+        owner = type(getattr(method, "__self__", None)).__name__
+        empty = inspect.Parameter.empty
+        shown = sig.replace(return_annotation=empty, parameters=[
+            p.replace(annotation=empty) for p in sig.parameters.values()])
+        raise InvalidArgumentError(
+            f"{owner}.{name}{shown}: wrong arguments: {bad}") from None

@@ -33,7 +33,10 @@ class ObjectContext:
 
     @property
     def id(self) -> ObjectId:
-        return ObjectId(self._act.oid)
+        """The object's id; ``id.name`` is the name it was derived from (``id_from_name``), or
+        None for a unique id (and when no call so far named it: docs/runtime.md)."""
+        act = self._act
+        return ObjectId(act.oid, name=act.name)
 
     @property
     def storage(self) -> ObjectStorage:

@@ -20,13 +20,16 @@ from collections import OrderedDict
 from typing import Any, Callable, Mapping, Protocol
 
 from duro import _codec
+from duro._ids import ObjectId, namespace_key
 from duro._namespace import Call, CallKind, Env, Invoker, Namespace
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.config import RuntimeConfig
+from duro.node.deleted_classes import ClassRemoval
 from duro.node.runtime.activation import Activation, State, current_activation
 from duro.node.runtime.bodies import ResponseBodies
 from duro.node.runtime.alarms import AlarmScheduler
+from duro.node.runtime.call_stats import CallStats
 from duro.node.runtime.grant import Grant
 from duro.node.storage.commit import GroupCommitter
 from duro.node.storage.engine import StorageEngine
@@ -108,6 +111,7 @@ class ObjectHost:
         ownership: Ownership | None = None,
         outgoing: Invoker | None = None,
         namespace_class: Callable[[str], str] = lambda class_name: class_name,
+        deleted_classes: Mapping[bytes, str] | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -115,7 +119,12 @@ class ObjectHost:
         self.ownership = ownership
         self.committer = GroupCommitter(engine)
         self.alarms = AlarmScheduler(engine, self._fire_alarm)
+        # Classes a migration deleted (namespace key -> why): their objects are refused and
+        # removed (duro.node.deleted_classes; NodeCluster runs it per group it serves).
+        self.removal = ClassRemoval(engine, self.committer, deleted_classes or {})
         self.stats = HostStats()
+        # Calls and latency per binding (node/runtime/call_stats.py; the console reads them).
+        self.calls: dict[str, CallStats] = {name: CallStats() for name in self.bindings}
         self._acts: OrderedDict[bytes, Activation] = OrderedDict()
         # WebSocket registry (duro.node.runtime.websockets.SocketHub), set by a node that serves
         # sockets through edges; None in the Testbed (objects then see no accept_web_socket).
@@ -130,6 +139,9 @@ class ObjectHost:
         self.moved: dict[bytes, RedirectError] = {}
         # Reset activations whose writes the group committer still holds (see invoke).
         self._unsettled: dict[bytes, ObjectStorage] = {}
+        # Each binding's namespace key: a name a call carries is checked against the id with it.
+        self._ns_keys = {name: namespace_key(namespace_class(b.class_name))
+                         for name, b in self.bindings.items()}
         gated = _GatedInvoker(outgoing if outgoing is not None else self, config.region)
         self.env = Env(
             {
@@ -142,6 +154,7 @@ class ObjectHost:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         if self.ownership is None:
+            await self.removal.run(0)  # no cluster: every object is in group 0, and served here
             self.alarms.add_group(0)  # no cluster: this node owns every object, all in group 0
         self.alarms.start()
         if self._sweeper is None:
@@ -184,7 +197,12 @@ class ObjectHost:
             raise InvalidIdError("object id must be 32 bytes")
         binding = self.bindings.get(call.binding)
         if binding is None:
-            raise InvalidArgumentError(f"unknown binding {call.binding!r}")
+            raise InvalidArgumentError(
+                f"unknown binding {call.binding!r} (this app's bindings: {sorted(self.bindings)})")
+        if self.removal.deleted:
+            why = self.removal.why_deleted(oid)
+            if why is not None:
+                raise InvalidIdError(f"object {oid.hex()}: {why}; its data was removed")
         hold = self.holds.get(oid)
         if hold is not None:
             await asyncio.shield(hold)  # a migration is moving it: wait for the outcome
@@ -204,7 +222,8 @@ class ObjectHost:
                 act.reset(UnavailableError("object moved to a new epoch; call again"))
             prev = self._unsettled.get(oid)
             if prev is None:
-                act = self._activate(call.binding, binding.cls, oid, grant)
+                act = self._activate(call.binding, binding.cls, oid, grant,
+                                     self._checked_name(call))
                 break
             # A reset predecessor still has writes on their way to the disk: the new instance
             # must not read around them. Others may activate it meanwhile: look again after.
@@ -214,6 +233,8 @@ class ObjectHost:
             act = self._acts.get(oid)
         else:
             self._acts.move_to_end(oid)
+            if call.name is not None and call.name != act.name:
+                act.name = self._checked_name(call)  # (a string compare when already known)
         self.stats.events += 1
         region = call.caller_region
         if region:  # access statistics for the migration planner: one counter bump
@@ -221,12 +242,33 @@ class ObjectHost:
             if counts is None:
                 act.regions = counts = {}
             counts[region] = counts.get(region, 0.0) + 1.0
-        return await act.deliver(call)
+        started = time.perf_counter()
+        failed = True
+        try:
+            result = await act.deliver(call)
+            failed = False
+            return result
+        finally:
+            self.calls[call.binding].record(time.perf_counter() - started, failed)
 
-    def _activate(self, binding: str, cls: type, oid: bytes, grant: Grant) -> Activation:
+    def _checked_name(self, call: Call) -> str | None:
+        """The name ``call`` carries, once checked to derive its id (else InvalidIdError: a
+        caller must not make an object believe it has another's name)."""
+        name = call.name
+        if name is None:
+            return None
+        if not isinstance(name, str) or ObjectId.from_name(
+                self._ns_keys[call.binding], name).raw != call.object_id:
+            raise InvalidIdError(
+                f"the call names its object {name!r}, but id_from_name({name!r}) is not the "
+                f"id it is addressed to")
+        return name
+
+    def _activate(self, binding: str, cls: type, oid: bytes, grant: Grant,
+                  name: str | None = None) -> Activation:
         if len(self._acts) >= self.config.max_active_objects:
             self._evict_lru(len(self._acts) - self.config.max_active_objects + 1)
-        act = Activation(self, oid, binding, grant)
+        act = Activation(self, oid, binding, grant, name)
         if oid in self.holds:
             act.freeze()  # activated while a migration holds it: queue, never run here
         act.construct(cls, self.env)

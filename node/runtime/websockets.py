@@ -29,6 +29,7 @@ characters, attachments of at most 16 KiB encoded.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 MAX_TAGS = 10
 MAX_TAG_CHARS = 256
 MAX_ATTACHMENT_BYTES = 16 * 1024
+MAX_EVENT_TIMEOUT_MS = 7 * 24 * 3600 * 1000  # setHibernatableWebSocketEventTimeout's maximum
 _ORPHAN_LIMIT = 100_000  # frames kept for an edge that is not connected (yet)
 
 # Close codes the runtime uses itself.
@@ -113,6 +115,7 @@ class Frame:
     count: int = 0
     seq: int = 0  # MESSAGE: the edge's per-socket number (echoed by UNKNOWN); BARRIER: the token
     owner: str = ""  # UNKNOWN: the object's owner now, when this node knows it
+    auto_at: int = 0  # AUTO_RESPONSE/REGISTER from the edge: its last auto-response (Unix ms)
 
 
 class EdgeLink(Protocol):
@@ -126,7 +129,8 @@ class EdgeLink(Protocol):
 class _Record:
     """One socket as this node knows it."""
 
-    __slots__ = ("edge", "sid", "oid", "tags", "attachment", "open", "accepted", "ws", "turn")
+    __slots__ = ("edge", "sid", "oid", "tags", "attachment", "open", "accepted", "ws", "turn",
+                 "auto_at")
 
     def __init__(self, edge: str, sid: int, oid: bytes) -> None:
         self.edge = edge
@@ -137,16 +141,20 @@ class _Record:
         self.open = False
         self.accepted = False
         self.ws: WebSocket | None = None
+        self.auto_at = 0  # when the edge last answered it with the auto-response (Unix ms)
         # Resolved when the socket's latest client event is admitted at the object's input gate
         # (or failed before): the next event waits for it (SocketHub._deliver). None when idle.
         self.turn: asyncio.Future[None] | None = None
 
 
 class _ObjectSockets:
-    __slots__ = ("binding", "sockets", "auto", "outq", "gate_seq", "epoch")
+    __slots__ = ("binding", "sockets", "auto", "outq", "gate_seq", "epoch", "name",
+                 "event_timeout")
 
     def __init__(self, binding: str) -> None:
         self.binding = binding
+        self.name: str | None = None  # ctx.id.name, for events of a hibernated object
+        self.event_timeout: int | None = None  # ms a web_socket_* handler may run (None: no limit)
         # The epoch a migration handed the registry over with (0: none): socket events carry it,
         # so a new owner whose directory view still lags reads its entry from etcd instead of
         # redirecting them back to the old owner.
@@ -295,6 +303,30 @@ class WebSocketContext(ObjectContext):
         obj = self._hub().objects.get(self._act.oid)
         return obj.auto if obj is not None else None
 
+    def get_web_socket_auto_response_timestamp(self, ws: WebSocket) -> _dt.datetime | None:
+        """When the edge last answered ``ws`` with the auto-response (an aware UTC datetime),
+        or None if it never did. Learnt from the edge without waking the object."""
+        if not isinstance(ws, WebSocket):
+            raise InvalidArgumentError("get_web_socket_auto_response_timestamp() takes a WebSocket")
+        at = ws._rec.auto_at
+        return _dt.datetime.fromtimestamp(at / 1000, _dt.timezone.utc) if at else None
+
+    def set_hibernatable_web_socket_event_timeout(self, timeout_ms: int | None = None) -> None:
+        """The longest a ``web_socket_message/close/error`` handler of this object may run, in
+        milliseconds (at most 7 days); None or 0 removes the limit. A handler that runs longer
+        is cancelled (docs/runtime.md)."""
+        if timeout_ms is not None and (
+                isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int)
+                or not 0 <= timeout_ms <= MAX_EVENT_TIMEOUT_MS):
+            raise InvalidArgumentError(
+                f"the WebSocket event timeout is an int of milliseconds from 0 to "
+                f"{MAX_EVENT_TIMEOUT_MS} (7 days), or None; got {timeout_ms!r}")
+        self._hub().set_event_timeout(self._act, timeout_ms or None)
+
+    def get_hibernatable_web_socket_event_timeout(self) -> int | None:
+        """The limit set by :meth:`set_hibernatable_web_socket_event_timeout` (ms), or None."""
+        return self._hub().event_timeout(self._act.oid)
+
 
 class SocketStats:
     __slots__ = ("accepted", "messages_in", "messages_out", "closed", "unknown", "edges_lost")
@@ -369,6 +401,8 @@ class SocketHub:
         rec.tags = tags
         rec.accepted = rec.open = True
         obj.sockets[(rec.edge, rec.sid)] = rec
+        if act.name is not None:
+            obj.name = act.name
         self.stats.accepted += 1
         self._emit(rec, Frame(Op.ACCEPT, rec.sid, binding=act.binding, object_id=act.oid,
                               tags=tags, attachment=rec.attachment, auto=obj.auto))
@@ -385,6 +419,20 @@ class SocketHub:
                 rec.ws = WebSocket(self, rec, obj.binding)
             out.append(rec.ws)
         return out
+
+    def set_event_timeout(self, act: Activation, timeout_ms: int | None) -> None:
+        obj = self.objects.get(act.oid)
+        if obj is None:
+            if timeout_ms is None:
+                return
+            obj = self.objects[act.oid] = _ObjectSockets(act.binding)
+        obj.event_timeout = timeout_ms
+        if timeout_ms is None:
+            self._drop_if_empty(obj, act.oid)
+
+    def event_timeout(self, oid: bytes) -> int | None:
+        obj = self.objects.get(oid)
+        return obj.event_timeout if obj is not None else None
 
     def set_auto_response(self, act: Activation, pair: tuple[str, str] | None) -> None:
         obj = self.objects.get(act.oid)
@@ -409,8 +457,12 @@ class SocketHub:
         if obj is not None and obj.sockets.get((rec.edge, rec.sid)) is rec:
             del obj.sockets[(rec.edge, rec.sid)]
             self.stats.closed += 1
-            if not obj.sockets and obj.auto is None and not obj.outq:
-                del self.objects[rec.oid]
+            self._drop_if_empty(obj, rec.oid)
+
+    def _drop_if_empty(self, obj: _ObjectSockets, oid: bytes) -> None:
+        if (not obj.sockets and obj.auto is None and not obj.outq
+                and obj.event_timeout is None and self.objects.get(oid) is obj):
+            del self.objects[oid]
 
     def _emit(self, rec: _Record, frame: Frame) -> None:
         """Send ``frame`` towards the socket's edge once earlier writes are durable, in order.
@@ -428,13 +480,13 @@ class SocketHub:
         st = act.storage if act is not None else None
         q = obj.outq
         # (ObjectStorage's sequence numbers: writes made vs. writes durable.)
-        if st is None or st._durable_seq >= st._write_seq:
+        if st is None or st._durable_seq >= st._gate_seq:
             if q:
                 q.append((None, rec.edge, frame))  # behind frames still waiting for a write
             else:
                 self._push(rec.edge, frame)
             return
-        seq = st._write_seq
+        seq = st._gate_seq
         if q and obj.gate_seq == seq:
             q.append((None, rec.edge, frame))  # the gate queued before covers this write too
             return
@@ -605,6 +657,10 @@ class SocketHub:
             return
         obj = self.objects.get(f.object_id)
         rec = obj.sockets.get((edge, f.socket_id)) if obj is not None else None
+        if op == Op.AUTO_RESPONSE:  # the edge answered the socket itself, at f.auto_at
+            if rec is not None and f.auto_at > rec.auto_at:
+                rec.auto_at = f.auto_at
+            return
         if op == Op.MESSAGE:
             if rec is None or not rec.open:
                 self.stats.unknown += 1
@@ -649,6 +705,7 @@ class SocketHub:
             rec = obj.sockets[key] = _Record(edge, f.socket_id, f.object_id)
         rec.tags, rec.attachment = f.tags, f.attachment
         rec.accepted = rec.open = True
+        rec.auto_at = max(rec.auto_at, f.auto_at)
 
     def _client_closed(
         self, rec: _Record, code: int, reason: str, was_clean: bool,
@@ -672,7 +729,8 @@ class SocketHub:
         if rec.ws is None:
             rec.ws = WebSocket(self, rec, obj.binding)
         call = Call(binding=obj.binding, object_id=rec.oid, kind=CallKind.RPC,
-                    method="web_socket_" + kind, meta={"ws": (kind, rec.ws, args)})
+                    method="web_socket_" + kind, meta={"ws": (kind, rec.ws, args)},
+                    name=obj.name)
         if obj.epoch:
             call.epoch = obj.epoch
         # One socket's events reach the object in the order they came: each goes on only once the

@@ -27,15 +27,21 @@ from typing import Iterable, Iterator
 
 import rocksdict
 
+from duro import _codec
 from duro.errors import UnavailableError
 from duro.node.storage import layout
 from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
 
-__all__ = ["StorageEngine", "Writer", "apply_ops"]
+__all__ = ["StorageEngine", "Writer", "apply_ops", "clear_ops"]
 
 log = logging.getLogger("duro.node.storage")
 
 _STORAGE_ID = layout.local_key("storage_id")
+
+
+# Reads that do not fill the block cache (a storage call's ``no_cache=True``).
+_UNCACHED = rocksdict.ReadOptions()
+_UNCACHED.fill_cache(False)
 
 
 class StorageEngine:
@@ -67,8 +73,12 @@ class StorageEngine:
             raise UnavailableError("storage is closed")
         return self._db
 
-    def get(self, key: bytes) -> bytes | None:
-        return self.db.get(key)
+    def get(self, key: bytes, *, cache: bool = True) -> bytes | None:
+        """The value of ``key``; ``cache=False`` leaves RocksDB's block cache as it is (what
+        ``no_cache=True`` asks of a storage read: docs/runtime.md)."""
+        if cache:
+            return self.db.get(key)
+        return self.db.get(key, read_opt=_UNCACHED)
 
     def write(self, batch: rocksdict.WriteBatch) -> None:
         """Write ``batch`` atomically, synced (in the node's mode)."""
@@ -79,9 +89,12 @@ class StorageEngine:
         is sequential, so syncing a later record syncs every earlier one)."""
         self.db.write(batch, self._nosync)
 
-    def scan(self, lo: bytes, hi: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
-        """Yield (key, value) with lo <= key < hi, ascending or descending."""
-        yield from scan_iter(self.db.iter(), lo, hi, reverse=reverse)
+    def scan(self, lo: bytes, hi: bytes, *, reverse: bool = False,
+             cache: bool = True) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (key, value) with lo <= key < hi, ascending or descending (``cache``: as in
+        :meth:`get`)."""
+        it = self.db.iter() if cache else self.db.iter(_UNCACHED)
+        yield from scan_iter(it, lo, hi, reverse=reverse)
 
     def snapshot_scan(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Ascending scan of the database as it is now: writes made after this call returns are
@@ -148,3 +161,18 @@ class Writer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def clear_ops(engine: StorageEngine, gid: int, oid: bytes) -> list[list]:
+    """The write operations deleting an object's keys, usage record, alarm and alarm index entry
+    in group ``gid`` (committed with ``GroupCommitter.write_raw``: replicated like any write)."""
+    ops: list[list] = []
+    alarm = engine.get(layout.alarm_key(gid, oid))
+    if alarm is not None:
+        ops.append([DELETE, layout.alarm_index_key(gid, _codec.decode(alarm)[0], oid)])
+        ops.append([DELETE, layout.alarm_key(gid, oid)])
+    prefix = layout.data_prefix(gid, oid)
+    ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])
+    ops.append([DELETE, layout.usage_key(gid, oid)])  # its storage account (usage.py)
+    ops.append([DELETE, layout.history_key(gid, oid)])  # its move history (migration/history.py)
+    return ops

@@ -17,6 +17,12 @@ be copied to a follower, compared and dropped as one contiguous range::
     0x10 | gid(4) | 0x07 | id(32)                 the bytes the object stores (its quota's
                                                   account, docs/storage.md): u64, big-endian;
                                                   absent when it stores nothing
+    0x10 | gid(4) | 0x08                          namespaces of deleted classes whose objects
+                                                  are gone from the group (msgpack list of
+                                                  namespace keys: duro.node.deleted_classes)
+    0x10 | gid(4) | 0x09 | id(32)                 the object's move history: msgpack list of
+                                                  [at_s, from_node, to_node, epoch], oldest
+                                                  first (bounded); travels with the object
 
 Keys written before groups existed (layout 0: ``0x01 | id | key``, ``0x02 | id``,
 ``0x03 | when | id``) are moved under a group once, when the node starts (:func:`legacy_spaces`).
@@ -56,6 +62,9 @@ __all__ = [
     "moving_key",
     "moving_range",
     "usage_key",
+    "removed_classes_key",
+    "space_range",
+    "history_key",
     "DATA_HEADER_BYTES",
 ]
 
@@ -69,6 +78,8 @@ DIR_ENTRY = b"\x04"
 DIR_META = b"\x05"
 MOVING = b"\x06"
 USAGE = b"\x07"
+REMOVED_CLASSES = b"\x08"
+HISTORY = b"\x09"
 
 ID_BYTES = 32
 MAX_KEY_BYTES = 2048
@@ -185,6 +196,18 @@ def moving_range(gid: int) -> tuple[bytes, bytes]:
 
 def usage_key(gid: int, object_id: bytes) -> bytes:
     return group_prefix(gid) + USAGE + object_id
+
+
+def removed_classes_key(gid: int) -> bytes:
+    return group_prefix(gid) + REMOVED_CLASSES
+
+
+def space_range(gid: int, space: bytes) -> tuple[bytes, bytes]:
+    """``[lo, hi)`` of one key space (``DATA``, ``ALARM``...) of the group."""
+    p = group_prefix(gid) + space
+    return p, prefix_end(p)
+def history_key(gid: int, object_id: bytes) -> bytes:
+    return group_prefix(gid) + HISTORY + object_id
 
 
 def local_key(name: str) -> bytes:

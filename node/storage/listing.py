@@ -8,7 +8,9 @@ here). So a listing is read in **slices** of about :data:`SLICE_SECONDS`:
   as an already-complete awaitable, exactly like every other storage operation;
 * otherwise ``list()`` returns a :class:`Listing`; awaiting it reads the rest, handing the loop
   back to other objects between slices. While it reads, the object's **input gate is closed**
-  (as for a transaction), so no other event of this object runs inside the list, as before.
+  (as for a transaction), so no other event of this object runs inside the list, as before —
+  unless the call says ``allow_concurrency=True`` (Cloudflare's ``allowConcurrency``): then the
+  object's other events may run between slices (the result is the same snapshot).
 
 **Snapshot.** The result is the range as it was at the call, however many slices it takes: the
 object's uncommitted layers are copied at the call (:func:`merged`) and the RocksDB iterator is
@@ -44,7 +46,7 @@ DEFAULT_MAX_LIST_BYTES = 128 * 1024 * 1024  # as Cloudflare's 128 MB memory per 
 
 def merged(
     layers_oldest_first: Iterable[Layer], engine: StorageEngine, lo: bytes, hi: bytes,
-    reverse: bool,
+    reverse: bool, *, cache: bool = True,
 ) -> Iterator[tuple[bytes, bytes]]:
     """The data keys in ``[lo, hi)`` of the layers over the database, in order, deletes applied.
 
@@ -60,7 +62,7 @@ def merged(
             if lo <= k < hi:
                 over[k] = v
     okeys = sorted(over, reverse=reverse)
-    db_iter = engine.scan(lo, hi, reverse=reverse) if db_visible else iter(())
+    db_iter = engine.scan(lo, hi, reverse=reverse, cache=cache) if db_visible else iter(())
     nxt = next(db_iter, None)  # creates the RocksDB iterator now: the snapshot point
     return _merge(okeys, over, db_iter, nxt, reverse)
 
@@ -95,7 +97,7 @@ class Listing:
                  "_done", "_error", "_running")
 
     def __init__(self, items: Iterator[tuple[bytes, bytes]], limit: int | None, max_bytes: int,
-                 engine: StorageEngine, owner: StorageOwner) -> None:
+                 engine: StorageEngine, owner: StorageOwner | None) -> None:
         self._items = items
         self._out: dict[str, Any] = {}
         self._limit = limit
@@ -155,11 +157,13 @@ class Listing:
         if self._running:
             raise RuntimeError("this list() is already being awaited by another task")
         self._running = True
-        token = self._owner._block_events()
+        owner = self._owner  # None: allow_concurrency, the gate stays open between slices
+        token = owner._block_events() if owner is not None else None
         try:
             while not self.step():
                 yield  # a bare yield: asyncio runs every other ready callback, then resumes us
         finally:
             self._running = False
-            self._owner._unblock_events(token)
+            if owner is not None:
+                owner._unblock_events(token)
         return self._out

@@ -172,21 +172,23 @@ class _Ops:
     def _write_layer(self) -> Layer:
         raise NotImplementedError
 
-    def _wrote(self) -> None:
+    def _wrote(self, confirm: bool = True) -> None:
+        """A write was made; ``confirm=False`` (``allow_unconfirmed``): the output gate does not
+        wait for it (it is still committed, in order, with the writes around it)."""
         raise NotImplementedError
 
     def _check_usable(self) -> None:
         raise NotImplementedError
 
     # -- reads ------------------------------------------------------------------------------
-    def _read(self, full_key: bytes) -> bytes | None:
+    def _read(self, full_key: bytes, cache: bool = True) -> bytes | None:
         data = layout.is_data_key(full_key)
         for layer in self._layers():
             if full_key in layer.writes:
                 return layer.writes[full_key]
             if data and layer.cleared is not None:
                 return None
-        return self._engine.get(full_key)
+        return self._engine.get(full_key, cache=cache)
 
     def _key(self, key: Any) -> bytes:
         return layout.data_key(self._gid, self._oid, layout.encode_user_key(key))
@@ -201,21 +203,31 @@ class _Ops:
             )
         return [self._key(k) for k in keys]
 
-    def get(self, key: str, default: Any = None) -> Ready:
-        """The value stored under ``key``, or ``default``."""
+    def get(self, key: str, default: Any = None, *, allow_concurrency: bool = False,
+            no_cache: bool = False) -> Ready:
+        """The value stored under ``key``, or ``default``.
+
+        ``allow_concurrency`` is accepted for Cloudflare's ``allowConcurrency`` and changes
+        nothing here: a ``get`` finishes when called, so no event can run inside it anyway.
+        ``no_cache``: the read does not fill the node's block cache (docs/runtime.md)."""
         self._check_usable()
-        raw = self._read(self._key(key))
+        if type(key) is not str:
+            _one_key("get", key, "get_many")
+        raw = self._read(self._key(key), not no_cache)
         return Ready(default if raw is None else _codec.decode(raw))
 
-    def get_many(self, keys: Iterable[str]) -> Ready:
-        """A dict of the keys that exist (at most 128 keys), in the order asked."""
+    def get_many(self, keys: Iterable[str], *, allow_concurrency: bool = False,
+                 no_cache: bool = False) -> Ready:
+        """A dict of the keys that exist (at most 128 keys), in the order asked (options as
+        :meth:`get`'s)."""
         self._check_usable()
         if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
             raise InvalidArgumentError("keys must be a list of str")
         keys = list(keys)
         out: dict[str, Any] = {}
+        cache = not no_cache
         for k, full in zip(keys, self._keys(keys)):
-            raw = self._read(full)
+            raw = self._read(full, cache)
             if raw is not None:
                 out[k] = _codec.decode(raw)
         return Ready(out)
@@ -229,12 +241,19 @@ class _Ops:
         end: str | None = None,
         reverse: bool = False,
         limit: int | None = None,
+        allow_concurrency: bool = False,
+        no_cache: bool = False,
     ) -> Ready:
         """Keys and values in UTF-8 byte order of the keys, as a dict.
 
         ``start`` is inclusive, ``start_after`` and ``end`` exclusive; ``prefix`` restricts to keys
         that start with it; ``reverse`` lists in descending order (``limit`` then keeps the last
         keys of the range).
+
+        ``allow_concurrency``: a listing too large for one slice lets the object's other events
+        run between its slices (by default its input gate stays closed until it is complete);
+        the result is the same snapshot either way. ``no_cache``: the read does not fill the
+        node's block cache.
         """
         self._check_usable()
         if start is not None and start_after is not None:
@@ -252,8 +271,10 @@ class _Ops:
             hi = min(hi, base + layout.encode_user_key(end))
         if lo >= hi:
             return Ready({})
-        items = merged(reversed(list(self._layers())), self._engine, lo, hi, reverse)
-        listing = Listing(items, limit, self._max_list, self._engine, self._gate_owner())
+        items = merged(reversed(list(self._layers())), self._engine, lo, hi, reverse,
+                       cache=not no_cache)
+        listing = Listing(items, limit, self._max_list, self._engine,
+                          None if allow_concurrency else self._gate_owner())
         if listing.step():  # the first slice, at the call: most ranges end in it
             return Ready(listing.result)
         return listing  # the rest is read when awaited (listing.py)
@@ -279,12 +300,20 @@ class _Ops:
             )
         return after
 
-    def put(self, key: str, value: Any) -> Ready:
-        """Store ``value`` (msgpack-encodable, at most the value limit) under ``key``."""
+    def put(self, key: str, value: Any, *, allow_unconfirmed: bool = False,
+            no_cache: bool = False) -> Ready:
+        """Store ``value`` (msgpack-encodable, at most the value limit) under ``key``.
+
+        ``allow_unconfirmed``: replies, socket sends and calls made after this write do not wait
+        for it to be durable (it is still committed atomically and in order with the writes
+        around it; if it fails, the object is reset as for any failed write). ``no_cache``: the
+        read of the old value (for the storage account) does not fill the block cache."""
         self._check_usable()
+        if type(key) is not str:
+            _one_key("put", key, "put_many")
         full = self._key(key)
         data = _codec.encode_value(value, self._max_value)
-        old = self._read(full)  # the one read a put costs: only the difference is charged
+        old = self._read(full, not no_cache)  # the one read a put costs: only the difference
         if old is None:
             after = self._charge_delta(len(full) - layout.DATA_HEADER_BYTES + len(data))
         else:
@@ -292,11 +321,12 @@ class _Ops:
         layer = self._write_layer()
         layer.writes[full] = data
         self._set_usage(layer, after)
-        self._wrote()
+        self._wrote(not allow_unconfirmed)
         return _DONE
 
-    def put_many(self, entries: Mapping[str, Any]) -> Ready:
-        """Store several keys atomically (at most 128)."""
+    def put_many(self, entries: Mapping[str, Any], *, allow_unconfirmed: bool = False,
+                 no_cache: bool = False) -> Ready:
+        """Store several keys atomically (at most 128); options as :meth:`put`'s."""
         self._check_usable()
         if not isinstance(entries, Mapping):
             raise InvalidArgumentError("put_many() takes a mapping of str keys to values")
@@ -305,43 +335,50 @@ class _Ops:
         if not fulls:
             return _DONE
         # Distinct str keys are distinct bytes: each old value is read once.
-        after = self._charge([(f, self._read(f), d) for f, d in zip(fulls, encoded)])
+        cache = not no_cache
+        after = self._charge([(f, self._read(f, cache), d) for f, d in zip(fulls, encoded)])
         layer = self._write_layer()
         for full, data in zip(fulls, encoded):
             layer.writes[full] = data
         self._set_usage(layer, after)
-        self._wrote()
+        self._wrote(not allow_unconfirmed)
         return _DONE
 
-    def delete(self, key: str) -> Ready:
-        """Delete ``key``; the awaitable gives whether it existed."""
+    def delete(self, key: str, *, allow_unconfirmed: bool = False,
+               no_cache: bool = False) -> Ready:
+        """Delete ``key``; the awaitable gives whether it existed (options as :meth:`put`'s)."""
         self._check_usable()
+        if type(key) is not str:
+            _one_key("delete", key, "delete_many")
         full = self._key(key)
-        old = self._read(full)
+        old = self._read(full, not no_cache)
         after = self._charge(((full, old, None),))
         layer = self._write_layer()
         layer.writes[full] = None
         self._set_usage(layer, after)
-        self._wrote()
+        self._wrote(not allow_unconfirmed)
         return Ready(old is not None)
 
-    def delete_many(self, keys: Iterable[str]) -> Ready:
-        """Delete several keys (at most 128); the awaitable gives how many existed."""
+    def delete_many(self, keys: Iterable[str], *, allow_unconfirmed: bool = False,
+                    no_cache: bool = False) -> Ready:
+        """Delete several keys (at most 128); the awaitable gives how many existed (options as
+        :meth:`put`'s)."""
         self._check_usable()
         fulls = self._keys(keys)
         if not fulls:
             return Ready(0)
-        olds = {f: self._read(f) for f in fulls}  # distinct keys
+        cache = not no_cache
+        olds = {f: self._read(f, cache) for f in fulls}  # distinct keys
         after = self._charge((f, old, None) for f, old in olds.items())
         layer = self._write_layer()
         for f in fulls:
             layer.writes[f] = None
         self._set_usage(layer, after)
-        self._wrote()
+        self._wrote(not allow_unconfirmed)
         return Ready(sum(1 for old in olds.values() if old is not None))
 
-    def delete_all(self) -> Ready:
-        """Delete every key of the object, and its alarm."""
+    def delete_all(self, *, allow_unconfirmed: bool = False, no_cache: bool = False) -> Ready:
+        """Delete every key of the object, and its alarm (options as :meth:`put`'s)."""
         self._check_usable()
         layer = self._write_layer()
         prefix = layout.data_prefix(self._gid, self._oid)
@@ -350,7 +387,7 @@ class _Ops:
         layer.cleared = prefix
         self._set_usage(layer, 0)
         self._set_alarm_record(layer, None)
-        self._wrote()
+        self._wrote(not allow_unconfirmed)
         return _DONE
 
     # -- alarm ------------------------------------------------------------------------------
@@ -404,6 +441,15 @@ class _Ops:
         raise NotImplementedError
 
 
+def _one_key(op: str, key: Any, many: str) -> None:
+    """Refuse a collection where one key is expected, naming the call that takes several."""
+    if isinstance(key, (list, tuple, set, frozenset, dict)) or (
+            isinstance(key, Iterable) and not isinstance(key, (str, bytes, bytearray))):
+        raise InvalidArgumentError(
+            f"{op}() takes one key (a str), not a {type(key).__name__}; for several keys at "
+            f"once use {many}()")
+
+
 def _alarm_ms(when: Any) -> int:
     if isinstance(when, _dt.datetime):
         if when.tzinfo is None:
@@ -441,6 +487,7 @@ class ObjectStorage(_Ops):
         "_inflight",
         "_settle_waiters",
         "_write_seq",
+        "_gate_seq",
         "_durable_seq",
         "_waiters",
         "_error",
@@ -477,6 +524,7 @@ class ObjectStorage(_Ops):
         self._inflight: Layer | None = None  # taken by the group committer, not yet durable
         self._settle_waiters: list[asyncio.Future] | None = None
         self._write_seq = 0
+        self._gate_seq = 0  # the last write the output gate waits for (allow_unconfirmed: not)
         self._durable_seq = 0
         self._waiters: deque[tuple[int, asyncio.Future]] | None = None
         self._error: DuroError | None = None
@@ -532,8 +580,10 @@ class ObjectStorage(_Ops):
         layer.usage = value
         layer.usage_key = self._usage_key
 
-    def _wrote(self) -> None:
+    def _wrote(self, confirm: bool = True) -> None:
         self._write_seq += 1
+        if confirm:
+            self._gate_seq = self._write_seq
         layer = self._pending
         if layer is not None and layer.seq == 0:
             self._committer.mark_dirty(self)
@@ -568,20 +618,24 @@ class ObjectStorage(_Ops):
         return self._durable_seq < self._write_seq
 
     def output_gate(self) -> asyncio.Future | None:
-        """None if every write so far is durable, else a future resolved when it is."""
+        """None if every write so far is durable (``allow_unconfirmed`` ones aside), else a
+        future resolved when it is."""
+        return self._durable_future(self._gate_seq)
+
+    def _durable_future(self, seq: int) -> asyncio.Future | None:
         if self._error is not None:
             raise ObjectResetError(f"storage of this object failed and it was reset: {self._error}")
-        if self._durable_seq >= self._write_seq:
+        if self._durable_seq >= seq:
             return None
         fut = asyncio.get_running_loop().create_future()
         if self._waiters is None:
             self._waiters = deque()
-        self._waiters.append((self._write_seq, fut))
+        self._waiters.append((seq, fut))
         return fut
 
     async def sync(self) -> None:
-        """Wait until every write made so far is durable."""
-        fut = self.output_gate()
+        """Wait until every write made so far is durable (``allow_unconfirmed`` ones too)."""
+        fut = self._durable_future(self._write_seq)
         if fut is not None:
             await fut
 
@@ -687,8 +741,8 @@ class Transaction(_Ops):
     def _set_usage(self, layer: Layer, value: int) -> None:
         self._usage = value  # the storage's own account is settled when the transaction commits
 
-    def _wrote(self) -> None:
-        pass
+    def _wrote(self, confirm: bool = True) -> None:
+        pass  # the storage's own _wrote runs when the transaction commits (confirmed)
 
     def _firing_ms(self) -> int | None:
         return self._storage._alarm_firing

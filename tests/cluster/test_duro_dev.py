@@ -19,6 +19,13 @@ from tests.cluster.conftest import ROOT, processes_mentioning, wait_until
 pytestmark = [pytest.mark.cluster]
 
 
+def _get(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DURO_") or k == "DURO_ETCD_BIN"}
     env["PYTHONUNBUFFERED"] = "1"
@@ -66,6 +73,11 @@ async def test_duro_dev_cli_and_clean_stop(tmp_path: Path) -> None:
         state = json.loads((data / "cluster.json").read_text())
         tls = [f for k in ("ca", "cert", "key") for f in (f"--tls-{k}", state[f"tls_{k}"])]
         assert "mTLS on" in banner
+        # The banner names the console; it answers there, on the first edge's admin listener.
+        console = re.search(r"console: (http://\S+/console/)", banner)
+        assert console, banner
+        page = await asyncio.to_thread(_get, console.group(1) + "api/session")
+        assert page["actions"] is True and "COUNTER" in page["bindings"]
 
         # Keep draining its output so that it can never block on a full pipe.
         drain = asyncio.create_task(_drain(dev.stdout, lines))

@@ -529,3 +529,44 @@ async def _eventually_async(predicate: Any, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+# -- calls from this process (the co-located edge's, through Router.local) ------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(ERRORS))
+async def test_local_calls_answer_the_errors_a_stream_does(server: NodeGrpcServer,
+                                                           conn: NodeConnection, kind: str) -> None:
+    with pytest.raises(DuroError) as remote:
+        await conn.invoke(rpc("fail", kind))
+    with pytest.raises(DuroError) as local:
+        await server.servicer.invoke_local(rpc("fail", kind))
+    _assert_same_error(local.value, ERRORS[kind])
+    _assert_same_error(remote.value, ERRORS[kind])
+    assert _codec.decode(await server.servicer.invoke_local(rpc("add", 5))) == 5
+
+
+async def test_a_local_call_outlives_its_caller_and_its_timeout(server: NodeGrpcServer,
+                                                                host: FakeHost) -> None:
+    host.gate.clear()
+    servicer = server.servicer
+    with pytest.raises(CallTimeoutError, match="may or may not have executed"):
+        await servicer.invoke_local(rpc("gated", 1), 0.05)
+    cancelled = asyncio.ensure_future(servicer.invoke_local(rpc("gated", 2)))
+    await _eventually(lambda: host.started == 2)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert host.running == 2 and host.cancelled == 0  # both calls still run on the node
+    assert servicer.in_flight == 2
+    host.gate.set()
+    await _eventually(lambda: host.finished == 2)
+    assert host.cancelled == 0 and servicer.call_bytes_in_flight == 0
+
+
+async def test_a_draining_node_refuses_local_calls_as_not_executed(server: NodeGrpcServer,
+                                                                   host: FakeHost) -> None:
+    server.servicer.drain()
+    with pytest.raises(UnavailableError, match="not executed") as info:
+        await server.servicer.invoke_local(rpc("add", 1))
+    assert info.value.retryable and host.started == 0

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from duro.errors import InvalidArgumentError
-from duro.node.runtime import activation
+from duro.node.runtime import alarm_policy
 from duro.testing import Testbed
 
 pytestmark = pytest.mark.timeout(30)
@@ -21,7 +21,7 @@ BACKOFF = 0.02
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr(activation, "ALARM_BACKOFF_S", BACKOFF)
+    monkeypatch.setattr(alarm_policy, "ALARM_BACKOFF_S", BACKOFF)
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ async def test_failing_alarm_is_retried_with_backoff_then_given_up(tb, objs, ala
 
 
 async def test_retry_alarm_is_durable_and_reported(tb, objs, alarmed, wait_for, monkeypatch):
-    monkeypatch.setattr(activation, "ALARM_BACKOFF_S", 3600.0)
+    monkeypatch.setattr(alarm_policy, "ALARM_BACKOFF_S", 3600.0)
     await alarmed.set_mode("fail")
     await alarmed.set_alarm(time.time() - 1)
     await wait_for(lambda: len(objs.ALARMS) == 1)
