@@ -242,6 +242,8 @@ class EdgeHttp:
                 out = None if status == 101 else _to_aiohttp(
                     status, headers, resp_body, streamed=resp_stream is not None)
             except DuroError as exc:
+                if resp_stream is not None:  # e.g. a head aiohttp cannot send: drop its body
+                    await _close(resp_stream)
                 if client_body is not None and client_body.error is not None:
                     return self._body_refused(client_body.error)  # the client's fault first
                 code, message, retryable, overloaded, remote_type = to_wire(exc)
