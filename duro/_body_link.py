@@ -63,6 +63,17 @@ class BodyLink:
             self._reader.cancel()
             await asyncio.wait([self._reader])
 
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the peer to end the RPC. The node ends its side only
+        then: a frame (credit) the caller writes after the node's end fails the whole call in
+        gRPC (status INTERNAL, and frames not yet read are lost), so the caller ends it."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._closed:
+                    await self._changed_wait()
+        except TimeoutError:
+            log.debug("%s did not end the body stream within %g s", self.peer, timeout)
+
     async def send(self, frame: node_pb2.BodyFrame) -> None:
         async with self._lock:
             await self._write(frame)

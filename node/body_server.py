@@ -30,6 +30,8 @@ __all__ = ["serve_body"]
 
 log = logging.getLogger("duro.node.body")
 
+LINGER = 30.0  # seconds the node waits, its side sent, for the caller to end the RPC
+
 
 async def serve_body(servicer: Any, context: aio.ServicerContext) -> None:
     """Serve one ``Node.Body`` RPC for ``servicer`` (a ``NodeServicer``)."""
@@ -43,6 +45,8 @@ async def serve_body(servicer: Any, context: aio.ServicerContext) -> None:
             await _serve_call(servicer, link, first.call)
         else:
             await _serve_token(servicer, link, first.token)
+        # Everything is sent; the caller ends the RPC once it has read it (see wait_closed).
+        await link.wait_closed(LINGER)
     finally:
         await link.close()
 
