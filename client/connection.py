@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from grpc import aio
 
-from duro import tls
+from duro import _tracing, tls
 from duro._http import stream_token
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
@@ -277,7 +277,24 @@ class NodeConnection:
                 f"call payload is {len(call.payload)} bytes; the limit is {_MAX_PAYLOAD_BYTES}"
             )
         self._seq = seq = self._seq + 1
-        fut = stream.submit(call_to_pb(call, seq))
+        if _tracing.tracer is not None:
+            return await self._traced(stream, call, seq, timeout)
+        return await self._wait(stream, stream.submit(call_to_pb(call, seq)), seq, timeout)
+
+    async def _traced(self, stream: _CallStream, call: Call, seq: int,
+                      timeout: float | None) -> bytes:
+        """``invoke`` while tracing is on: a client span, its context inside the Call."""
+        attrs = {"duro.binding": call.binding, "duro.method": call.method or call.kind.name,
+                 "duro.object_id": call.object_id.hex(), "duro.hops": call.hops,
+                 "server.address": self.address}
+        with _tracing.span(f"call {call.binding}.{attrs['duro.method']}", kind="client",
+                           attributes=attrs):
+            pb = call_to_pb(call, seq)
+            _tracing.inject(pb.trace_context)
+            return await self._wait(stream, stream.submit(pb), seq, timeout)
+
+    async def _wait(self, stream: _CallStream, fut: asyncio.Future[bytes], seq: int,
+                    timeout: float | None) -> bytes:
         timer = None
         if timeout is not None:
             timer = asyncio.get_running_loop().call_later(
@@ -285,10 +302,7 @@ class NodeConnection:
             )
         try:
             return await fut
-        except CallTimeoutError:
-            stream.abandon(seq)
-            raise
-        except asyncio.CancelledError:
+        except (CallTimeoutError, asyncio.CancelledError):
             stream.abandon(seq)
             raise
         finally:

@@ -221,10 +221,41 @@ log "building the duro image with ${COMPOSE[*]} (base $BASE_TAG, build network n
 export DURO_BASE_IMAGE="$BASE_TAG" DURO_ETCD_IMAGE="$ETCD_TAG" DURO_BUILD_NETWORK=none
 # Every duro service runs the same image (duro:local): building it for one service is enough.
 "${COMPOSE[@]}" build placement-1
+
+# --- 5. Prometheus (the compose `observability` profile) ------------------------------------------
+# From the host's Debian package (apt-get install prometheus), on the base image (it needs libc).
+# Grafana has no package in Debian, on PyPI or on npm: its image cannot be made here (see
+# docs/observability.md); the profile's grafana service uses DURO_GRAFANA_IMAGE as it is.
+PROM_TAG="${DURO_PROMETHEUS_IMAGE:-duro/prometheus:local}"
+PROM_ENV=""
+PROM_BIN="${DURO_PROMETHEUS_BIN:-$(command -v prometheus || true)}"
+if [ "${DURO_REBUILD_BASE:-0}" != 1 ] && have_image "$PROM_TAG"; then
+    log "Prometheus image $PROM_TAG exists"
+    PROM_ENV="DURO_PROMETHEUS_IMAGE=$PROM_TAG"
+elif [ -n "$PROM_BIN" ]; then
+    log "building Prometheus image $PROM_TAG from $PROM_BIN"
+    ctx=$(mktemp -d /tmp/duro-prometheus-ctx.XXXXXX)
+    cp "$PROM_BIN" "$ctx/prometheus"
+    mkdir -p "$ctx/web"
+    # Debian's web UI assets (symlinks into libjs-* packages: copied as files), without
+    # moment-timezone's raw data (212 MB; the UI loads only moment-timezone-with-data.min.js).
+    if [ -d /usr/share/prometheus/web ]; then
+        cp -rL /usr/share/prometheus/web/. "$ctx/web/"
+        rm -rf "$ctx/web/static/moment-timezone/data"
+    fi
+    cp deploy/prometheus/Dockerfile "$ctx/Dockerfile"
+    docker build -q --network none --build-arg BASE_IMAGE="$BASE_TAG" -t "$PROM_TAG" "$ctx" >/dev/null
+    rm -rf "$ctx"
+    PROM_ENV="DURO_PROMETHEUS_IMAGE=$PROM_TAG"
+else
+    log "no prometheus binary (apt-get install prometheus): the observability profile's image is not built"
+fi
+
 cat >deploy/.offline.env <<ENV
 DURO_BASE_IMAGE=$BASE_TAG
 DURO_ETCD_IMAGE=$ETCD_TAG
 DURO_BUILD_NETWORK=none
+$PROM_ENV
 ENV
 image="${DURO_IMAGE:-duro:local}"
 size=$(docker image inspect -f '{{.Size}}' "$image")

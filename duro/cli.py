@@ -151,6 +151,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from duro._top import run_top
+    from duro.errors import InvalidArgumentError
+
+    if args.interval <= 0:
+        raise InvalidArgumentError("--interval must be a positive number of seconds")
+    try:
+        return _run(run_top(args.etcd, args.cluster, interval=args.interval, once=args.once,
+                            as_json=args.json))
+    except KeyboardInterrupt:  # how one leaves the live view
+        return 0
+
+
 def _cmd_where(args: argparse.Namespace) -> int:
     from duro.client.admin import where
 
@@ -421,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node_id")
     _add_cluster_flags(p)
     p.set_defaults(fn=_cmd_undrain)
+
+    p = sub.add_parser("top", help="the cluster live in the terminal: nodes, health, load, "
+                       "objects, memory, leader, replica groups, calls per binding")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true",
+                   help="print one frame (two samples --interval apart, for rates) and exit")
+    p.add_argument("--json", action="store_true", help="print the picture as JSON and exit")
+    _add_cluster_flags(p)
+    p.set_defaults(fn=_cmd_top)
 
     p = sub.add_parser("where", help="which node owns an object")
     p.add_argument("binding")

@@ -44,6 +44,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from duro import _json as strict_json
+from duro import _tracing
 from duro._app import App, Binding
 from duro._body import COLLECTED_BODY_LIMIT
 from duro._exposure import FETCH
@@ -200,9 +201,15 @@ class GatewayServicer:
         return ns.get_by_name(name, location_hint=hint_)
 
     async def _answer(self, rpc: str, run: Callable[[], Awaitable[Message]],
-                      error: Callable[[gateway_pb2.GatewayError], Message]) -> Message:
+                      error: Callable[[gateway_pb2.GatewayError], Message],
+                      context: aio.ServicerContext) -> Message:
         try:
-            response = await run()
+            if _tracing.tracer is None:
+                response = await run()
+            else:  # a span, a child of the caller's `traceparent` metadata if it sent one
+                with _tracing.span(f"gateway {rpc}", kind="server",
+                                   parent=_tracing.extract(context.invocation_metadata())):
+                    response = await run()
         except DuroError as exc:
             self.metrics.gateway_calls.labels(rpc=rpc, outcome=exc.code).inc()
             return error(_error_pb(exc))
@@ -231,7 +238,7 @@ class GatewayServicer:
             return gateway_pb2.InvokeResponse(result_json=to_json(result))
 
         return await self._answer(  # type: ignore[return-value]
-            "Invoke", run, lambda e: gateway_pb2.InvokeResponse(error=e))
+            "Invoke", run, lambda e: gateway_pb2.InvokeResponse(error=e), context)
 
     async def Fetch(  # noqa: N802
         self, data: bytes, context: aio.ServicerContext
@@ -268,7 +275,7 @@ class GatewayServicer:
             )
 
         return await self._answer(  # type: ignore[return-value]
-            "Fetch", run, lambda e: gateway_pb2.FetchResponse(error=e))
+            "Fetch", run, lambda e: gateway_pb2.FetchResponse(error=e), context)
 
 
 def _parse(text: str, kind: type, field: str, what: str) -> Any:

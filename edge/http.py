@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 from multidict import CIMultiDict
 
-from duro import _codec
+from duro import _codec, _tracing
 from duro._app import App
 from duro._http import Request, Response
 from duro._namespace import Call, CallKind, Env, Namespace
@@ -160,7 +160,10 @@ class EdgeHttp:
         current_client.set(request.remote or "")
         try:
             try:
-                resp = await self._handle(request)
+                if _tracing.tracer is None:
+                    resp = await self._handle(request)
+                else:
+                    resp = await self._handle_traced(request)
             except web.HTTPException as exc:
                 resp = exc
             except ConnectionError:  # the client went away mid-request: nobody to answer
@@ -187,6 +190,21 @@ class EdgeHttp:
             counter = self._status_counters[status] = self.metrics.http_requests.labels(
                 status=str(status))
         counter.inc()
+
+    async def _handle_traced(self, request: web.BaseRequest) -> web.StreamResponse | EdgeSocket:
+        """``_handle`` in a span (tracing on), a child of the client's ``traceparent`` if any."""
+        attrs = {"http.request.method": request.method, "url.path": request.path,
+                 "duro.edge.id": self.edge_id, "duro.region": self.config.region}
+        with _tracing.span(f"edge {request.method}", kind="server", attributes=attrs,
+                           parent=_tracing.extract(request.headers)) as span:
+            resp = await self._handle(request)
+            status = 101 if isinstance(resp, EdgeSocket) else resp.status
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+            return resp
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse | EdgeSocket:
         path = request.path

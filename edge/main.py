@@ -24,7 +24,7 @@ from typing import Sequence
 from aiohttp import web
 from grpc import aio
 
-from duro import tls
+from duro import _tracing, tls
 from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
@@ -243,6 +243,7 @@ async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     edge = EdgeProcess(config)
+    _tracing.configure("duro-edge", instance=edge.edge_id)  # DURO_TRACING; off by default
     try:
         await edge.start()
         if ready_line:
@@ -253,6 +254,7 @@ async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
         await stop.wait()
     finally:
         await edge.stop()
+        _tracing.shutdown()
 
 
 def quiet_access_log(config: EdgeConfig) -> None:

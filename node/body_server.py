@@ -63,7 +63,7 @@ async def _serve_call(servicer: Any, link: BodyLink, pb: node_pb2.Call) -> None:
         return
     call.stream_response = True
     call.meta["body"] = link.receive()
-    result = await servicer.run(call, pb.seq)
+    result = await servicer.run(call, pb.seq, trace=pb)
     await link.send(node_pb2.BodyFrame(result=result))
     token = None if result.HasField("error") else stream_token(result.value)
     if token is not None:

@@ -224,8 +224,9 @@ class NodeCluster:
     def serving(self, value: bool) -> None:
         self._serving = value
 
-    async def start(self, address: str, host: ObjectHost) -> None:
+    async def start(self, address: str, host: ObjectHost, *, metrics_port: int = 0) -> None:
         self.host = host
+        self.metrics_port = metrics_port  # registered with the node (duro top scrapes it)
         self.address = address
         await self.etcd.connect()
         await self.router.start()
@@ -245,6 +246,8 @@ class NodeCluster:
             node_id=self.node_id, address=address, region=self.config.region,
             zone=self.config.zone, capacity=self.config.capacity, load=host.active_count,
             storage_id=host.engine.storage_id, replication_address=stream_address,
+            metrics_address=(f"{address.rsplit(':', 1)[0]}:{self.metrics_port}"
+                             if self.metrics_port else ""),
         )
         self.membership = Membership(
             self.etcd, self.config.cluster, info, ttl=max(2, int(self.config.lease_ttl)),

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from duro import tls
+from duro import _tracing, tls
 from duro._app import App, load_app
 from duro._log import set_process_context
 from duro._metrics import start_metrics_server, stop_metrics_server
@@ -122,19 +122,19 @@ class NodeProcess:
             tls_material=self.tls, max_call_bytes_in_flight=cfg.max_call_bytes_in_flight,
         )
         await self.server.start()
+        if cfg.metrics_port >= 0:  # before registering: the registration names its address
+            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster,
+                                                 self.server.servicer))
+            host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
+            self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
         if self.cluster is not None:
-            await self.cluster.start(self.address, self.host)
+            await self.cluster.start(self.address, self.host, metrics_port=self.metrics_port or 0)
             # Calls this process makes to objects it serves skip the wire (client/router.py).
             self.cluster.router.local = (self.address, self.server.servicer.invoke_local)
             self.cluster.router.local_fetch = self.server.servicer.invoke_local_fetch
             if cfg.edge:
                 self.edge = self._colocated_edge()
                 await self.edge.start()
-        if cfg.metrics_port >= 0:
-            self.registry.register(NodeCollector(self.host, self.node_id, self.cluster,
-                                                 self.server.servicer))
-            host = cfg.listen.rsplit(":", 1)[0] or "127.0.0.1"
-            self.metrics_port = start_metrics_server(host, cfg.metrics_port, self.registry)
         self.status = Status.RUNNING
         log.info(
             "node %s serving app %r on %s (region %s, data %s, wal %s)",
@@ -195,6 +195,7 @@ async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
         loop.add_signal_handler(sig, stop.set)
     node = NodeProcess(config)
     set_process_context(node_id=node.node_id, region=config.region)
+    _tracing.configure("duro-node", instance=node.node_id)  # DURO_TRACING; off by default
     await node.start()
     if ready_line:
         # One machine-readable line for supervisors and tests.
@@ -207,3 +208,4 @@ async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
         await stop.wait()
     finally:
         await node.stop()
+        _tracing.shutdown()

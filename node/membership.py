@@ -72,6 +72,7 @@ class NodeInfo:
     storage_id: str = ""  # the node's RocksDB identity: a wiped data directory gets a new one
     replication_address: str = ""  # host:port of its replication stream listener
     lease: int = 0  # the etcd lease this registration is held by (set when written and read)
+    metrics_address: str = ""  # host:port of its Prometheus /metrics ("": none; duro top)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -91,6 +92,7 @@ class NodeInfo:
             storage_id=str(d.get("storage_id", "")),
             replication_address=str(d.get("replication_address", "")),
             lease=int(d.get("lease", 0)),
+            metrics_address=str(d.get("metrics_address", "")),
         )
 
 

@@ -6,13 +6,16 @@ Nothing is recorded per call on the hot path: the runtime keeps plain integer co
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from duro._metrics import metric_name
 from duro.node.directory.store import count_entries
+from duro.node.runtime.call_stats import BUCKET_MS, CallStats
+from duro.node.runtime.host import _rss_bytes as rss_bytes  # the one /proc reader
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
@@ -51,6 +54,9 @@ class NodeCollector(Collector):
         yield counter("runtime", "activations", "objects activated", s.activations)
         yield counter("runtime", "evictions", "objects evicted", s.evictions)
         yield counter("runtime", "events", "events delivered", s.events)
+        yield from _binding_calls(self.node_id, h.calls)
+        yield gauge("node", "memory_rss_bytes", "resident memory of the node process",
+                    rss_bytes())
         yield counter("runtime", "overloaded", "events refused as overloaded", s.overloaded)
         yield counter("runtime", "resets", "objects reset", s.resets)
         yield counter("storage", "commits", "group commits (synced write batches)", c.commits)
@@ -151,3 +157,26 @@ class NodeCollector(Collector):
                       part.forgotten)
         yield counter("directory", "imported", "entries imported from the etcd directory of an "
                       "older version", part.imported)
+
+
+def _binding_calls(node: str, calls: dict[str, CallStats]) -> Iterator[object]:
+    """Calls, failed calls and call latency by binding (``ObjectHost.calls``). The latency
+    histogram has no ``_sum``: the runtime keeps bucket counts only (node/runtime/call_stats.py)."""
+    total = CounterMetricFamily(metric_name("runtime", "binding_calls"),
+                                "calls delivered to objects, by binding", labels=["node", "binding"])
+    failed = CounterMetricFamily(metric_name("runtime", "binding_call_errors"),
+                                 "calls that ended in an error, by binding",
+                                 labels=["node", "binding"])
+    latency = HistogramMetricFamily(metric_name("runtime", "binding_call_latency", "seconds"),
+                                    "time from admission to the answer, by binding",
+                                    labels=["node", "binding"])
+    bounds = [*(f"{ms / 1000:g}" for ms in BUCKET_MS), "+Inf"]
+    for binding, st in sorted(calls.items()):
+        labels = [node, binding]
+        total.add_metric(labels, st.calls)
+        failed.add_metric(labels, st.errors)
+        cumulative = list(accumulate(st.buckets))
+        latency.add_metric(labels, list(zip(bounds, cumulative)), sum_value=None)
+    yield total
+    yield failed
+    yield latency

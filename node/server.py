@@ -49,7 +49,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from grpc import aio
 
-from duro import tls
+from duro import _tracing, tls
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
 from duro._wire import call_from_pb, chunk_by_size, error_from_pb, result_error, result_ok
@@ -165,7 +165,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             call = call_from_pb(request)
         except DuroError as exc:
             return result_error(request.seq, exc)
-        return await self.run(call, request.seq)
+        return await self.run(call, request.seq, trace=request)
 
     async def Body(  # noqa: N802
         self, request_iterator: Any, context: aio.ServicerContext
@@ -175,12 +175,13 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
         await serve_body(self, context)
 
-    async def run(self, call: Call, seq: int) -> node_pb2.Result:
-        """Run one call to its end and answer its Result (``Invoke``, ``Node.Body``)."""
+    async def run(self, call: Call, seq: int, trace: Any = None) -> node_pb2.Result:
+        """Run one call to its end and answer its Result (``Invoke``, ``Node.Body``); ``trace``
+        as for ``_spawn``."""
         refused = self._refuse_bytes(len(call.payload))
         if refused is not None:
             return result_error(seq, refused)
-        task = self._spawn(call, len(call.payload))
+        task = self._spawn(call, len(call.payload), trace=trace)
         try:
             # Shielded: a caller that goes away does not cut the call short (see module doc).
             await asyncio.shield(task)
@@ -254,7 +255,11 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         refused = self._refuse_bytes(size)
         if refused is not None:
             raise refused
-        task = self._spawn(call, size, fresh_context=True)
+        trace: dict[str, str] | None = None
+        if _tracing.tracer is not None:  # the caller's span, across the fresh context
+            trace = {}
+            _tracing.inject(trace)
+        task = self._spawn(call, size, fresh_context=True, trace=trace)
         if not task.done():
             # Wait on a future of our own, not on the task: a caller that goes away (cancelled)
             # or gives up (timeout) does not cut the call short (see module doc). Cheaper than
@@ -305,12 +310,18 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             retryable=True,  # not executed, so safe to send again (after backing off)
         )
 
-    def _spawn(self, call: Call, size: int, fresh_context: bool = False) -> asyncio.Task[bytes]:
+    def _spawn(self, call: Call, size: int, fresh_context: bool = False,
+               trace: Any = None) -> asyncio.Task[bytes]:
+        """Run the host call in a task; ``trace`` (the Call message, or a dict of W3C trace
+        headers) names the caller's span when tracing is on."""
+        if _tracing.tracer is None:
+            coro = self.host.invoke(call)
+        else:  # tracing on: the host call in a span, a child of the caller's
+            coro = _traced_invoke(self.host, call, trace)
         if fresh_context:
-            task = asyncio.get_running_loop().create_task(
-                self.host.invoke(call), context=contextvars.Context())
+            task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         else:
-            task = asyncio.ensure_future(self.host.invoke(call))
+            task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         self.call_bytes_in_flight += size
         task.add_done_callback(functools.partial(self._finished, size))
@@ -324,6 +335,17 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 def _wake(fut: asyncio.Future[None], _task: object) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+async def _traced_invoke(host: Host, call: Call, trace: Any) -> bytes:
+    carrier = dict(trace.trace_context if isinstance(trace, node_pb2.Call) else trace or {})
+    method = call.method or call.kind.name
+    attrs = {"duro.binding": call.binding, "duro.method": method,
+             "duro.object_id": call.object_id.hex(), "duro.caller_region": call.caller_region,
+             "duro.hops": call.hops}
+    with _tracing.span(f"node {call.binding}.{method}", kind="server",
+                       parent=_tracing.extract(carrier), attributes=attrs):
+        return await host.invoke(call)
 
 
 def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
@@ -430,7 +452,7 @@ class _StreamSession:
         if refused is not None:
             self._push(result_error(pb.seq, refused))
             return
-        task = servicer._spawn(call, size)
+        task = servicer._spawn(call, size, trace=pb)
         task.add_done_callback(functools.partial(self._done, pb.seq))
 
     def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:

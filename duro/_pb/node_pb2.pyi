@@ -43,7 +43,14 @@ SOCKET_OP_UNKNOWN: SocketOp
 SOCKET_OP_BARRIER: SocketOp
 
 class Call(_message.Message):
-    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "name", "stream_response")
+    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "name", "trace_context", "stream_response")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SEQ_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +62,7 @@ class Call(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     STREAM_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     binding: str
@@ -67,8 +75,9 @@ class Call(_message.Message):
     epoch: int
     hops: int
     name: str
+    trace_context: _containers.ScalarMap[str, str]
     stream_response: bool
-    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., name: _Optional[str] = ..., stream_response: _Optional[bool] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., name: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., stream_response: _Optional[bool] = ...) -> None: ...
 
 class Redirect(_message.Message):
     __slots__ = ("node_id", "address", "epoch")

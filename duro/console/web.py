@@ -202,10 +202,16 @@ class ConsoleWeb:
             who = self.authenticate(request.headers.get("Authorization"))
         except Exception as exc:  # edge.tokens.Unauthenticated
             return _error(401, "unauthenticated", str(exc))
-        if request.content_length is not None and request.content_length > MAX_ACTION_BODY:
+        raw = b""
+        while len(raw) <= MAX_ACTION_BODY:  # read() returns what has arrived: loop to the end
+            chunk = await request.content.read(MAX_ACTION_BODY + 1 - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+        if len(raw) > MAX_ACTION_BODY:
             return _error(413, "invalid_argument", "the request body is too large")
         try:
-            body = json.loads(await request.content.read(MAX_ACTION_BODY + 1) or b"{}")
+            body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("not an object")
         except ValueError as exc:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
 
-from duro import tls
+from duro import _tracing, tls
 from duro._pb import migration_pb2, migration_pb2_grpc
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
@@ -90,6 +90,16 @@ class _Move:
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> MoveResult:
+        if _tracing.tracer is None:
+            return await self._run()
+        attrs = {"duro.object_id": self.hex, "duro.binding": self.binding,
+                 "duro.migration.target": self.target}
+        with _tracing.span("migration", attributes=attrs) as span:
+            result = await self._run()
+            span.set_attribute("duro.migration.outcome", result.outcome)
+            return result
+
+    async def _run(self) -> MoveResult:
         await self._prepare()
         assert self.entry is not None
         # The protocol names owners by group: the object moves from this group to the target's.
@@ -97,7 +107,11 @@ class _Move:
         try:
             while actions:
                 action, actions = actions[0], actions[1:]
-                event = await self._perform(action)
+                if _tracing.tracer is None:
+                    event = await self._perform(action)
+                else:  # one span per step: hold, snapshot, switch, release or abort
+                    with _tracing.span(f"migration {type(action).__name__}"):
+                        event = await self._perform(action)
                 _fault(_STEP_AFTER.get(type(action), ""))
                 if event is not None:
                     state, more = P.step(state, event)

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import rocksdict
 
-from duro import _codec
+from duro import _codec, _tracing
 from duro.errors import DuroError, FencedError, UnavailableError
+from duro.node.storage import trace
 from duro.node.storage.engine import StorageEngine, Writer, apply_ops
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class _Raw:
 
 
 class _Commit:
-    __slots__ = ("taken", "raws", "local", "groups", "n_writes")
+    __slots__ = ("taken", "raws", "local", "groups", "n_writes", "span")
 
     def __init__(self) -> None:
         self.taken: list[tuple[ObjectStorage, Layer, int]] = []
@@ -98,6 +99,7 @@ class _Commit:
         self.local: asyncio.Future[None] | None = None  # the local write (None: written)
         self.groups: dict[int, asyncio.Future[None]] = {}  # replication, per group
         self.n_writes = 0
+        self.span: Any = None  # tracing on: the commit's span (duro.node.storage.trace)
 
     def complete(self) -> bool:
         return (self.local is None or self.local.done()) and all(
@@ -119,6 +121,7 @@ class GroupCommitter:
         self.stats = CommitStats()
         self.on_commit: list = []  # callbacks(n_objects, n_writes) for metrics
         self.on_fatal: Callable[[BaseException], None] | None = None
+        self._traces: list[Any] = []  # tracing on: the contexts of the calls that made writes
 
     @property
     def writer(self) -> Writer | None:
@@ -126,6 +129,8 @@ class GroupCommitter:
 
     def mark_dirty(self, storage: ObjectStorage) -> None:
         self._dirty.append(storage)
+        if _tracing.tracer is not None:
+            self._traces.append(trace.current())
         self.kick()
 
     def kick(self) -> None:
@@ -156,6 +161,9 @@ class GroupCommitter:
         commit, batch = self._cut()
         if commit is None:
             return
+        if _tracing.tracer is not None:
+            traces, self._traces = self._traces, []
+            trace.start_commit(commit, traces)
         self._commits.append(commit)
         for group_fut in commit.groups.values():
             group_fut.add_done_callback(self._on_group_done)
@@ -307,6 +315,8 @@ class GroupCommitter:
                     raw.future.set_result(None)
                 else:
                     raw.future.set_exception(_as_duro(exc))
+        if commit.span is not None:
+            trace.end_commit(commit, local_exc)
         if local_exc is None:
             self.stats.commits += 1
             self.stats.objects += n_ok

@@ -206,6 +206,8 @@ def space_range(gid: int, space: bytes) -> tuple[bytes, bytes]:
     """``[lo, hi)`` of one key space (``DATA``, ``ALARM``...) of the group."""
     p = group_prefix(gid) + space
     return p, prefix_end(p)
+
+
 def history_key(gid: int, object_id: bytes) -> bytes:
     return group_prefix(gid) + HISTORY + object_id
 

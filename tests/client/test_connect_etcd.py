@@ -17,7 +17,6 @@ import duro.client
 from duro._etcd import free_port
 from duro.client import EtcdUnreachableError
 from duro.errors import UnavailableError
-from tests.cluster.etcd_fixture import etcd  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("plaintext")]
 

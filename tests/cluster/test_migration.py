@@ -128,8 +128,12 @@ async def test_alternating_traffic_does_not_flap(make_cluster) -> None:
      ("after_release", "source"), ("target_before_ack", "target")],
 )
 async def test_crash_at_every_step_keeps_one_owner_with_all_writes(make_cluster, fault, who) -> None:
+    # A follower gets 5 s (not 1 s) to acknowledge before it leaves in_sync: with two nodes and
+    # min_in_sync 2 that would refuse the test's writes on a heavily loaded machine, which is
+    # not what this test is about.
     cluster = await make_cluster(app=str(APP), regions=TWO_REGIONS,
-                                 placement_args=("--rebalance", "false"))
+                                 placement_args=("--rebalance", "false"),
+                                 node_args=("--replica-ack-timeout", "5"))
     e = cluster.etcd.endpoint
     async with duro.client.connect(etcd=e, region="us-east") as c:
         stub = c.namespace("ACC").get_by_name(f"crash-{fault}")
@@ -164,12 +168,16 @@ async def test_crash_at_every_step_keeps_one_owner_with_all_writes(make_cluster,
             # A move refused before it began never reaches the fault: the object between
             # primaries a moment longer on a loaded machine ("no node serves it right now …
             # retry"), a handback that moved the group between the check and the move
-            # ("already" on the target), or a restarted source whose view of the object's
-            # entry has not caught up yet ("does not serve the object").
+            # ("already" on the target), a restarted source whose view of the object's
+            # entry has not caught up yet ("does not serve the object"), or a restarted target
+            # that does not serve its group yet and refuses the ingest ("does not serve group",
+            # "serves no replica group").
             detail = res.get("detail", "")
-            if not (res["outcome"] == "error" and proc.returncode is None
+            if not (res["outcome"] in ("error", "aborted") and proc.returncode is None
                     and any(s in detail for s in ("retry in a moment", "already",
-                                                  "does not serve the object"))):
+                                                  "does not serve the object",
+                                                  "does not serve group",
+                                                  "serves no replica group"))):
                 break
             await asyncio.sleep(0.5)
         try:
@@ -188,7 +196,6 @@ async def test_crash_at_every_step_keeps_one_owner_with_all_writes(make_cluster,
                 return False
 
         await wait_until(one_owner, 30, 0.2, "exactly one node serves the object")
-        fresh = c.namespace("ACC").get_by_name(f"crash-{fault}")
 
         async def value() -> int | None:
             try:
@@ -198,7 +205,25 @@ async def test_crash_at_every_step_keeps_one_owner_with_all_writes(make_cluster,
                 return None
 
         await wait_until(lambda: _eq(value(), acked), 30, 0.2, "every acknowledged write present")
-        assert await fresh.add() == acked + 1  # and it takes writes
+        # And it takes writes. Two nodes with min_in_sync 2: a write shipped while the victim
+        # was still catching up may be refused as "may or may not have been applied"; then the
+        # value says whether it was, and the write is made once.
+        last: DuroError | None = None
+        for _ in range(20):
+            try:  # a new stub each time: an uncertain answer breaks the stub (as in Cloudflare)
+                assert await c.namespace("ACC").get_by_name(f"crash-{fault}").add() == acked + 1
+                break
+            except DuroError as exc:
+                assert exc.retryable, exc
+                last = exc
+                await asyncio.sleep(0.5)
+                now = await value()
+                if now == acked + 1:
+                    break
+                assert now in (None, acked), (now, acked)
+        else:
+            raise AssertionError(f"the object took no write after the crash: {last!r}")
+        await wait_until(lambda: _eq(value(), acked + 1), 30, 0.2, "that write, exactly once")
         await wait_until(lambda: _ge(c.namespace("ACC").get_by_name(f"crash-{fault}").fired(), 1),
                          40, 0.3, "the alarm fired after the crash")
 

@@ -12,7 +12,10 @@ run beside a developer's cluster or another run of itself):
    UNAUTHENTICATED);
 3. ``docker kill``s the node that owns some objects, sees them unavailable (a retryable error),
    starts it again and sees them back with their state, then writes again;
-4. ``down -v``.
+4. brings up the ``observability`` profile's Prometheus, which scrapes every node, edge and
+   placement replica and answers every query of the Grafana dashboard (Grafana itself has no
+   image here: docs/observability.md);
+5. ``down -v``.
 
 Skipped, with the reason, only when no Docker engine answers; with ``DURO_REQUIRE_DOCKER=1``
 (set by ``.ci/run`` after it started dockerd) that is a failure instead.
@@ -28,6 +31,7 @@ import sys
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -110,9 +114,9 @@ class Cluster:
         assert ids, f"no container for {service}"
         return ids[0]
 
-    def health(self) -> dict[str, str]:
+    def health(self, services: list[str] | None = None) -> dict[str, str]:
         out = {}
-        for service in self.services:
+        for service in services or self.services:
             ids = self.run("ps", "-q", service).split()
             if not ids:
                 out[service] = "missing"
@@ -128,7 +132,7 @@ class Cluster:
         t0 = time.monotonic()
         services = services or self.services
         while True:
-            health = self.health()
+            health = self.health(services)
             if all(health.get(s) == "healthy" for s in services):
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
@@ -207,6 +211,7 @@ def cluster(timings: dict[str, Any]) -> Iterator[Cluster]:
         key = region.upper().replace("-", "_")
         env[f"DURO_HTTP_PORT_{key}"] = str(_free_port())
         env[f"DURO_GRPC_PORT_{key}"] = str(_free_port())
+    env["DURO_PROMETHEUS_PORT"] = str(_free_port())  # the observability profile's
     services = ["etcd", "placement-1", "placement-2", *(f"node-{r}" for r in REGIONS)]
     if HAVE_EDGE:
         services += [f"edge-{r}" for r in REGIONS]
@@ -221,7 +226,8 @@ def cluster(timings: dict[str, Any]) -> Iterator[Cluster]:
                                                f"after {up:.1f} s)")
         yield c
     finally:
-        c.run("down", "-v", "--remove-orphans", "-t", "5", check=False, timeout=300)
+        c.run("--profile", "observability", "down", "-v", "--remove-orphans", "-t", "5",
+              check=False, timeout=300)
         left = _run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
                     check=False).stdout.split()
         assert not left, f"volumes left behind by down -v: {left}"
@@ -439,3 +445,53 @@ def test_a_container_without_a_certificate_cannot_call_a_node(cluster: Cluster) 
                   NO_CERT_CLIENT], timeout=120)
     assert json.loads(admin.stdout)["admin"] == {"health": "OK", "drain": "OK",
                                                  "grpc": "accepted"}, admin.stderr
+
+
+def _prometheus(cluster: Cluster, query: str) -> dict[str, Any]:
+    url = (f"http://127.0.0.1:{cluster.env['DURO_PROMETHEUS_PORT']}/api/v1/query?"
+           + urllib.parse.urlencode({"query": query}))
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # a bad query: 400 with Prometheus' reason
+        return json.loads(exc.read())
+
+
+def test_observability_profile_scrapes_every_process(cluster: Cluster,
+                                                     timings: dict[str, Any]) -> None:
+    image = cluster.env.get("DURO_PROMETHEUS_IMAGE", "duro/prometheus:local")
+    if _run(["docker", "image", "inspect", image], check=False).returncode != 0:
+        if os.environ.get("DURO_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"no Prometheus image {image}: deploy/build-offline.sh builds it from "
+                        "Debian's prometheus package (apt-get install prometheus)")
+        pytest.skip(f"no Prometheus image {image} (deploy/build-offline.sh makes it)")
+    t0 = time.monotonic()
+    cluster.run("--profile", "observability", "up", "-d", "--no-deps", "prometheus")
+    cluster.wait_healthy(["prometheus"], timeout=120)
+    timings["observability profile: prometheus healthy"] = f"{time.monotonic() - t0:.1f} s"
+    for region in REGIONS:  # traffic, so that the per-status and per-binding series exist
+        assert cluster.counter(region, f"prom-{os.getpid()}", "increment")[0]
+    jobs = {"duro-nodes": 3, "duro-edges": 3 if HAVE_EDGE else 0, "duro-placement": 2}
+    deadline = time.monotonic() + 90
+    while True:  # every target scraped and up
+        up = _prometheus(cluster, "up")["data"]["result"]
+        seen = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in up}
+        if all(sum(1 for (job, _), v in seen.items() if j == job and v == "1") == n
+               for j, n in jobs.items()):
+            break
+        assert time.monotonic() < deadline, f"targets not all up: {seen}"
+        time.sleep(1)
+    timings["observability profile: every target up"] = f"{time.monotonic() - t0:.1f} s"
+    deadline = time.monotonic() + 60
+    while True:  # the increments above, scraped
+        r = _prometheus(cluster, 'sum(duro_runtime_binding_calls_total{binding="COUNTER"})')
+        if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 3:
+            break
+        assert time.monotonic() < deadline, r
+        time.sleep(1)
+    # Every query of the Grafana dashboard is one this Prometheus evaluates.
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "duro.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            r = _prometheus(cluster, target["expr"].replace("$region", ".*"))
+            assert r["status"] == "success", (panel["title"], target["expr"], r)

@@ -81,6 +81,8 @@ async def test_actions_need_the_console_admin_token(examples_cluster):
                 assert r.status == 400 and why in (await r.json())["error"]["message"]
         async with s.post(f"{base}/migrate", data=b"[not json", headers=ok) as r:
             assert r.status == 400
+        async with s.post(f"{base}/migrate", data=b"{" + b" " * 10_000 + b"}", headers=ok) as r:
+            assert r.status == 413
         async with s.post(f"{base}/drain", json={"node": "no-such-node"}, headers=ok) as r:
             assert r.status == 400 and "not live" in await r.text()
         async with s.put(f"{base}/migrate", json=body, headers=ok) as r:

@@ -110,6 +110,7 @@ async def test_busy_object_is_not_evicted_by_idle_timeout(tmp_path, wait_for):
         await wait_for(lambda: tb.host.active_count == 0, timeout=5)
 
 
+@pytest.mark.timeout(240)  # 100,000 activations: ~50 s on a quiet 2-core machine
 async def test_active_objects_stay_within_budget_for_100k_distinct_objects(tmp_path, monkeypatch):
     """100,000 distinct objects, each touched once (a write), 500 at a time: never more than
     ``max_active_objects`` in memory, RSS growth bounded (without eviction it grows ~150 MB), and
