@@ -47,13 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import command_line, cpu_seconds, wait_quiet  # noqa: E402
+
+from duro import tls  # noqa: E402
 from duro._ids import ObjectId, namespace_key  # noqa: E402
 from duro._namespace import Call, CallKind  # noqa: E402
 from duro.client.router import Router  # noqa: E402
-from duro import tls  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
-from duro.node.directory.entry import Entry  # noqa: E402
 from duro.node.storage import layout  # noqa: E402
+from duro.topology.directory_entry import Entry  # noqa: E402
 
 APP = ROOT / "examples"
 KEY = namespace_key("Counter")

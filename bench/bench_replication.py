@@ -69,16 +69,14 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import uvloop  # noqa: E402
-
-import duro.client  # noqa: E402
 from common import (  # noqa: E402
     ROOT,
     ForeignCpu,
@@ -89,12 +87,14 @@ from common import (  # noqa: E402
     percentile,
     wait_quiet,
 )
-from duro.client.etcdkv import get_value  # noqa: E402
+
+import duro.client  # noqa: E402
 from duro import tls  # noqa: E402
 from duro.dev import LocalCluster  # noqa: E402
-from duro.node.membership import node_key  # noqa: E402
-from duro.node.replication.groups import GroupConfig, group_key  # noqa: E402
 from duro.errors import DuroError  # noqa: E402
+from duro.node.membership import node_key  # noqa: E402
+from duro.topology.etcdkv import get_value  # noqa: E402
+from duro.topology.groups import GroupConfig, group_key  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # The refill and replace parts' app, written into each run's directory: like

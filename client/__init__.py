@@ -22,7 +22,7 @@ import asyncio
 from typing import Any, Mapping
 
 from duro._namespace import Invoker, Namespace
-from duro.client.etcdkv import EtcdUnreachableError
+from duro.topology.etcdkv import EtcdUnreachableError
 
 __all__ = ["Client", "connect", "EtcdUnreachableError"]
 
@@ -124,9 +124,9 @@ class _Connecting:
                             region: str, cache: int) -> Client:
         """A client routing through the cluster of ``etcd``, within ``timeout``: first one
         read proves etcd answers, then the router loads its views."""
-        from duro.client.etcdkv import check_reachable, etcd_client
         from duro.client.router import Router
         from duro.errors import UnavailableError
+        from duro.topology.etcdkv import check_reachable, etcd_client
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout

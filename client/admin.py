@@ -9,16 +9,15 @@ from typing import Any
 from etcd3aio import Etcd3Client
 
 from duro._ids import ObjectId, namespace_key
-from duro.client.etcdkv import _PROCESS, etcd_client, get_prefix, get_value
+from duro._transport import message_limits
 from duro.client.router import app_key
 from duro.errors import InvalidArgumentError
-from duro.node.membership import NodeInfo, nodes_prefix
-from duro.node.replication.groups import GroupConfig, groups_prefix
-from duro.node.replication.settings import ReplicationSettings, read_settings
-from duro.node.directory.partitions import (
-    DirectorySettings, partitions_prefix, read_directory_settings)
-from duro.placement.election import leader_key
-from duro.placement.groups import primary_gone
+from duro.topology.etcdkv import _PROCESS, etcd_client, get_prefix, get_value
+from duro.topology.groups import GroupConfig, groups_prefix, primary_gone
+from duro.topology.keys import leader_key
+from duro.topology.nodes import NodeInfo, nodes_prefix
+from duro.topology.partitions import DirectorySettings, partitions_prefix, read_directory_settings
+from duro.topology.replication_settings import ReplicationSettings, read_settings
 
 __all__ = ["status", "read_status", "where", "migrate", "drain", "undrain", "set_draining"]
 
@@ -133,7 +132,7 @@ async def where(etcd: str, cluster: str, app: Any, binding: str, name: str) -> d
 
 def _choose_target(nodes: dict[str, NodeInfo], exclude: str, region: str | None,
                    near: str = "") -> str:
-    from duro.placement.policy import Candidate, NoLiveNodeError, choose_node
+    from duro.topology.placement_policy import Candidate, NoLiveNodeError, choose_node
 
     cands = [Candidate(n.node_id, n.region, n.zone, n.load, n.capacity)
              for n in nodes.values()
@@ -195,7 +194,9 @@ async def _live_nodes(etcd: str, cluster: str) -> dict[str, NodeInfo]:
 def _channel(address: str, material: Any) -> Any:
     from duro import tls as _tls
 
-    return _tls.channel(address) if material is _PROCESS else _tls.channel(address, tls=material)
+    if material is _PROCESS:
+        return _tls.channel(address, options=message_limits())
+    return _tls.channel(address, tls=material, options=message_limits())
 
 
 async def undrain(etcd: str, cluster: str, node_id: str, *, tls: Any = _PROCESS

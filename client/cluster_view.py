@@ -29,8 +29,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from duro.client.admin import status
-from duro.client.etcdkv import etcd_client, get_prefix
-from duro.node.membership import NodeInfo, nodes_prefix
+from duro.topology.etcdkv import etcd_client, get_prefix
+from duro.topology.nodes import NodeInfo, nodes_prefix
 
 __all__ = ["Sample", "NodeSample", "sample", "view", "parse_metrics"]
 

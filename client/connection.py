@@ -29,57 +29,24 @@ from typing import Any, AsyncIterator, Sequence
 from grpc import aio
 
 from duro import _tracing, tls
+from duro._batched import BatchedStream
 from duro._http import stream_token
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
+from duro._transport import MAX_VALUE_BYTES, channel_options
+from duro._wire import RedirectError, call_to_pb, error_from_pb, error_from_status
 from duro.client.bodies import pull_body, send_streamed
-from duro._wire import RedirectError, call_to_pb, chunk_by_size, error_from_pb, error_from_status
 from duro.errors import CallTimeoutError, DuroError, InvalidValueError, UnavailableError
 
-__all__ = [
-    "NodeConnection", "ConnectionPool", "NodeHealth", "channel_options", "PLACEMENT_BACKOFF_MS",
-    "placement_channel_options",
-]
+__all__ = ["NodeConnection", "ConnectionPool", "NodeHealth"]
 
 log = logging.getLogger("duro.client.connection")
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_CALL_OVERHEAD = 128  # bytes of a Call beside its payload, for splitting batches
-_MAX_PAYLOAD_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+_CALL_OVERHEAD = 128  # bytes of a Call beside its payload, for cutting batches
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Channel arguments for connections to nodes."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        # A restarted node should be reached again within a fraction of a second, not after
-        # gRPC's default backoff of up to two minutes.
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
-    ]
-
-
-# A restarted placement leader must be reached again within a second of being elected: with gRPC's
-# default backoff (1 s growing 1.6x to 120 s) routers kept failing to place new objects for 11-17 s
-# after the only placement replica restarted, although a leader was back within 1 s.
-PLACEMENT_BACKOFF_MS = 1_000
-
-
-def placement_channel_options() -> list[tuple[str, int]]:
-    """Channel arguments for connections to the placement service: the reconnect backoff capped
-    at :data:`PLACEMENT_BACKOFF_MS`, and no keepalive pings (its calls are rare and short, and
-    its server would answer idle pings with GOAWAY ``too_many_pings``)."""
-    return [
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", PLACEMENT_BACKOFF_MS),
-    ]
+def _call_bytes(call: node_pb2.Call) -> int:
+    return len(call.payload) + _CALL_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +60,7 @@ class _CallStream:
     """One ``Node.Stream`` RPC: the calls waiting on it, its outbox, a reader and a writer."""
 
     __slots__ = (
-        "address",
-        "_rpc",
-        "pending",
-        "_outbox",
-        "_outbox_bytes",
-        "_abandoned",
-        "_wake",
-        "broken",
-        "_writer",
-        "_reader",
+        "address", "_rpc", "pending", "_outbox", "_abandoned", "broken", "_writer", "_reader",
         "connected",
     )
 
@@ -110,10 +68,9 @@ class _CallStream:
         self.address = address
         self._rpc: Any = stub.Stream()
         self.pending: dict[int, asyncio.Future[bytes]] = {}
-        self._outbox: list[node_pb2.Call] = []
-        self._outbox_bytes = 0
+        self._outbox: BatchedStream[node_pb2.Call] = BatchedStream(
+            _call_bytes, prepare=self._unabandoned)
         self._abandoned = 0  # calls given up by their caller while possibly still in the outbox
-        self._wake = asyncio.Event()
         self.broken: DuroError | None = None
         self.connected = False  # the transport to the node was established
         self._writer = asyncio.ensure_future(self._write())
@@ -122,15 +79,24 @@ class _CallStream:
     def submit(self, pb: node_pb2.Call) -> asyncio.Future[bytes]:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[pb.seq] = fut
-        self._outbox.append(pb)
-        self._outbox_bytes += len(pb.payload) + _CALL_OVERHEAD
-        self._wake.set()
+        self._outbox.send(pb)
         return fut
 
     def abandon(self, seq: int) -> None:
-        """The caller stopped waiting (cancelled, timed out): forget the call, send it if unsent."""
+        """The caller stopped waiting (cancelled, timed out): forget the call, and do not send it
+        if it is still queued."""
         if self.pending.pop(seq, None) is not None:
             self._abandoned += 1
+
+    def _unabandoned(self, calls: list[node_pb2.Call]) -> list[node_pb2.Call]:
+        if self._abandoned:
+            self._abandoned = 0
+            pending = self.pending
+            calls = [c for c in calls if c.seq in pending]
+        return calls
+
+    async def _write_batch(self, calls: list[node_pb2.Call]) -> None:
+        await self._rpc.write(node_pb2.CallBatch(calls=calls))
 
     async def _write(self) -> None:
         try:
@@ -138,22 +104,7 @@ class _CallStream:
             # stream was delivered, and the router may send them elsewhere (a failover).
             await self._rpc.wait_for_connection()
             self.connected = True
-            while True:
-                if not self._outbox:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                calls, size = self._outbox, self._outbox_bytes
-                self._outbox, self._outbox_bytes = [], 0
-                if self._abandoned:
-                    self._abandoned = 0
-                    pending = self.pending
-                    calls = [c for c in calls if c.seq in pending]
-                if size <= MAX_MESSAGE_BYTES // 2:
-                    await self._rpc.write(node_pb2.CallBatch(calls=calls))
-                else:
-                    for chunk in _chunks(calls, MAX_MESSAGE_BYTES // 2):
-                        await self._rpc.write(node_pb2.CallBatch(calls=chunk))
+            await self._outbox.run(self._write_batch)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -194,8 +145,7 @@ class _CallStream:
         else:
             cause = UnavailableError(f"stream to {self.address} failed: {exc!r}")
         self.broken = cause
-        unsent = {c.seq for c in self._outbox}
-        self._outbox = []
+        unsent = {c.seq for c in self._outbox.take()}
         pending, self.pending = self.pending, {}
         for seq, fut in pending.items():
             if fut.done():
@@ -219,10 +169,6 @@ class _CallStream:
     async def close(self, reason: str) -> None:
         self._break(None, reason=reason)
         await asyncio.wait([self._writer, self._reader])
-
-
-def _chunks(calls: list[node_pb2.Call], limit: int) -> list[list[node_pb2.Call]]:
-    return chunk_by_size(calls, lambda c: len(c.payload) + _CALL_OVERHEAD, limit)
 
 
 class NodeConnection:
@@ -272,9 +218,9 @@ class NodeConnection:
         stream = self._stream
         if stream is None or stream.broken is not None:
             stream = self._open()
-        if len(call.payload) > _MAX_PAYLOAD_BYTES:
+        if len(call.payload) > MAX_VALUE_BYTES:
             raise InvalidValueError(
-                f"call payload is {len(call.payload)} bytes; the limit is {_MAX_PAYLOAD_BYTES}"
+                f"call payload is {len(call.payload)} bytes; the limit is {MAX_VALUE_BYTES}"
             )
         self._seq = seq = self._seq + 1
         if _tracing.tracer is not None:

@@ -23,13 +23,17 @@ import grpc
 
 from duro import tls
 from duro._pb import directory_pb2, directory_pb2_grpc
-from duro.client.connection import channel_options
-from duro.client.watch import PrefixView
+from duro._transport import channel_options
 from duro.errors import InvalidArgumentError, UnavailableError
-from duro.node.directory.entry import Entry
-from duro.node.directory.partitions import (
-    DirectorySettings, PartitionView, directory_settings_key, partition_of)
-from duro.node.replication.groups import GroupView
+from duro.topology.directory_entry import Entry
+from duro.topology.groups import GroupView
+from duro.topology.partitions import (
+    DirectorySettings,
+    PartitionView,
+    directory_settings_key,
+    partition_of,
+)
+from duro.topology.watch import PrefixView
 
 __all__ = ["DirectoryClient", "DirectoryStats"]
 

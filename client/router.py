@@ -33,16 +33,17 @@ from etcd3aio import Etcd3Client
 from duro import tls
 from duro._namespace import Call
 from duro._pb import placement_pb2, placement_pb2_grpc
+from duro._transport import placement_channel_options
 from duro._wire import RedirectError
-from duro.client.connection import ConnectionPool, placement_channel_options
-from duro.client.etcdkv import etcd_client, get_value
+from duro.client.connection import ConnectionPool
+from duro.client.directory import DirectoryClient
 from duro.client.latency import LatencyMatrix
 from duro.errors import UnavailableError
-from duro.node.replication.groups import GroupView
-from duro.client.directory import DirectoryClient
-from duro.node.directory.entry import Entry
-from duro.placement.election import leader_key
-from duro.placement.nodes import NodeView
+from duro.topology.directory_entry import Entry
+from duro.topology.etcdkv import etcd_client, get_value
+from duro.topology.groups import GroupView
+from duro.topology.keys import leader_key
+from duro.topology.nodes import NodeView
 
 T = TypeVar("T")
 

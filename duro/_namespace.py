@@ -17,6 +17,7 @@ stub to retry. The object's own exceptions and refused arguments do not break it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from duro._ids import ObjectId, namespace_key
 from duro._methods import is_public_name
 from duro.errors import BrokenStubError, DuroError, InvalidArgumentError, MethodNotFoundError
 
-__all__ = ["Call", "CallKind", "Invoker", "Namespace", "Stub", "Env"]
+__all__ = ["Call", "CallKind", "Invoker", "Namespace", "Stub", "Env", "env_bindings"]
 
 
 class CallKind(IntEnum):
@@ -244,3 +245,9 @@ class Env:
 
     def __repr__(self) -> str:
         return f"<Env bindings={sorted(self._bindings)}>"
+
+
+def env_bindings(env: Env) -> Mapping[str, Namespace]:
+    """The namespaces of ``env`` by binding name (its vars left out). A function, not an
+    attribute of ``Env``: every attribute name there is the user's (a binding or a var)."""
+    return env._bindings

@@ -19,7 +19,7 @@ this module, and only this module and those adapters import ``duro._pb``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import grpc
 import msgpack
@@ -281,21 +281,3 @@ def status_for_error(exc: BaseException) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return status
     return _S.UNKNOWN if not isinstance(exc, DuroError) else _S.INTERNAL
-
-
-T = TypeVar("T")
-
-
-def chunk_by_size(items: list[T], size_of: Callable[[T], int], limit: int) -> list[list[T]]:
-    """Split ``items`` (in order) into runs whose summed ``size_of`` stays within ``limit``
-    (a single item larger than ``limit`` gets a run of its own): one gRPC message each."""
-    chunks: list[list[T]] = [[]]
-    size = 0
-    for item in items:
-        n = size_of(item)
-        if chunks[-1] and size + n > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += n
-    return chunks

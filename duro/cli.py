@@ -22,7 +22,6 @@ environment variables, then flags (later wins).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -30,17 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from duro._config import add_dataclass_flags, flags_from_args, load_config
+from duro._runner import run as _run
 
 __all__ = ["main"]
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(coro)
 
 
 def _service_config(cls: type, prefix: str, args: argparse.Namespace) -> Any:
@@ -117,8 +108,8 @@ async def _call(args: argparse.Namespace) -> Any:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from duro.client.etcdkv import EtcdUnreachableError
     from duro.errors import DuroError
+    from duro.topology.etcdkv import EtcdUnreachableError
 
     try:
         result = _run(_call(args))
@@ -137,7 +128,7 @@ async def _reached(args: argparse.Namespace, coro_fn: Callable[[], Any]) -> Any:
     """``coro_fn()`` once etcd has answered (within ``--connect-timeout``): a dead or wrong
     endpoint fails in seconds, with one line (``_unreachable``), not after the retries of every
     read the command makes."""
-    from duro.client.etcdkv import check_reachable, etcd_client
+    from duro.topology.etcdkv import check_reachable, etcd_client
 
     async with etcd_client(args.etcd) as kv:
         await check_reachable(kv, args.etcd, args.connect_timeout)
@@ -486,8 +477,8 @@ def _operator_failed(args: argparse.Namespace, origin: str, exc: Exception) -> i
     import grpc
     from etcd3aio import EtcdError
 
-    from duro.client.etcdkv import EtcdUnreachableError, describe_etcd_error
     from duro.errors import DuroError
+    from duro.topology.etcdkv import EtcdUnreachableError, describe_etcd_error
 
     if isinstance(exc, EtcdUnreachableError):
         print(_unreachable(args.command, args, origin, str(exc)), file=sys.stderr)

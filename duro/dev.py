@@ -29,6 +29,7 @@ from typing import Any
 
 from duro._certs import ensure_ca
 from duro._etcd import EtcdProcess, free_port, supervised
+from duro._runner import stop_on_signals
 from duro.client.latency import DEFAULT_MS
 from duro.edge.tokens import dev_token
 from duro.tls import TlsConfig
@@ -261,7 +262,7 @@ class LocalCluster:
 
     def etcd_client(self) -> Any:
         """An etcd3aio client of this cluster's etcd (as admin when TLS is on); ``async with``."""
-        from duro.client.etcdkv import etcd_client
+        from duro.topology.etcdkv import etcd_client
 
         return etcd_client(self.etcd.endpoint,
                            tls=self.client_tls.load() if self.client_tls is not None else None)
@@ -388,8 +389,8 @@ class LocalCluster:
 
     # -- views --------------------------------------------------------------------------------
     async def wait_leader(self, timeout: float = 30.0) -> dict[str, Any]:
-        from duro.client.etcdkv import get_value
-        from duro.placement.election import leader_key
+        from duro.topology.etcdkv import get_value
+        from duro.topology.keys import leader_key
 
         deadline = time.monotonic() + timeout
         async with self.etcd_client() as client:
@@ -402,8 +403,8 @@ class LocalCluster:
 
     async def groups(self) -> list[Any]:
         """Every replica group's configuration, from etcd (docs/replication.md)."""
-        from duro.client.etcdkv import get_prefix
-        from duro.node.replication.groups import GroupConfig, groups_prefix
+        from duro.topology.etcdkv import get_prefix
+        from duro.topology.groups import GroupConfig, groups_prefix
 
         async with self.etcd_client() as client:
             return [GroupConfig.from_json(v, 0)
@@ -412,8 +413,8 @@ class LocalCluster:
     async def wait_replicated(self, timeout: float = 60.0, *, nodes: int | None = None) -> None:
         """Wait until every running node leads its home group and every group has
         ``min(replicas, nodes)`` members, all in sync: the steady state after a start."""
-        from duro.client.etcdkv import get_prefix
-        from duro.node.membership import NodeInfo, nodes_prefix
+        from duro.topology.etcdkv import get_prefix
+        from duro.topology.nodes import NodeInfo, nodes_prefix
 
         running = {n.ready.get("node_id", n.name) for n in self.nodes if n.running}
         want = min(self.replicas, nodes if nodes is not None else len(running))
@@ -567,10 +568,7 @@ async def _dev(args: argparse.Namespace) -> int:
                            min_in_sync=args.min_in_sync, tls=not args.insecure,
                            colocated_edges=not args.separate_edges,
                            simulate_latency=args.simulate_latency)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     edges = (f"{len(cluster.edges)} of them also their region's edge" if cluster.colocated_edges
              else f"{len(cluster.edges)} edges")
     print(f"duro dev: starting etcd, placement, {len(cluster.nodes)} nodes ({edges}), "
@@ -623,6 +621,6 @@ async def _dev(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from duro.cli import _run
+    from duro._runner import run as _run
 
     return _run(_dev(args))

@@ -26,7 +26,7 @@ from duro import _codec
 from duro._app import App, load_app
 from duro._ids import ObjectId
 from duro._namespace import Call, CallKind, Env, Namespace, Stub
-from duro.errors import InvalidArgumentError, UnavailableError
+from duro.errors import InvalidArgumentError
 from duro.node.config import RuntimeConfig
 from duro.node.runtime.bodies import fetch_in_process
 from duro.node.runtime.host import ObjectHost
@@ -177,24 +177,7 @@ class Testbed:
 
         Writes whose output gate had opened are on disk and survive; nothing else is kept.
         """
-        host = self._host()
-        host._closing = True
-        # As after a crash: writes not committed yet are lost (before anything below yields to the
-        # loop and lets the group committer flush them), and callers waiting for them fail.
-        lost = UnavailableError("the node restarted before this write was committed")
-        host.committer._dirty.clear()
-        for act in list(host._acts.values()):
-            layer = act.storage._take_pending()
-            if layer is not None:
-                act.storage._commit_failed(layer, lost)
-        if host._sweeper is not None:
-            host._sweeper.cancel()
-        await host.alarms.stop()
-        for act in list(host._acts.values()):
-            act.close()
-        host._acts.clear()
-        await host.committer.drain()  # a batch the writer thread holds lands or fails first
-        host.committer.close()
+        await self._host().crash()
         self.host = None
         assert self.engine is not None
         self.engine.close()

@@ -167,7 +167,7 @@ class EdgeConfig:
         if self.directory_cache < 1:
             raise ValueError("directory_cache must be at least 1 entry")
         if self.max_message_bytes < 1 or self.max_message_bytes > 32 * MiB:
-            raise ValueError("max_message_bytes must be in 1..32 MiB (DESIGN §2)")
+            raise ValueError("max_message_bytes must be in 1..32 MiB (docs/edge.md)")
         for name in ("socket_window_bytes", "socket_inflight_bytes", "max_requests",
                      "max_body_bytes_in_flight", "body_min_rate", "new_objects_burst"):
             if getattr(self, name) < 1:

@@ -50,7 +50,7 @@ from duro._body import COLLECTED_BODY_LIMIT
 from duro._exposure import FETCH
 from duro._http import Request
 from duro._methods import check_method, no_such_method
-from duro._namespace import Env, Namespace, Stub
+from duro._namespace import Env, Namespace, Stub, env_bindings
 from duro._pb import gateway_pb2
 from duro.edge.limits import ByteBudget
 from duro.edge.metrics import EdgeMetrics
@@ -115,7 +115,7 @@ class GatewayServicer:
         self.metrics = metrics
         self.app = app
         self.tokens = tokens
-        self._by_name = {name.lower(): name for name in env._bindings}
+        self._by_name = {name.lower(): name for name in env_bindings(env)}
 
     def register(self, server: aio.Server) -> None:
         # Requests arrive as bytes (no request_deserializer): bytes that are not a request are
@@ -174,7 +174,7 @@ class GatewayServicer:
                               f"token {principal.name!r} may not call {name}.{method}")
 
     def _canonical(self, binding: str) -> str:
-        return binding if binding in self.env._bindings else self._by_name.get(
+        return binding if binding in env_bindings(self.env) else self._by_name.get(
             binding.lower(), binding)
 
     def _binding(self, binding: str) -> Binding:
@@ -192,7 +192,7 @@ class GatewayServicer:
             raise no_such_method(b.cls, method)
 
     def _stub(self, b: Binding, name: str, oid: str, hint: str) -> Stub:
-        ns: Namespace = self.env._bindings[b.name]
+        ns: Namespace = env_bindings(self.env)[b.name]
         if bool(name) == bool(oid):
             raise InvalidArgumentError("give exactly one of name and id")
         hint_ = hint or None

@@ -40,14 +40,15 @@ from multidict import CIMultiDict
 from duro import _codec, _tracing
 from duro._app import App
 from duro._http import Request, Response
-from duro._namespace import Call, CallKind, Env, Namespace
+from duro._namespace import Call, CallKind, Env, Namespace, env_bindings
+from duro._transport import SOCKET_HEADER
 from duro.edge.admission import NewObjectsLimitError, current_client
 from duro.edge.config import EdgeConfig
 from duro.edge.limits import ByteBudget
 from duro.edge.bodies import BodyError, ClientBody
 from duro.edge.listener import EdgeServer
 from duro.edge.metrics import EdgeMetrics
-from duro.edge.sockets import SOCKET_HEADER, EdgeSocket, SocketManager
+from duro.edge.sockets import EdgeSocket, SocketManager
 from duro.errors import DuroError, InvalidArgumentError, to_wire
 
 __all__ = ["EdgeHttp", "error_status", "find_static_dir"]
@@ -114,7 +115,7 @@ class EdgeHttp:
         # The default route reaches only the bindings duro.toml exposes (``[expose.X] http``);
         # one not exposed answers 404 exactly as one that does not exist (docs/security.md).
         self.routes: dict[str, Namespace] = {
-            name.lower(): ns for name, ns in env._bindings.items() if app.exposure.http_open(name)
+            name.lower(): ns for name, ns in env_bindings(env).items() if app.exposure.http_open(name)
         }
         self.static = find_static_dir(app, config.static_dir)
         self._status_counters: dict[int, Any] = {}

@@ -10,13 +10,11 @@ admin listener.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import ctypes.util
 import enum
 import logging
 import resource
-import signal
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +26,8 @@ from duro import _tracing, tls
 from duro._app import App, load_app
 from duro._config import add_dataclass_flags, flags_from_args
 from duro._namespace import Env, Namespace
+from duro._runner import stop_on_signals
+from duro._transport import PORT_NOT_SHARED, message_limits
 from duro.client.router import Router
 from duro.client import _bindings_of
 from duro.edge import access_log
@@ -187,9 +187,7 @@ class EdgeProcess:
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if cfg.grpc_listen:
-            server = aio.server(options=[("grpc.so_reuseport", 0),
-                                         ("grpc.max_receive_message_length", 64 << 20),
-                                         ("grpc.max_send_message_length", 64 << 20)])
+            server = aio.server(options=[PORT_NOT_SHARED, *message_limits()])
             if not self.gateway_tokens.principals:
                 log.warning("the Gateway has no tokens: every call is refused (UNAUTHENTICATED);"
                             " see --gateway-tokens-file and docs/security.md")
@@ -238,10 +236,7 @@ class EdgeProcess:
 
 async def run_edge(config: EdgeConfig, *, ready_line: bool = True) -> None:
     """Run an edge until SIGTERM or SIGINT, then stop it gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     edge = EdgeProcess(config)
     _tracing.configure("duro-edge", instance=edge.edge_id)  # DURO_TRACING; off by default
     try:
@@ -273,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from duro._log import configure_logging, set_process_context
-    from duro.cli import _run
+    from duro._runner import run as _run
 
     args = build_parser().parse_args(argv)
     config = load_edge_config(Path(args.config) if args.config else None,

@@ -29,29 +29,29 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from duro import _codec
 from duro._app import App
 from duro._namespace import Call
 from duro._wire import RedirectError
-from duro.client.etcdkv import etcd_client, put_value
 from duro.client.router import Router, app_key
 from duro.errors import DuroError, UnavailableError
 from duro.node.config import NodeConfig
-from duro.node.membership import Membership, NodeInfo
+from duro.node.directory.server import DirectoryServicer
+from duro.node.directory.service import PartitionService
 from duro.node.inspect_service import InspectServicer
+from duro.node.membership import Membership
 from duro.node.migration.service import MigrationServicer
+from duro.node.migration.source import clear_ops
 from duro.node.replication.listener import ReplicationListener
 from duro.node.replication.manager import ReplicationManager
 from duro.node.replication.primary import PrimaryGroup
 from duro.node.replication.service import ReplicationServicer
 from duro.node.runtime.grant import Grant
-from duro.node.migration.source import clear_ops
 from duro.node.storage import layout
 from duro.node.storage.object_storage import DELETE
 from duro.node.storage.upgrade import has_legacy_keys, move_legacy_keys
-from duro.node.directory.entry import Entry
-from duro.node.directory.server import DirectoryServicer
-from duro.node.directory.service import PartitionService
+from duro.topology.directory_entry import Entry
+from duro.topology.etcdkv import etcd_client, put_value
+from duro.topology.nodes import NodeInfo
 
 if TYPE_CHECKING:
     from duro.node.runtime.activation import Activation
@@ -450,7 +450,7 @@ class NodeCluster:
         log.warning("node %s lost its etcd lease renewal: self-fencing", self.node_id)
         self.serving = False
         if self.host is not None:
-            for act in list(self.host._acts.values()):
+            for act in self.host.activations():
                 act.reset(UnavailableError("node self-fenced (etcd lease not renewed); retry"))
         if self.replication is not None:
             self.replication.evaluate_all()

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
 
 from duro import _codec
 from duro._ids import in_namespace
-from duro.node.directory.entry import Entry
 from duro.node.storage import layout
 from duro.node.storage.engine import clear_ops
 from duro.node.storage.object_storage import DELETE, PUT
+from duro.topology.directory_entry import Entry
 
 if TYPE_CHECKING:
     from duro.node.storage.commit import GroupCommitter

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc import aio
 
-from duro import _codec
 from duro._pb import inspect_pb2, inspect_pb2_grpc
 from duro.node.migration import history
 from duro.node.runtime.call_stats import BUCKET_MS
 from duro.node.runtime.host import _rss_bytes
 from duro.node.storage import layout, usage
+from duro.node.storage.alarm_record import decode_alarm
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
@@ -83,7 +83,7 @@ class InspectServicer(inspect_pb2_grpc.NodeInspectServicer):
         out.stored_bytes = usage.decode(raw) if raw else 0
         alarm = engine.get(layout.alarm_key(gid, oid))
         if alarm is not None:
-            out.has_alarm, out.alarm_at = True, float(_codec.decode(alarm)[0]) / 1000.0
+            out.has_alarm, out.alarm_at = True, decode_alarm(alarm).when_ms / 1000.0
         if host.sockets is not None:
             sockets = host.sockets.objects.get(oid)
             out.sockets = len(sockets.sockets) if sockets is not None else 0

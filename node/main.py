@@ -7,12 +7,10 @@ flush and evict every object → close RocksDB.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import gc
 import logging
 import os
-import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from duro import _tracing, tls
 from duro._app import App, load_app
 from duro._log import set_process_context
 from duro._metrics import start_metrics_server, stop_metrics_server
+from duro._runner import stop_on_signals
 from duro.node.config import NodeConfig
 from duro.node.metrics import NodeCollector
 from duro.node.runtime.host import ObjectHost
@@ -189,10 +188,7 @@ class NodeProcess:
 
 async def run_node(config: NodeConfig, *, ready_line: bool = True) -> None:
     """Run a node until SIGTERM or SIGINT, then stop it gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     node = NodeProcess(config)
     set_process_context(node_id=node.node_id, region=config.region)
     _tracing.configure("duro-node", instance=node.node_id)  # DURO_TRACING; off by default

@@ -23,15 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
 from etcd3aio import Etcd3Client, EtcdError
+
+from duro._backoff import Backoff
+from duro.topology.nodes import NodeInfo, node_key, nodes_prefix
+from duro.topology.watch import ETCD_ERRORS
 
 __all__ = [
     "Membership",
@@ -44,57 +47,6 @@ __all__ = [
 log = logging.getLogger("duro.node.membership")
 
 Callback = Callable[[], "None | Awaitable[None]"]
-
-# What an unreachable or misbehaving etcd raises through etcd3aio.
-_ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
-
-
-def nodes_prefix(cluster: str) -> str:
-    return f"/duro/{cluster}/nodes/"
-
-
-def node_key(cluster: str, node_id: str) -> str:
-    return f"{nodes_prefix(cluster)}{node_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """The registration value of one node."""
-
-    node_id: str
-    address: str  # host:port of the node's gRPC server
-    region: str
-    zone: str = ""
-    capacity: int = 1000
-    load: int = 0
-    started_at: float = 0.0  # wall-clock seconds (informational)
-    draining: bool = False  # being emptied (duro drain): placement puts no new object here
-    storage_id: str = ""  # the node's RocksDB identity: a wiped data directory gets a new one
-    replication_address: str = ""  # host:port of its replication stream listener
-    lease: int = 0  # the etcd lease this registration is held by (set when written and read)
-    metrics_address: str = ""  # host:port of its Prometheus /metrics ("": none; duro top)
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> NodeInfo:
-        d: dict[str, Any] = json.loads(data)
-        return cls(
-            node_id=str(d["node_id"]),
-            address=str(d["address"]),
-            region=str(d.get("region", "")),
-            zone=str(d.get("zone", "")),
-            capacity=int(d.get("capacity", 1000)),
-            load=int(d.get("load", 0)),
-            started_at=float(d.get("started_at", 0.0)),
-            draining=bool(d.get("draining", False)),
-            storage_id=str(d.get("storage_id", "")),
-            replication_address=str(d.get("replication_address", "")),
-            lease=int(d.get("lease", 0)),
-            metrics_address=str(d.get("metrics_address", "")),
-        )
-
 
 class MembershipStatus(enum.Enum):
     CREATED = "created"
@@ -218,7 +170,7 @@ class Membership:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await t
         if self.lease_id is not None:
-            with contextlib.suppress(*_ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(self.lease_id, timeout=1.0, max_attempts=1)
             self.lease_id = None
         self.status = MembershipStatus.STOPPED
@@ -232,17 +184,16 @@ class Membership:
 
     # ---- the loop ------------------------------------------------------------------------
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, max(0.1, self.interval))
         while True:
             try:
                 if self.status is not MembershipStatus.LIVE:
                     await self._register()
-                    backoff = 0.1
+                    backoff.reset()
                 await self._renew_until_failure()
-            except _ETCD_ERRORS as exc:
+            except ETCD_ERRORS as exc:
                 log.warning("membership %s: etcd error: %r", self.node_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.interval)
+                await backoff.sleep()
 
     async def _register(self) -> None:
         old_lease = self.lease_id
@@ -288,7 +239,7 @@ class Membership:
                 if ka <= 0:
                     raise TimeoutError("fresh lease lost while waiting")
         except BaseException:
-            with contextlib.suppress(*_ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(lease_id, timeout=0.5, max_attempts=1)
             raise
         self.lease_id = lease_id
@@ -301,7 +252,7 @@ class Membership:
         self._registered.set()
         log.info("membership %s: registered (lease %x)", self.node_id, lease_id)
         if old_lease is not None and old_lease != lease_id:
-            with contextlib.suppress(*_ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(old_lease, timeout=0.5, max_attempts=1)
         if self._was_fenced:
             self._was_fenced = False
@@ -375,7 +326,7 @@ class Membership:
                     return  # fenced by the timer: register a fresh lease
                 try:
                     ttl = await self._keepalive_once(self.lease_id, deadline=self._valid_until)
-                except _ETCD_ERRORS as exc:
+                except ETCD_ERRORS as exc:
                     log.debug("membership %s: renewal failed: %r", self.node_id, exc)
                     await asyncio.sleep(min(0.1, max(0.0, self._valid_until - self._clock())))
                     continue
@@ -415,7 +366,7 @@ class Membership:
                 timeout=max(0.05, min(self.interval / 2, self._valid_until - self._clock())),
                 max_attempts=1,
             )
-        except _ETCD_ERRORS as exc:  # the renewal path notices a lasting problem
+        except ETCD_ERRORS as exc:  # the renewal path notices a lasting problem
             log.debug("membership %s: load update failed: %r", self.node_id, exc)
             self._load_dirty.set()
 

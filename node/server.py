@@ -50,9 +50,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 from grpc import aio
 
 from duro import _tracing, tls
+from duro._batched import BatchedStream
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._wire import call_from_pb, chunk_by_size, error_from_pb, result_error, result_ok
+from duro._transport import MAX_MESSAGE_BYTES, MAX_VALUE_BYTES, server_options
+from duro._wire import call_from_pb, error_from_pb, result_error, result_ok
 from duro.errors import (
     CallTimeoutError,
     DuroError,
@@ -73,10 +75,7 @@ __all__ = [
 
 log = logging.getLogger("duro.node.server")
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Room left in a message for framing and the fields around payloads when splitting batches.
-_RESULT_OVERHEAD = 64
-_MAX_VALUE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+_RESULT_OVERHEAD = 64  # bytes of a Result beside its value, for cutting batches
 
 DEFAULT_MAX_IN_FLIGHT = 2048
 DEFAULT_MAX_CALL_BYTES_IN_FLIGHT = 256 * 1024 * 1024
@@ -96,23 +95,6 @@ class HealthStatus:
 
 
 HealthCallback = Callable[[], "HealthStatus | Awaitable[HealthStatus]"]
-
-
-def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Channel arguments for the node's server."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # Ping idle callers so dead peers (no FIN, e.g. a partition) are noticed.
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        # Accept the callers' keepalive pings (see duro.client.connection) without GOAWAY.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-        # Two nodes must never share a port silently (gRPC turns SO_REUSEPORT on by default).
-        ("grpc.so_reuseport", 0),
-    ]
 
 
 _SHUTTING_DOWN = "node is shutting down; the call was not executed"
@@ -279,7 +261,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                     "have executed")
         if not task.cancelled() and task.exception() is None:
             value = task.result()
-            if type(value) is bytes and len(value) <= _MAX_VALUE_BYTES:
+            if type(value) is bytes and len(value) <= MAX_VALUE_BYTES:
                 return value
         result = _result_of(0, task)  # the rare path: exactly the error a stream would carry
         if result.HasField("error"):
@@ -363,11 +345,11 @@ def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
                 return result_error(
                     seq, DuroError(f"node returned {type(value).__name__}, not encoded bytes")
                 )
-        if len(value) > _MAX_VALUE_BYTES:
+        if len(value) > MAX_VALUE_BYTES:
             return result_error(
                 seq,
                 InvalidValueError(
-                    f"result is {len(value)} bytes encoded; the limit is {_MAX_VALUE_BYTES} bytes"
+                    f"result is {len(value)} bytes encoded; the limit is {MAX_VALUE_BYTES} bytes"
                 ),
             )
         return result_ok(seq, value)
@@ -377,39 +359,32 @@ def _result_of(seq: int, task: asyncio.Task[bytes]) -> node_pb2.Result:
     return result_error(seq, exc)
 
 
+def _result_bytes(result: node_pb2.Result) -> int:
+    return len(result.value) + _RESULT_OVERHEAD
+
+
 class _StreamSession:
     """One ``Node.Stream`` RPC: a reader, a writer, and the calls in flight between them."""
 
-    __slots__ = (
-        "_servicer",
-        "_context",
-        "_outbox",
-        "_outbox_bytes",
-        "_in_flight",
-        "_wake",
-        "_room",
-        "_reading_done",
-    )
+    __slots__ = ("_servicer", "_context", "_outbox", "_in_flight", "_room", "_reading_done")
 
     def __init__(self, servicer: NodeServicer, context: aio.ServicerContext) -> None:
         self._servicer = servicer
         self._context = context
-        self._outbox: list[node_pb2.Result] = []
-        self._outbox_bytes = 0
+        self._outbox: BatchedStream[node_pb2.Result] = BatchedStream(_result_bytes)
         self._in_flight = 0  # admitted calls whose result has not been handed to gRPC yet
-        self._wake = asyncio.Event()
         self._room: asyncio.Future[None] | None = None
         self._reading_done = False
 
     def wake(self) -> None:
-        self._wake.set()
+        self._outbox.wake()
 
     async def run(self, request_iterator: AsyncIterator[node_pb2.CallBatch]) -> None:
         reader = asyncio.ensure_future(self._read(request_iterator))
         try:
             # The stream ends when the writer does: the caller half-closed (or the node drains)
             # and every admitted call has been answered.
-            await self._write()
+            await self._outbox.run(self._write, done=self._answered_all)
         except Exception as exc:  # the caller went away mid-write; nothing left to answer to
             log.debug("stream write ended: %r", exc)
         finally:
@@ -434,60 +409,41 @@ class _StreamSession:
             log.debug("stream read ended: %r", exc)
         finally:
             self._reading_done = True
-            self._wake.set()
+            self._outbox.wake()
 
     def _admit(self, pb: node_pb2.Call) -> None:
         self._in_flight += 1
         servicer = self._servicer
-        if servicer._draining:
-            self._push(result_error(pb.seq, UnavailableError(_SHUTTING_DOWN)))
+        if servicer.draining:
+            self._outbox.send(result_error(pb.seq, UnavailableError(_SHUTTING_DOWN)))
             return
         try:
             call = call_from_pb(pb)
         except DuroError as exc:
-            self._push(result_error(pb.seq, exc))
+            self._outbox.send(result_error(pb.seq, exc))
             return
         size = len(pb.payload)
         refused = servicer._refuse_bytes(size)
         if refused is not None:
-            self._push(result_error(pb.seq, refused))
+            self._outbox.send(result_error(pb.seq, refused))
             return
         task = servicer._spawn(call, size, trace=pb)
         task.add_done_callback(functools.partial(self._done, pb.seq))
 
     def _done(self, seq: int, task: asyncio.Task[bytes]) -> None:
-        self._push(_result_of(seq, task))
+        self._outbox.send(_result_of(seq, task))
 
-    def _push(self, result: node_pb2.Result) -> None:
-        self._outbox.append(result)
-        self._outbox_bytes += len(result.value) + _RESULT_OVERHEAD
-        self._wake.set()
+    def _answered_all(self) -> bool:
+        # Every admitted call is answered (in_flight counts the queued results too), and no more
+        # will come: the caller half-closed, or the node drains.
+        return self._in_flight == 0 and (self._reading_done or self._servicer.draining)
 
-    async def _write(self) -> None:
-        context = self._context
-        max_in_flight = self._servicer.max_in_flight
-        while True:
-            if not self._outbox:
-                if self._in_flight == 0 and (self._reading_done or self._servicer._draining):
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            results, size = self._outbox, self._outbox_bytes
-            self._outbox, self._outbox_bytes = [], 0
-            if size <= MAX_MESSAGE_BYTES // 2:
-                await context.write(node_pb2.ResultBatch(results=results))
-            else:
-                for chunk in _chunks(results, MAX_MESSAGE_BYTES // 2):
-                    await context.write(node_pb2.ResultBatch(results=chunk))
-            self._in_flight -= len(results)
-            room = self._room
-            if room is not None and not room.done() and self._in_flight < max_in_flight:
-                room.set_result(None)
-
-
-def _chunks(results: list[node_pb2.Result], limit: int) -> list[list[node_pb2.Result]]:
-    return chunk_by_size(results, lambda r: len(r.value) + _RESULT_OVERHEAD, limit)
+    async def _write(self, results: list[node_pb2.Result]) -> None:
+        await self._context.write(node_pb2.ResultBatch(results=results))
+        self._in_flight -= len(results)
+        room = self._room
+        if room is not None and not room.done() and self._in_flight < self._servicer.max_in_flight:
+            room.set_result(None)
 
 
 class ServerStatus(enum.Enum):

@@ -28,15 +28,14 @@ from grpc import aio
 
 from duro import tls
 from duro._pb import node_pb2, node_pb2_grpc
-from duro._socket_batches import split_frames
+from duro._socket_batches import frame_stream
+from duro._transport import EDGE_ID_METADATA
 from duro.node.runtime.websockets import Frame, Op, SocketHub
 
-__all__ = ["SocketServicer", "frame_to_pb", "frame_from_pb", "EDGE_ID_METADATA"]
+__all__ = ["SocketServicer", "frame_to_pb", "frame_from_pb"]
 
 log = logging.getLogger("duro.node.sockets")
 
-EDGE_ID_METADATA = "duro-edge-id"
-_FRAME_OVERHEAD = 48
 # Client message bytes one edge may have in flight here (received, not yet handled). An edge
 # keeps to its own budget (socket_inflight_bytes, 256 MiB by default, over all nodes), so only
 # an edge that ignores it reaches this; its stream ends with RESOURCE_EXHAUSTED.
@@ -91,23 +90,24 @@ _MESSAGE = node_pb2.SOCKET_OP_MESSAGE
 class _EdgeLink:
     """The writing half of one edge's stream: outbox, folded ACKs, one writer."""
 
-    __slots__ = ("edge", "_context", "_outbox", "_bytes", "_acks", "_wake", "closed", "_limit",
-                 "_inflight", "inflight_bytes", "refused")
+    __slots__ = ("edge", "_context", "_outbox", "_acks", "_limit", "_inflight", "inflight_bytes",
+                 "refused")
 
     def __init__(self, edge: str, context: aio.ServicerContext, limit: int) -> None:
         self.edge = edge
         self._context = context
-        self._outbox: list[node_pb2.SocketFrame] = []
-        self._bytes = 0
+        self._outbox = frame_stream(prepare=self._with_acks)
         self._acks: dict[int, int] = {}
-        self._wake = asyncio.Event()
-        self.closed = False
         self._limit = limit
         # Sizes of the messages received and not yet handled, per socket, oldest first (a
         # socket's messages are handled in order; each ends in an ACK or an UNKNOWN).
         self._inflight: dict[int, deque[int]] = {}
         self.inflight_bytes = 0
         self.refused = ""  # why the stream is ended by this side (RESOURCE_EXHAUSTED)
+
+    @property
+    def closed(self) -> bool:
+        return self._outbox.closed
 
     def received(self, socket_id: int, n: int) -> None:
         q = self._inflight.get(socket_id)
@@ -116,7 +116,7 @@ class _EdgeLink:
         q.append(n)
         self.inflight_bytes += n
 
-    def _handled(self, socket_id: int) -> None:
+    def handled(self, socket_id: int) -> None:
         q = self._inflight.get(socket_id)
         if q:
             self.inflight_bytes -= q.popleft()
@@ -127,39 +127,36 @@ class _EdgeLink:
         if self.closed:
             return
         if frame.op is Op.UNKNOWN:  # a message that did not run here: it is handled
-            self._handled(frame.socket_id)
-        self._outbox.append(frame_to_pb(frame))
-        self._bytes += len(frame.data) + _FRAME_OVERHEAD
-        if self._bytes > self._limit:
+            self.handled(frame.socket_id)
+        self._outbox.send(frame_to_pb(frame))
+        if self._outbox.queued_bytes > self._limit:
             log.warning("edge %s is not reading (%d bytes queued): ending its stream",
-                        self.edge, self._bytes)
+                        self.edge, self._outbox.queued_bytes)
             self.close()
-        self._wake.set()
 
     def ack(self, socket_id: int) -> None:
         if not self.closed:
-            self._handled(socket_id)
+            self.handled(socket_id)
             self._acks[socket_id] = self._acks.get(socket_id, 0) + 1
-            self._wake.set()
+            self._outbox.wake()
+
+    def _with_acks(self, frames: list[node_pb2.SocketFrame]) -> list[node_pb2.SocketFrame]:
+        """The ACKs counted since the last batch, one frame per socket, after its other frames
+        (an ACK must not overtake an UNKNOWN of the same socket)."""
+        if self._acks:
+            acks, self._acks = self._acks, {}
+            frames.extend(node_pb2.SocketFrame(socket_id=sid, op=int(Op.ACK), count=n)
+                          for sid, n in acks.items())
+        return frames
 
     def close(self) -> None:
-        self.closed = True
-        self._wake.set()
+        self._outbox.close()
 
     async def run(self) -> None:
-        context = self._context
-        while not self.closed:
-            if not self._outbox and not self._acks:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            frames, self._outbox, self._bytes = self._outbox, [], 0
-            if self._acks:
-                acks, self._acks = self._acks, {}
-                frames.extend(node_pb2.SocketFrame(socket_id=sid, op=int(Op.ACK), count=n)
-                              for sid, n in acks.items())
-            for batch in split_frames(frames):  # by bytes, below gRPC's message limit
-                await context.write(node_pb2.SocketBatch(frames=batch))
+        await self._outbox.run(self._write)
+
+    async def _write(self, frames: list[node_pb2.SocketFrame]) -> None:
+        await self._context.write(node_pb2.SocketBatch(frames=frames))
 
 
 COLOCATED_EDGE_PREFIX = "node:"  # edge ids of edges running inside a node (duro node --edge)
@@ -213,7 +210,7 @@ class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
         except Exception as exc:  # the edge went away mid-write
             log.debug("socket stream to edge %s ended: %r", edge, exc)
         finally:
-            link.closed = True
+            link.close()
             self._links.discard(link)
             self.hub.detach(edge, link)
             reader.cancel()
@@ -242,7 +239,7 @@ class SocketServicer(node_pb2_grpc.NodeSocketsServicer):
                     except Exception:  # a bad frame must not end the stream of every socket
                         log.exception("bad socket frame from edge %s", edge)
                         if pb.op == _MESSAGE:
-                            link._handled(pb.socket_id)
+                            link.handled(pb.socket_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

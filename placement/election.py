@@ -24,23 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
-from duro.client.etcdkv import watch
 from duro.node.membership import keepalive_once
+from duro.topology.etcdkv import watch
+from duro.topology.keys import leader_key
+from duro.topology.watch import ETCD_ERRORS
 
-__all__ = ["Election", "ElectionStatus", "LeaderGuard", "LeaderInfo", "leader_key"]
+__all__ = ["Election", "ElectionStatus", "LeaderGuard", "LeaderInfo"]
 
 log = logging.getLogger("duro.placement.election")
-
-_ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
-
-
-def leader_key(cluster: str) -> str:
-    return f"/duro/{cluster}/placement/leader"
-
 
 @dataclass(frozen=True, slots=True)
 class LeaderGuard:
@@ -142,7 +136,7 @@ class Election:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._lease is not None:
-            with contextlib.suppress(*_ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(self._lease, timeout=1.0, max_attempts=1)
             self._lease = None
         if was_leader:
@@ -171,7 +165,7 @@ class Election:
                     await self._lead()
                 else:
                     await self._watch_until_vacant(rev)
-            except _ETCD_ERRORS as exc:
+            except ETCD_ERRORS as exc:
                 log.warning("election: etcd error %r", exc)
                 await asyncio.sleep(self.interval / 2)
 
@@ -189,7 +183,7 @@ class Election:
                 max_attempts=1,
             )
         except BaseException:
-            with contextlib.suppress(*_ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(lease, timeout=0.5, max_attempts=1)
             raise
         rev = int(resp.header.revision)
@@ -202,7 +196,7 @@ class Election:
             log.info("election: %s is the placement leader", self.me.leader_id)
             self._notify(True)
             return rev
-        with contextlib.suppress(*_ETCD_ERRORS):
+        with contextlib.suppress(*ETCD_ERRORS):
             await self._client.lease.revoke(lease, timeout=0.5, max_attempts=1)
         if not resp.succeeded:
             kvs = resp.responses[0].response_range.kvs
@@ -224,7 +218,7 @@ class Election:
                         return
                     try:
                         ttl = await self._keepalive(self._valid_until)
-                    except _ETCD_ERRORS:
+                    except ETCD_ERRORS:
                         await asyncio.sleep(0.05)
                         continue
                     if ttl <= 0:
@@ -242,7 +236,7 @@ class Election:
                 self._notify(False)
                 lease, self._lease = self._lease, None
                 if lease is not None:
-                    with contextlib.suppress(*_ETCD_ERRORS):
+                    with contextlib.suppress(*ETCD_ERRORS):
                         await self._client.lease.revoke(lease, timeout=0.5, max_attempts=1)
 
     async def _keepalive(self, deadline: float) -> int:

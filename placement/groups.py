@@ -32,19 +32,23 @@ from etcd3aio import Etcd3Client
 
 from duro import tls
 from duro._pb import replication_pb2, replication_pb2_grpc
-from duro.client.connection import channel_options
-from duro.client.watch import ETCD_ERRORS
-from duro.node.membership import NodeInfo
+from duro._transport import NODE_ID_METADATA, channel_options
 from duro.node.replication import protocol as P
-from duro.node.replication.groups import (
-    GroupConfig, GroupConflict, GroupView, create_group, swap_group)
-from duro.node.replication.link import NODE_ID_MD
-from duro.node.replication.settings import ReplicationSettings, write_settings
 from duro.placement.election import LeaderGuard
-from duro.placement.nodes import NodeView
-from duro.placement.policy import Candidate, choose_followers
+from duro.topology.groups import (
+    GroupConfig,
+    GroupConflict,
+    GroupView,
+    create_group,
+    primary_gone,
+    swap_group,
+)
+from duro.topology.nodes import NodeInfo, NodeView
+from duro.topology.placement_policy import Candidate, choose_followers
+from duro.topology.replication_settings import ReplicationSettings, write_settings
+from duro.topology.watch import ETCD_ERRORS
 
-__all__ = ["GroupCollector", "GroupManager", "primary_gone"]
+__all__ = ["GroupCollector", "GroupManager"]
 
 log = logging.getLogger("duro.placement.groups")
 
@@ -53,18 +57,6 @@ FENCE_TIMEOUT = 2.0
 # members to answer (a whole cluster restarting: they register one after the other) before it
 # promotes with fewer (which then refuse writes until the others catch up).
 FAILOVER_GRACE = 3.0
-
-
-def primary_gone(cfg: GroupConfig, nodes: dict[str, NodeInfo]) -> str | None:
-    """Why the group's primary cannot be serving it (None: it may be)."""
-    info = nodes.get(cfg.primary)
-    if info is None:
-        return "its node is not registered (lease expired)"
-    if info.lease != cfg.lease:
-        return "its node registered again under a new lease"
-    if info.storage_id and info.storage_id != cfg.sid_of(cfg.primary):
-        return "its node's storage is not the in-sync copy"
-    return None
 
 
 def _candidate(n: NodeInfo) -> Candidate:
@@ -231,7 +223,7 @@ class GroupManager:
         try:
             r = await replication_pb2_grpc.ReplicationStub(self._channel(primary.address)).Handover(
                 replication_pb2.HandoverRequest(gid=g.gid, target=home, target_lease=info.lease),
-                timeout=5.0, metadata=((NODE_ID_MD, f"placement:{self.replica_id}"),))
+                timeout=5.0, metadata=((NODE_ID_METADATA, f"placement:{self.replica_id}"),))
         except grpc.aio.AioRpcError as exc:
             log.info("group %s: handover to %s failed: %s", g.gid, home, exc.code().name)
             return
@@ -291,7 +283,7 @@ class GroupManager:
         try:
             return await replication_pb2_grpc.ReplicationStub(self._channel(address)).Fence(
                 replication_pb2.FenceRequest(gid=gid, epoch=epoch), timeout=FENCE_TIMEOUT,
-                metadata=((NODE_ID_MD, f"placement:{self.replica_id}"),))
+                metadata=((NODE_ID_METADATA, f"placement:{self.replica_id}"),))
         except grpc.aio.AioRpcError as exc:
             log.info("fence of group %s at %s failed: %s", gid, address, exc.code().name)
             return None

@@ -13,16 +13,20 @@ from typing import TYPE_CHECKING, Callable
 
 from etcd3aio import Etcd3Client, prefix_range_end
 
-from duro.client.etcdkv import put_value
-from duro.node.directory.entry import Entry
-from duro.node.directory.partitions import (
-    DirectorySettings, PartitionView, assign_partitions, directory_settings_key,
-    read_directory_settings)
+from duro.topology.directory_entry import Entry
+from duro.topology.etcdkv import put_value
+from duro.topology.partitions import (
+    DirectorySettings,
+    PartitionView,
+    assign_partitions,
+    directory_settings_key,
+    read_directory_settings,
+)
 
 if TYPE_CHECKING:
     from duro.client.directory import DirectoryClient
-    from duro.node.replication.groups import GroupView
     from duro.placement.election import LeaderGuard
+    from duro.topology.groups import GroupView
 
 __all__ = ["PartitionManager", "legacy_prefix"]
 

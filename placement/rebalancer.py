@@ -18,10 +18,11 @@ import grpc
 
 from duro import tls
 from duro._pb import migration_pb2, migration_pb2_grpc
+from duro._transport import message_limits
 from duro.placement.planner import Move, NodeState, ObjectStats, PlannerConfig, plan_moves
 
 if TYPE_CHECKING:
-    from duro.placement.nodes import NodeView
+    from duro.topology.nodes import NodeView
 
 __all__ = ["Rebalancer"]
 
@@ -66,7 +67,7 @@ class Rebalancer:
     def _stub(self, address: str) -> migration_pb2_grpc.MigrationStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = tls.channel(address)
+            ch = self._channels[address] = tls.channel(address, options=message_limits())
         return migration_pb2_grpc.MigrationStub(ch)
 
     async def _run(self) -> None:

@@ -25,19 +25,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from duro import tls
 from duro._pb import placement_pb2, placement_pb2_grpc
+from duro._transport import PORT_NOT_SHARED
 from duro.client.directory import DirectoryClient
-from duro.client.etcdkv import etcd_client
-from duro.node.directory.service import legacy_entry
 from duro.node.access import CALLERS
-from duro.node.membership import NodeInfo
-from duro.node.replication.settings import ReplicationSettings
+from duro.node.directory.service import legacy_entry
 from duro.placement.config import PlacementConfig
 from duro.placement.election import Election, LeaderInfo
 from duro.placement.groups import GroupCollector, GroupManager
-from duro.placement.nodes import NodeView
 from duro.placement.partitions import PartitionManager
 from duro.placement.planner import PlannerConfig
 from duro.placement.rebalancer import Rebalancer
+from duro.topology.etcdkv import etcd_client
+from duro.topology.nodes import NodeInfo, NodeView
+from duro.topology.replication_settings import ReplicationSettings
 
 __all__ = ["NotLeader", "PlacementService", "PlacementServiceStatus"]
 
@@ -115,7 +115,7 @@ class PlacementService:
         await self._client.connect()
         await self.nodes.start()
         self._server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)],
+            options=[PORT_NOT_SHARED],
             interceptors=tls.authorizer({"/duro.v1.Placement/": CALLERS}, tls=self.tls))
         placement_pb2_grpc.add_PlacementServicer_to_server(_Servicer(self), self._server)
         host, _, port = self.config.listen.rpartition(":")

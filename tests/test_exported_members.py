@@ -1,6 +1,6 @@
 """Pins the public surface: ``duro.__all__`` and ``duro.errors.__all__`` (adding or removing a
 public name is a deliberate change that updates this test), that every listed name exists, and the
-error tree with its ``retryable``/``overloaded`` flags (DESIGN §2 "Errors")."""
+error tree with its ``retryable``/``overloaded`` flags (the tree in duro/errors.py)."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def test_status_for_error() -> None:
 
 def test_etcd_endpoints_with_host_names_are_resolved() -> None:
     """etcd3aio refuses host names (compose / Kubernetes service names): duro resolves them."""
-    from duro.client.etcdkv import resolve_endpoint
+    from duro.topology.etcdkv import resolve_endpoint
 
     assert resolve_endpoint("127.0.0.1:2379") == "127.0.0.1:2379"
     assert resolve_endpoint("localhost:2379") in ("127.0.0.1:2379", "[::1]:2379")

@@ -12,10 +12,10 @@ from typing import Any
 from etcd3aio import Etcd3Client
 
 from duro.client.admin import _choose_target, _groups, _move, drain, set_draining
-from duro.client.etcdkv import get_prefix
 from duro.errors import InvalidArgumentError
-from duro.node.membership import NodeInfo, nodes_prefix
-from duro.placement.groups import primary_gone
+from duro.topology.etcdkv import get_prefix
+from duro.topology.groups import primary_gone
+from duro.topology.nodes import NodeInfo, nodes_prefix
 
 __all__ = ["ConsoleActions"]
 

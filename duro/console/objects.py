@@ -16,12 +16,12 @@ from etcd3aio import Etcd3Client
 
 from duro._ids import ObjectId, namespace_key
 from duro.client.admin import _group_view, _groups
-from duro.client.etcdkv import get_prefix
 from duro.console.snapshot import NodeSampler, move_dict
 from duro.errors import InvalidArgumentError
-from duro.node.membership import NodeInfo, nodes_prefix
-from duro.node.replication.settings import ReplicationSettings, read_settings
-from duro.placement.groups import primary_gone
+from duro.topology.etcdkv import get_prefix
+from duro.topology.groups import primary_gone
+from duro.topology.nodes import NodeInfo, nodes_prefix
+from duro.topology.replication_settings import ReplicationSettings, read_settings
 
 __all__ = ["inspect_object", "object_id_of"]
 

@@ -32,8 +32,8 @@ from etcd3aio import Etcd3Client
 
 from duro._pb import inspect_pb2, inspect_pb2_grpc
 from duro.client.admin import read_status
-from duro.client.etcdkv import _PROCESS
 from duro.node.runtime.call_stats import BUCKET_MS, percentile
+from duro.topology.etcdkv import _PROCESS
 
 __all__ = ["NodeSampler", "cluster_snapshot", "rates", "move_dict"]
 

@@ -12,12 +12,12 @@ from grpc import aio
 
 from duro._pb import directory_pb2, directory_pb2_grpc
 from duro.errors import DuroError, InvalidArgumentError
-from duro.node.directory.entry import Entry
 from duro.node.directory.service import NotHere, Unassigned
+from duro.topology.directory_entry import Entry
 
 if TYPE_CHECKING:
     from duro.node.directory.service import PartitionService
-    from duro.placement.nodes import NodeView
+    from duro.topology.nodes import NodeView
 
 __all__ = ["DirectoryServicer"]
 

@@ -25,18 +25,17 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from etcd3aio import Etcd3Client
 
-from duro.client.etcdkv import get_value
 from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.directory import store
-from duro.node.directory.entry import Entry
-from duro.node.directory.partitions import DirectorySettings, PartitionView, partition_of
-from duro.node.replication.groups import GroupConfig, GroupView
-from duro.placement.policy import Candidate, NoLiveNodeError, Placer
+from duro.topology.directory_entry import Entry
+from duro.topology.etcdkv import get_value
+from duro.topology.groups import GroupConfig, GroupView, primary_gone
+from duro.topology.partitions import DirectorySettings, PartitionView, partition_of
+from duro.topology.placement_policy import Candidate, NoLiveNodeError, Placer
 
 if TYPE_CHECKING:
-    from duro.node.membership import NodeInfo
     from duro.node.replication.manager import ReplicationManager
-    from duro.placement.nodes import NodeView
+    from duro.topology.nodes import NodeInfo, NodeView
 
 __all__ = ["PartitionService", "NotHere", "Unassigned", "legacy_dir_key", "legacy_entry"]
 
@@ -275,8 +274,6 @@ class PartitionService:
 
     def _led(self) -> dict[str, int]:
         """node id -> the group new objects placed on it go to (home group first)."""
-        from duro.placement.groups import primary_gone  # noqa: PLC0415 - placement imports us
-
         out: dict[str, int] = {}
         nodes = self.nodes.nodes
         for g in sorted(self.groups.all(), key=lambda g: (g.home != g.primary, g.gid)):

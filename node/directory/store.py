@@ -9,10 +9,10 @@ writes are operation lists for ``GroupCommitter.write_raw`` (replicated with the
 from __future__ import annotations
 
 from duro import _codec
-from duro.node.directory.entry import Entry
 from duro.node.storage import layout
 from duro.node.storage.engine import StorageEngine
 from duro.node.storage.object_storage import DELETE, PUT
+from duro.topology.directory_entry import Entry
 
 __all__ = ["PartitionMeta", "read_entry", "read_meta", "entry_put", "meta_put", "put_ops",
            "delete_ops", "count_entries"]

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, AsyncIterator
 import grpc
 from grpc import aio
 
-from duro import _codec
 from duro._pb import inspect_pb2, migration_pb2, migration_pb2_grpc
 from duro.errors import DuroError
 from duro.node.migration import history
 from duro.node.migration.source import clear_ops, run_move
 from duro.node.storage import layout, usage
+from duro.node.storage.alarm_record import decode_alarm
 from duro.node.storage.object_storage import PUT
 
 if TYPE_CHECKING:
@@ -115,11 +115,11 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
                 k, v = item.key, item.value
                 if k == alarm_rel:
                     try:
-                        when, binding, _retry = _codec.decode(v)
-                    except Exception:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad alarm record")
+                        when, binding, _retry = decode_alarm(v)
+                    except ValueError as exc:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad alarm: {exc}")
                     ops.append([PUT, layout.alarm_index_key(gid, when, oid), binding.encode()])
-                    alarm_at = int(when)
+                    alarm_at = when
                 elif not k.startswith(data_rel):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                         "a key outside the object's range")
@@ -223,7 +223,7 @@ class MigrationServicer(migration_pb2_grpc.MigrationServicer):
 def candidates_of(host, region: str, min_share: float, min_calls: float, limit: int) -> list:  # noqa: ANN001
     """Active objects whose decayed traffic comes mostly from one region other than ours."""
     out = []
-    for act in host._acts.values():
+    for act in host.activations():
         counts = act.regions
         if not counts:
             continue

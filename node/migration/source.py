@@ -21,17 +21,18 @@ import grpc
 
 from duro import _tracing, tls
 from duro._pb import migration_pb2, migration_pb2_grpc
+from duro._transport import message_limits
 from duro._wire import RedirectError
 from duro.errors import InvalidArgumentError, UnavailableError
-from duro.client.etcdkv import get_value
-from duro.node.membership import NodeInfo, node_key
 from duro.node.migration import history
 from duro.node.migration import protocol as P
 from duro.node.storage import layout
 from duro.node.storage.engine import clear_ops
 from duro.node.storage.object_storage import DELETE, PUT
-from duro.node.directory.entry import Entry
-from duro.node.replication.groups import GroupConfig
+from duro.topology.directory_entry import Entry
+from duro.topology.etcdkv import get_value
+from duro.topology.groups import GroupConfig, primary_gone
+from duro.topology.nodes import NodeInfo, node_key
 
 if TYPE_CHECKING:
     from duro.node.cluster import NodeCluster
@@ -362,7 +363,7 @@ def peer_channel(address: str) -> grpc.aio.Channel:
     key = (id(loop), address)
     cached = _CHANNELS.get(key)
     if cached is None or cached[0] is not loop:
-        cached = _CHANNELS[key] = (loop, tls.channel(address))
+        cached = _CHANNELS[key] = (loop, tls.channel(address, options=message_limits()))
     return cached[1]
 
 
@@ -377,8 +378,6 @@ _STEP_AFTER = {
 def target_group(groups: list[GroupConfig], nodes: dict, node: str) -> int:
     """The group an object moved to ``node`` joins: one ``node`` serves (its home group first);
     0 if it serves none. The source and the target compute it alike."""
-    from duro.placement.groups import primary_gone  # noqa: PLC0415 - placement imports node
-
     served = [g for g in groups if g.primary == node and primary_gone(g, nodes) is None]
     served.sort(key=lambda g: (g.home != node, g.gid))
     return served[0].gid if served else 0

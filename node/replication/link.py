@@ -22,18 +22,17 @@ import grpc
 
 from duro import tls
 from duro._pb import replication_pb2, replication_pb2_grpc
-from duro.client.connection import channel_options
+from duro._transport import NODE_ID_METADATA, channel_options
 from duro.node.replication.log import LogEntry
 from duro.node.replication.wire import ACKS, BATCH, HELLO, FrameError, encode_frame, read_frame
 
 if TYPE_CHECKING:
     from duro.node.replication.primary import PrimaryGroup
 
-__all__ = ["PeerLink", "NODE_ID_MD"]
+__all__ = ["PeerLink"]
 
 log = logging.getLogger("duro.node.replication")
 
-NODE_ID_MD = "duro-node-id"
 MESSAGE_BYTES = 4 << 20  # split the outbox into messages of about this size
 FENCE_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 2.0
@@ -50,7 +49,7 @@ class PeerLink:
         self.stream_address = stream_address  # the replication stream (TCP)
         self._channel = tls.channel(address, options=channel_options())
         self._stub = replication_pb2_grpc.ReplicationStub(self._channel)
-        self._md = ((NODE_ID_MD, node_id),)
+        self._md = ((NODE_ID_METADATA, node_id),)
         self._feeding: dict[int, int] = {}  # gid -> the next seq to send
         self._prims: dict[int, PrimaryGroup] = {}
         self._outbox: list[replication_pb2.Batch] = []

@@ -23,18 +23,18 @@ from etcd3aio._protobuf import Compare
 
 from duro.errors import FencedError, UnavailableError
 from duro.node.replication.follower import Follower
-from duro.node.replication.groups import GroupConfig, GroupView
 from duro.node.replication.link import PeerLink
 from duro.node.replication.primary import PrimaryGroup
-from duro.node.replication.settings import SettingsView
 from duro.node.replication.state import GroupReplica, load_replicas
 from duro.node.storage import layout
 from duro.node.storage.commit import GroupCommitter
+from duro.topology.groups import GroupConfig, GroupView
+from duro.topology.replication_settings import SettingsView
 
 if TYPE_CHECKING:
     from duro.node.membership import Membership
     from duro.node.runtime.host import ObjectHost
-    from duro.placement.nodes import NodeView
+    from duro.topology.nodes import NodeView
 
 __all__ = ["ReplicationManager", "ReplicationStats"]
 

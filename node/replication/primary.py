@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, AsyncIterator, NamedTuple
 import rocksdict
 
 from duro import _codec
+from duro._backoff import Backoff
 from duro._pb import replication_pb2
 from duro.errors import DuroError, UnavailableError
 from duro.node.replication import protocol as P
-from duro.node.replication.groups import GroupConfig, GroupConflict, swap_group
 from duro.node.replication.state import GroupReplica
 from duro.node.storage import layout
 from duro.node.storage.commit import PAUSED
+from duro.topology.groups import GroupConfig, GroupConflict, swap_group
 
 if TYPE_CHECKING:
     from duro.node.replication.link import PeerLink
@@ -350,7 +351,7 @@ class PrimaryGroup:
     async def _member(self, m: str) -> None:
         """Bring member ``m`` up to date, keep it fed, and add it to in_sync once it is."""
         ev = self._changed.setdefault(m, asyncio.Event())
-        backoff = 0.05
+        backoff = Backoff(0.05, 1.0)
         while not self.stopped and m in self.config.replicas:
             ev.clear()
             try:
@@ -360,15 +361,14 @@ class PrimaryGroup:
                     continue
                 if not link.feeding(self.gid):
                     await self._catch_up(m, link)
-                    backoff = 0.05
+                    backoff.reset()
                 await self._maybe_join(m, link)
                 await self._wait(ev, 0.25)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("group %s: member %s: %r", self.gid, m, exc)
-                await self._wait(ev, backoff)
-                backoff = min(backoff * 2, 1.0)
+                await self._wait(ev, backoff.next())
 
     @staticmethod
     async def _wait(ev: asyncio.Event, timeout: float) -> None:

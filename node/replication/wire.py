@@ -25,11 +25,13 @@ import struct
 
 from google.protobuf.message import Message
 
+from duro._transport import MAX_MESSAGE_BYTES
+
 __all__ = ["HELLO", "BATCH", "ACKS", "MAX_FRAME", "FrameError", "encode_frame", "read_frame"]
 
 HELLO, BATCH, ACKS = 1, 2, 3
 KINDS = frozenset((HELLO, BATCH, ACKS))
-MAX_FRAME = 64 << 20
+MAX_FRAME = MAX_MESSAGE_BYTES  # the largest message, as on gRPC channels
 _HEADER = struct.Struct(">IB")
 
 

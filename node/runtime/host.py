@@ -181,9 +181,31 @@ class ObjectHost:
         self._acts.clear()
         self.committer.close()
 
+    async def crash(self) -> None:
+        """Stop as a process crash would (the Testbed's ``restart``): writes not committed yet
+        are lost and their callers fail, no event is let finish, nothing more is flushed."""
+        self._closing = True
+        # Before anything below yields to the loop and lets the group committer flush them.
+        lost = UnavailableError("the node restarted before this write was committed")
+        self.committer.forget_dirty()
+        for act in list(self._acts.values()):
+            act.storage.lose_pending(lost)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.alarms.stop()
+        for act in list(self._acts.values()):
+            act.close()
+        self._acts.clear()
+        await self.committer.drain()  # a batch the writer thread holds lands or fails first
+        self.committer.close()
+
     @property
     def active_count(self) -> int:
         return len(self._acts)
+
+    def activations(self) -> list[Activation]:
+        """The objects active here now (a copy: activating or evicting does not change it)."""
+        return list(self._acts.values())
 
     def activation(self, object_id: bytes) -> Activation | None:
         return self._acts.get(object_id)

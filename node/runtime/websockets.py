@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from duro import _codec
 from duro._namespace import Call, CallKind
+from duro._transport import SOCKET_HEADER
 from duro.errors import DuroError, InvalidArgumentError, OverloadedError, UnavailableError
 from duro.node.runtime.activation import current_activation
 from duro.node.runtime.context import ObjectContext
@@ -54,7 +55,6 @@ __all__ = [
     "SocketHub",
     "WebSocket",
     "WebSocketContext",
-    "SOCKET_HEADER",
     "MAX_SOCKETS_PER_OBJECT",
     "MAX_MESSAGE_BYTES",
     "MAX_TAGS",
@@ -64,9 +64,6 @@ __all__ = [
 
 log = logging.getLogger("duro.node.websockets")
 
-# The edge marks an upgrade request with "<edge id> <socket id>" (it strips the header from
-# client requests, so a client cannot forge it).
-SOCKET_HEADER = "Duro-Socket"
 MAX_SOCKETS_PER_OBJECT = 32_768
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 MAX_TAGS = 10
@@ -361,6 +358,8 @@ class SocketHub:
     # -- runtime side -------------------------------------------------------------------------
     def bind_request(self, act: Activation, request: Request) -> None:
         """Give an upgrade request from an edge its ``web_socket_pair()``."""
+        # The edge marks an upgrade request with "<edge id> <socket id>" (it strips the header
+        # from client requests, so a client cannot forge it).
         mark = request.headers.get(SOCKET_HEADER)
         if not mark or (request.headers.get("upgrade") or "").lower() != "websocket":
             return

@@ -133,6 +133,10 @@ class GroupCommitter:
             self._traces.append(trace.current())
         self.kick()
 
+    def forget_dirty(self) -> None:
+        """Drop the objects waiting for the next batch (a simulated crash loses their writes)."""
+        self._dirty.clear()
+
     def kick(self) -> None:
         """Flush at the end of this loop turn (once)."""
         if not self._scheduled:

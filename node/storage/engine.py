@@ -27,9 +27,9 @@ from typing import Iterable, Iterator
 
 import rocksdict
 
-from duro import _codec
 from duro.errors import UnavailableError
 from duro.node.storage import layout
+from duro.node.storage.alarm_record import decode_alarm
 from duro.node.storage.object_storage import DELETE, DELETE_RANGE, PUT
 
 __all__ = ["StorageEngine", "Writer", "apply_ops", "clear_ops"]
@@ -169,7 +169,7 @@ def clear_ops(engine: StorageEngine, gid: int, oid: bytes) -> list[list]:
     ops: list[list] = []
     alarm = engine.get(layout.alarm_key(gid, oid))
     if alarm is not None:
-        ops.append([DELETE, layout.alarm_index_key(gid, _codec.decode(alarm)[0], oid)])
+        ops.append([DELETE, layout.alarm_index_key(gid, decode_alarm(alarm).when_ms, oid)])
         ops.append([DELETE, layout.alarm_key(gid, oid)])
     prefix = layout.data_prefix(gid, oid)
     ops.append([DELETE_RANGE, prefix, layout.prefix_end(prefix)])

@@ -35,6 +35,7 @@ import rocksdict
 from duro import _codec
 from duro.errors import DuroError, InvalidArgumentError, ObjectResetError, StorageLimitError
 from duro.node.storage import layout, usage
+from duro.node.storage.alarm_record import AlarmRecord, decode_alarm, encode_alarm
 from duro.node.storage.listing import DEFAULT_MAX_LIST_BYTES, Listing, merged
 
 if TYPE_CHECKING:
@@ -391,19 +392,19 @@ class _Ops:
         return _DONE
 
     # -- alarm ------------------------------------------------------------------------------
-    def _alarm_record(self) -> list | None:
+    def _alarm_record(self) -> AlarmRecord | None:
         raw = self._read(layout.alarm_key(self._gid, self._oid))
-        return None if raw is None else _codec.decode(raw)
+        return None if raw is None else decode_alarm(raw)
 
     def _set_alarm_record(self, layer: Layer, when_ms: int | None, retry: int = 0) -> None:
         gid, oid = self._gid, self._oid
         old = self._alarm_record()
         if old is not None:
-            layer.writes[layout.alarm_index_key(gid, old[0], oid)] = None
+            layer.writes[layout.alarm_index_key(gid, old.when_ms, oid)] = None
         if when_ms is None:
             layer.writes[layout.alarm_key(gid, oid)] = None
         else:
-            layer.writes[layout.alarm_key(gid, oid)] = _codec.encode([when_ms, self._binding, retry])
+            layer.writes[layout.alarm_key(gid, oid)] = encode_alarm(when_ms, self._binding, retry)
             layer.writes[layout.alarm_index_key(gid, when_ms, oid)] = self._binding.encode()
         layer.alarm = when_ms
 
@@ -417,9 +418,9 @@ class _Ops:
         """
         self._check_usable()
         rec = self._alarm_record()
-        if rec is None or rec[0] == self._firing_ms():
+        if rec is None or rec.when_ms == self._firing_ms():
             return Ready(None)
-        return Ready(rec[0] / 1000.0)
+        return Ready(rec.when_ms / 1000.0)
 
     def set_alarm(self, when: float | _dt.datetime) -> Ready:
         """Set the object's one alarm: a Unix timestamp in seconds or an aware/naive-UTC datetime."""
@@ -669,6 +670,12 @@ class ObjectStorage(_Ops):
         if layer is not None:
             self._inflight = layer
         return layer
+
+    def lose_pending(self, exc: DuroError) -> None:
+        """Writes not handed to the committer are lost (a simulated crash): waiters get ``exc``."""
+        layer = self._take_pending()
+        if layer is not None:
+            self._commit_failed(layer, exc)
 
     def _check_fence(self) -> None:
         self._owner._check_fence()

@@ -22,7 +22,7 @@ import pytest
 from etcd3aio import Etcd3Client
 
 from duro.dev import LocalCluster
-from duro.node.membership import node_key
+from duro.topology.nodes import node_key
 from tests.cluster.etcd_fixture import pid_alive
 from tests.helpers.tls import cluster_tls_kwargs
 

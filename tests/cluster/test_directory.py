@@ -22,7 +22,7 @@ import pytest
 import duro.client
 from duro.dev import LocalCluster
 from duro.errors import DuroError, FencedError
-from duro.node.directory.partitions import partition_of
+from duro.topology.partitions import partition_of
 from tests.cluster.conftest import MakeCluster, metric, wait_until
 from tests.helpers.history import History, check
 from tests.helpers.workload import final_logs

@@ -18,8 +18,8 @@ from duro._ids import ObjectId, namespace_key
 from duro._pb import directory_pb2, directory_pb2_grpc
 from duro.client.router import Router
 from duro.dev import LocalCluster
-from duro.node.directory.partitions import partition_of
 from duro.node.directory.server import MAX_ITEMS
+from duro.topology.partitions import partition_of
 from tests.cluster.conftest import MakeCluster, metric
 
 pytestmark = [pytest.mark.cluster]

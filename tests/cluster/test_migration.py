@@ -21,8 +21,8 @@ import duro.client
 from duro._wire import RedirectError
 from duro.client.admin import drain, migrate
 from duro.client.connection import NodeConnection
-from duro.client.etcdkv import get_value
 from duro.errors import DuroError
+from duro.topology.etcdkv import get_value
 from tests.cluster.conftest import wait_until
 
 pytestmark = [pytest.mark.cluster]
@@ -40,8 +40,8 @@ async def owner_of(cluster, client, stub) -> tuple[str, int]:  # noqa: ANN001
 
 async def serving_nodes(cluster, stub) -> list[str]:  # noqa: ANN001
     """Ask every running node directly: which of them answers for the object (not a redirect)?"""
-    from duro._namespace import Call, CallKind
     from duro import _codec
+    from duro._namespace import Call, CallKind
 
     serving = []
     for spec in cluster.nodes:
@@ -312,7 +312,7 @@ async def test_drain_empties_a_node_under_load_without_failed_calls(make_cluster
 
 
 async def _registered(cluster, client, i: int) -> bool:  # noqa: ANN001
-    from duro.node.membership import node_key
+    from duro.topology.nodes import node_key
 
     return await get_value(client.invoker.etcd, node_key(cluster.cluster, cluster.nodes[i].name)) \
         is not None

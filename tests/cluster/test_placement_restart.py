@@ -20,8 +20,8 @@ import duro.client
 from duro._ids import ObjectId, namespace_key
 from duro.client.router import Router
 from duro.dev import LocalCluster
-from duro.node.directory.partitions import partition_of
-from duro.placement.election import leader_key
+from duro.topology.keys import leader_key
+from duro.topology.partitions import partition_of
 from tests.cluster.conftest import MakeCluster
 
 pytestmark = [pytest.mark.cluster]

@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 import duro.client
-from duro.client.etcdkv import get_prefix
 from duro.dev import LocalCluster
 from duro.errors import DuroError, FencedError
-from duro.node.membership import nodes_prefix
+from duro.topology.etcdkv import get_prefix
+from duro.topology.nodes import nodes_prefix
 from tests.cluster.conftest import MakeCluster
 from tests.helpers.history import History, check
 from tests.helpers.lazyfs import LazyFS, require_fuse

@@ -30,11 +30,11 @@ from duro._pb import (
     replication_pb2,
     replication_pb2_grpc,
 )
-from duro.client.etcdkv import etcd_client, get_value
+from duro._transport import EDGE_ID_METADATA
 from duro.dev import LocalCluster
-from duro.node.membership import NodeInfo, node_key
 from duro.node.replication.wire import ACKS, BATCH, HELLO, encode_frame, read_frame
-from duro.node.socket_server import EDGE_ID_METADATA
+from duro.topology.etcdkv import etcd_client, get_value
+from duro.topology.nodes import NodeInfo, node_key
 from tests.cluster.conftest import MakeCluster
 
 pytestmark = [pytest.mark.cluster]

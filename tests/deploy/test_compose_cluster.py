@@ -41,9 +41,6 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The edge tier exists in this tree (else the cluster runs without edges and calls go through
-#: ``duro call`` inside a node container).
-HAVE_EDGE = (ROOT / "edge" / "main.py").exists()
 REGIONS = ("us-east", "eu-west", "ap-south")
 IMAGE = "duro:local"
 HEALTH_TIMEOUT = 180.0
@@ -146,20 +143,12 @@ class Cluster:
     # -- calls ----------------------------------------------------------------------------------
     def counter(self, region: str, name: str, method: str) -> tuple[bool, Any]:
         """(True, value) or (False, error): COUNTER ``name``.``method`` from ``region``, through
-        that region's HTTP edge, or (no edge) ``duro call`` in that region's node container."""
-        if HAVE_EDGE:
-            status, body = self.http_call(region, f"/counter/{name}/{method}",
-                                          "POST" if method == "increment" else "GET")
-            if status == 200:
-                return True, body["value"]
-            return False, body["error"] if isinstance(body, dict) and "error" in body else body
-        proc = _run([*self.compose, "-p", self.project, "exec", "-T", f"node-{region}",
-                     "duro-entrypoint", "duro", "call", "COUNTER", name, method, "--etcd",
-                     "etcd:2379", "--cluster", "duro", "--region", region],
-                    env=self.env, check=False, timeout=120)
-        if proc.returncode == 0:
-            return True, json.loads(proc.stdout)
-        return False, {"message": proc.stderr.strip(), "retryable": "retryable" in proc.stderr}
+        that region's HTTP edge."""
+        status, body = self.http_call(region, f"/counter/{name}/{method}",
+                                      "POST" if method == "increment" else "GET")
+        if status == 200:
+            return True, body["value"]
+        return False, body["error"] if isinstance(body, dict) and "error" in body else body
 
     def http_call(self, region: str, path: str, method: str = "POST") -> tuple[int, Any]:
         url = f"http://127.0.0.1:{self.http[region]}{path}"
@@ -212,9 +201,8 @@ def cluster(timings: dict[str, Any]) -> Iterator[Cluster]:
         env[f"DURO_HTTP_PORT_{key}"] = str(_free_port())
         env[f"DURO_GRPC_PORT_{key}"] = str(_free_port())
     env["DURO_PROMETHEUS_PORT"] = str(_free_port())  # the observability profile's
-    services = ["etcd", "placement-1", "placement-2", *(f"node-{r}" for r in REGIONS)]
-    if HAVE_EDGE:
-        services += [f"edge-{r}" for r in REGIONS]
+    services = ["etcd", "placement-1", "placement-2", *(f"node-{r}" for r in REGIONS),
+                *(f"edge-{r}" for r in REGIONS)]
     c = Cluster(compose, project, env, services)
     try:
         t0 = time.monotonic()
@@ -246,10 +234,6 @@ def test_image_is_small_and_runs_as_non_root(cluster: Cluster) -> None:
     assert out == ["None", "False", "False"], out
 
 
-needs_edge = pytest.mark.skipif(not HAVE_EDGE, reason="the edge tier (edge/main.py) is not built")
-
-
-@needs_edge
 def test_counter_via_http_edges(cluster: Cluster) -> None:
     name = f"http-{os.getpid()}"
     values = []
@@ -295,7 +279,6 @@ GRPC_CLIENT = textwrap.dedent('''
 ''')
 
 
-@needs_edge
 def test_counter_via_generated_grpc_gateway_client(cluster: Cluster, tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (a test extra) generates the client")
     proto = ROOT / "proto" / "duro" / "v1" / "gateway.proto"
@@ -471,7 +454,7 @@ def test_observability_profile_scrapes_every_process(cluster: Cluster,
     timings["observability profile: prometheus healthy"] = f"{time.monotonic() - t0:.1f} s"
     for region in REGIONS:  # traffic, so that the per-status and per-binding series exist
         assert cluster.counter(region, f"prom-{os.getpid()}", "increment")[0]
-    jobs = {"duro-nodes": 3, "duro-edges": 3 if HAVE_EDGE else 0, "duro-placement": 2}
+    jobs = {"duro-nodes": 3, "duro-edges": 3, "duro-placement": 2}
     deadline = time.monotonic() + 90
     while True:  # every target scraped and up
         up = _prometheus(cluster, "up")["data"]["result"]

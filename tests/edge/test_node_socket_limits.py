@@ -12,8 +12,9 @@ import pytest
 from grpc import aio
 
 from duro._pb import node_pb2, node_pb2_grpc
+from duro._transport import EDGE_ID_METADATA
 from duro.node.runtime.websockets import Frame, Op
-from duro.node.socket_server import EDGE_ID_METADATA, SocketServicer
+from duro.node.socket_server import SocketServicer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

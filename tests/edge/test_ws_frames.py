@@ -10,12 +10,12 @@ import os
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from aiohttp._websocket.helpers import websocket_mask
-from aiohttp.http_websocket import WebSocketError, WebSocketReader
 from aiohttp._websocket.reader import WebSocketDataQueue
+from aiohttp.http_websocket import WebSocketError, WebSocketReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from duro.edge.sockets import _frame_header
+from duro.edge.ws_frames import frame_header as _frame_header
 from duro.edge.ws_masking import UNMASKED_REASON, MaskCheck
 
 SETTINGS = settings(max_examples=int(os.environ.get("DURO_FUZZ_EXAMPLES", "150")),
@@ -161,7 +161,7 @@ def test_an_unmasked_frame_fails_the_connection_with_1002(msgs, bad, cuts, after
                                                           b"z" * 65535, b"w" * 65536]),
        text=st.booleans())
 def test_server_frame_header_reads_back_as_the_same_message(data, text):
-    """The edge writes frames straight into the transport (sockets._frame_header): a client's
+    """The edge writes frames straight into the transport (ws_frames.frame_header): a client's
     reader sees exactly the message."""
     async def run() -> None:
         queue, reader = new_reader()

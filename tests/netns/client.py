@@ -57,8 +57,8 @@ async def wait_etcd(a: dict[str, Any]) -> dict[str, Any]:
 async def wait_leader(a: dict[str, Any]) -> dict[str, Any]:
     from etcd3aio import Etcd3Client
 
-    from duro.client.etcdkv import get_value
-    from duro.placement.election import leader_key
+    from duro.topology.etcdkv import get_value
+    from duro.topology.keys import leader_key
 
     async with Etcd3Client([a["etcd"]]) as client:
         async def leader() -> bool:
@@ -73,10 +73,10 @@ async def wait_replicated(a: dict[str, Any]) -> dict[str, Any]:
     a retryable error the caller would see)."""
     from etcd3aio import Etcd3Client
 
-    from duro.client.etcdkv import get_prefix
     from duro.dev import groups_replicated
-    from duro.node.membership import NodeInfo, nodes_prefix
-    from duro.node.replication.groups import GroupConfig, groups_prefix
+    from duro.topology.etcdkv import get_prefix
+    from duro.topology.groups import GroupConfig, groups_prefix
+    from duro.topology.nodes import NodeInfo, nodes_prefix
 
     nodes, want = set(a["nodes"]), a["want"]
     async with Etcd3Client([a["etcd"]]) as client:
@@ -167,8 +167,8 @@ async def follow(a: dict[str, Any]) -> dict[str, Any]:
 async def registered(a: dict[str, Any]) -> dict[str, Any]:
     from etcd3aio import Etcd3Client
 
-    from duro.client.etcdkv import get_value
-    from duro.node.membership import node_key
+    from duro.topology.etcdkv import get_value
+    from duro.topology.nodes import node_key
 
     async with Etcd3Client([a["etcd"]]) as client:
         async def present() -> bool:

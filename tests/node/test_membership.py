@@ -11,7 +11,8 @@ import pytest
 from etcd3aio import Etcd3Client
 
 from duro._etcd import EtcdProcess
-from duro.node.membership import Membership, MembershipStatus, NodeInfo, node_key
+from duro.node.membership import Membership, MembershipStatus
+from duro.topology.nodes import NodeInfo, node_key
 from tests.cluster.etcd_fixture import assert_eventually, etcd, etcd_client  # noqa: F401
 from tests.helpers.proxy import BlackholeProxy
 

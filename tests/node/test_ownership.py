@@ -13,8 +13,8 @@ from duro._namespace import Call, CallKind
 from duro._wire import RedirectError
 from duro.node.cluster import NodeOwnership
 from duro.node.runtime.grant import Grant
-from duro.node.directory.entry import Entry
 from duro.testing import Testbed
+from duro.topology.directory_entry import Entry
 
 OID = bytes(range(32))
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,8 +17,9 @@ from etcd3aio import Etcd3Client
 
 from duro._etcd import EtcdProcess, free_port
 from duro._pb import placement_pb2, placement_pb2_grpc
-from duro.node.membership import Membership, NodeInfo
+from duro.node.membership import Membership
 from duro.placement.election import Election
+from duro.topology.nodes import NodeInfo
 from tests.cluster.etcd_fixture import assert_eventually, etcd, etcd_client, pid_alive  # noqa: F401
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(90)]

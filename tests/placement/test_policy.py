@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from duro.placement.policy import (
+from duro.topology.placement_policy import (
     DEFAULT_DISTANCES,
     Candidate,
     NoLiveNodeError,
-    RegionDistances,
     Placer,
+    RegionDistances,
     choose_node,
 )
 

@@ -17,9 +17,10 @@ from etcd3aio import Etcd3Client
 
 from duro._etcd import EtcdProcess
 from duro._pb import placement_pb2, placement_pb2_grpc
-from duro.node.membership import Membership, NodeInfo
+from duro.node.membership import Membership
 from duro.placement.config import PlacementConfig
 from duro.placement.service import PlacementService
+from duro.topology.nodes import NodeInfo
 from tests.cluster.etcd_fixture import assert_eventually, etcd  # noqa: F401
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(90)]

@@ -1,4 +1,4 @@
-"""DESIGN §2 "Alarms": one per object, persisted, fires (past times promptly), at-least-once with
+"""docs/runtime.md "Alarms": one per object, persisted, fires (past times promptly), at-least-once with
 retries on exception (exponential backoff, at most 6 retries, ``retry_count``/``is_retry``),
 ``delete_alarm`` works inside ``alarm()``, ``get_alarm`` is None inside it, survives restarts."""
 

@@ -1,4 +1,4 @@
-"""DESIGN §2 "Output gate and write coalescing", with real crashes: a child process running the
+"""docs/runtime.md "Events and gates" and docs/storage.md "How the commit works", with real crashes: a child process running the
 runtime on RocksDB (tests/helpers/crash_child.py) is SIGKILLed at random points, and the data dir is
 reopened after each kill.
 

@@ -1,4 +1,4 @@
-"""DESIGN §2 "Input gate": block_concurrency_while (in the constructor and in a handler) and
+"""docs/runtime.md, "Events and gates": block_concurrency_while (in the constructor and in a handler) and
 storage transactions are never interleaved with another event to the same object. Events DO
 interleave where a handler awaits other I/O, e.g. a call to another object: that is the documented
 behaviour (as in Durable Objects), and the race-free pattern is to put the call inside
@@ -47,7 +47,7 @@ async def test_without_bcw_events_interleave_at_a_sleep(tb, objs, wait_for):
 async def test_events_interleave_while_awaiting_another_objects_stub__documented(
     tb, objs, wait_for
 ):
-    """Documented behaviour (DESIGN §2, as in Durable Objects): while a handler awaits a call to
+    """Documented behaviour (docs/runtime.md, as in Durable Objects): while a handler awaits a call to
     another object, other events of the same object are delivered. Read-modify-write across such
     an await is racy unless guarded (next test)."""
     rec = tb.env.RECORDER.get_by_name("r")

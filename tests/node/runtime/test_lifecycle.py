@@ -1,4 +1,4 @@
-"""DESIGN §2 "Lifecycle" and overload: eviction and reactivation keep state, idle objects are
+"""docs/runtime.md "Lifecycle" and overload: eviction and reactivation keep state, idle objects are
 evicted, the node's active-object budget holds under 100,000 distinct objects, an overloaded object
 answers ``overloaded`` instead of queueing, and calls on one stub arrive in order."""
 

@@ -1,4 +1,4 @@
-"""DESIGN §2 "Output gate and write coalescing" (in process): a reply, an error reply or an
+"""docs/runtime.md "Events and gates" and docs/storage.md "How the commit works" (in process): a reply, an error reply or an
 outgoing call made after a write is not released before the write is in RocksDB; a failed commit
 never turns into a success; writes of many objects in one loop turn share one engine write (group
 commit). The crash versions are in test_crash.py."""

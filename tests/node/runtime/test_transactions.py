@@ -1,4 +1,4 @@
-"""DESIGN §2: ``transaction()`` in both forms; an exception or ``rollback()`` discards everything;
+"""docs/storage.md: ``transaction()`` in both forms; an exception or ``rollback()`` discards everything;
 a committed transaction is atomic; nesting is refused; while a transaction awaits, no other event
 is delivered to the object."""
 

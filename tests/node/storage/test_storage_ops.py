@@ -1,4 +1,4 @@
-"""DESIGN §2 "Storage API": every ``ctx.storage`` operation, its limits and its errors, through the
+"""docs/storage.md: every ``ctx.storage`` operation, its limits and its errors, through the
 real runtime (stub -> input gate -> ctx.storage -> group commit -> RocksDB in tmp_path).
 
 "Nothing written" is always checked on disk (``Testbed.storage`` after the event's output gate, and

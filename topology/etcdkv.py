@@ -84,7 +84,7 @@ async def check_reachable(client: Etcd3Client, endpoint: str, timeout: float) ->
     not within ``timeout`` seconds (connection refused, a TLS mismatch, a host that does not
     answer). Tries again every 0.2 s until then,
     so a cluster that is still starting is waited for, but never longer than ``timeout``."""
-    from duro.client.watch import ETCD_ERRORS
+    from duro.topology.watch import ETCD_ERRORS
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -17,11 +17,11 @@ from typing import Generic, TypeVar
 import grpc
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 
-from duro.client.etcdkv import describe_etcd_error, watch
+from duro.topology.etcdkv import describe_etcd_error, watch
 
 __all__ = ["PrefixView", "ETCD_ERRORS"]
 
-log = logging.getLogger("duro.client.watch")
+log = logging.getLogger("duro.topology.watch")
 
 ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
 

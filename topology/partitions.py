@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
-from duro.client.etcdkv import get_value
-from duro.client.watch import PrefixView
+from duro.topology.etcdkv import get_value
+from duro.topology.keys import directory_settings_key, partition_key, partitions_prefix
+from duro.topology.watch import PrefixView
 
 __all__ = [
     "DEFAULT_PARTITIONS",
@@ -38,18 +39,6 @@ DEFAULT_PARTITIONS = 1024
 
 def partition_of(object_id: bytes, partitions: int) -> int:
     return int.from_bytes(object_id[:4], "big") % partitions
-
-
-def partitions_prefix(cluster: str) -> str:
-    return f"/duro/{cluster}/partitions/"
-
-
-def partition_key(cluster: str, p: int) -> str:
-    return f"{partitions_prefix(cluster)}{p:06d}"
-
-
-def directory_settings_key(cluster: str) -> str:
-    return f"/duro/{cluster}/settings/directory"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,19 +11,13 @@ from dataclasses import asdict, dataclass
 
 from etcd3aio import Etcd3Client
 
-from duro.client.etcdkv import get_value, put_value
-from duro.client.watch import PrefixView
+from duro.topology.etcdkv import get_value, put_value
+from duro.topology.keys import replication_settings_key as settings_key
+from duro.topology.keys import settings_prefix
+from duro.topology.watch import PrefixView
 
 __all__ = ["ReplicationSettings", "SettingsView", "settings_key", "write_settings",
            "read_settings"]
-
-
-def _prefix(cluster: str) -> str:
-    return f"/duro/{cluster}/settings/"
-
-
-def settings_key(cluster: str) -> str:
-    return _prefix(cluster) + "replication"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +56,7 @@ async def read_settings(client: Etcd3Client, cluster: str) -> ReplicationSetting
 
 class SettingsView(PrefixView[ReplicationSettings]):
     def __init__(self, client: Etcd3Client, cluster: str) -> None:
-        super().__init__(client, _prefix(cluster),
+        super().__init__(client, settings_prefix(cluster),
                          lambda name, raw, _r, _l: ReplicationSettings.from_json(raw)
                          if name == "replication" else None, name="settings-view")
 

@@ -18,7 +18,9 @@ from typing import Any
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
 
-from duro.client.watch import PrefixView
+from duro.topology.keys import group_key, groups_prefix
+from duro.topology.nodes import NodeInfo
+from duro.topology.watch import PrefixView
 
 __all__ = [
     "GroupConfig",
@@ -27,16 +29,9 @@ __all__ = [
     "create_group",
     "group_key",
     "groups_prefix",
+    "primary_gone",
     "swap_group",
 ]
-
-
-def groups_prefix(cluster: str) -> str:
-    return f"/duro/{cluster}/groups/"
-
-
-def group_key(cluster: str, gid: int) -> str:
-    return f"{groups_prefix(cluster)}{gid:010d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +152,15 @@ class GroupView(PrefixView[GroupConfig]):
 
     def all(self) -> list[GroupConfig]:
         return list(self.items.values())
+
+
+def primary_gone(cfg: GroupConfig, nodes: dict[str, NodeInfo]) -> str | None:
+    """Why the group's primary cannot be serving it (None: it may be)."""
+    info = nodes.get(cfg.primary)
+    if info is None:
+        return "its node is not registered (lease expired)"
+    if info.lease != cfg.lease:
+        return "its node registered again under a new lease"
+    if info.storage_id and info.storage_id != cfg.sid_of(cfg.primary):
+        return "its node's storage is not the in-sync copy"
+    return None
