@@ -24,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from grpc import aio
 
 from duro import _tracing, tls
 from duro._batched import BatchedStream
+from duro._http import stream_token
 from duro._namespace import Call
 from duro._pb import node_pb2, node_pb2_grpc
 from duro._transport import MAX_VALUE_BYTES, channel_options
 from duro._wire import RedirectError, call_to_pb, error_from_pb, error_from_status
+from duro.client.bodies import pull_body, send_streamed
 from duro.errors import CallTimeoutError, DuroError, InvalidValueError, UnavailableError
 
 __all__ = ["NodeConnection", "ConnectionPool", "NodeHealth"]
@@ -252,6 +254,26 @@ class NodeConnection:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None, *,
+                           timeout: float | None = None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """A FETCH with streamed bodies (``call.stream_response`` set): the encoded response and,
+        when the object streams it, its body's chunks (``duro.client.bodies``).
+
+        Without a request body the call takes the batched stream as any other, and only a
+        streamed response opens a ``Node.Body`` RPC to pull its body. A streamed request body
+        always opens one; ``timeout`` does not apply to it (an upload lasts as long as the
+        client sends: the edge's body limits bound that).
+        """
+        if body is None:
+            answer = await self.invoke(call, timeout=timeout)
+            token = stream_token(answer)
+            if token is None:
+                return answer, None
+            return answer, pull_body(self._node_stub(), token, self.address)
+        self._seq = seq = self._seq + 1
+        return await send_streamed(self._node_stub(), call_to_pb(call, seq), body, self.address)
 
     async def health(self, *, timeout: float = 5.0) -> NodeHealth:
         """Ask the node for its status (unary ``Node.Health``)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from etcd3aio import Etcd3Client
@@ -44,6 +44,8 @@ from duro.topology.etcdkv import etcd_client, get_value
 from duro.topology.groups import GroupView
 from duro.topology.keys import leader_key
 from duro.topology.nodes import NodeView
+
+T = TypeVar("T")
 
 __all__ = ["Router", "app_key", "RouterStats"]
 
@@ -113,6 +115,8 @@ class Router:
         # (address, invoke) of the node this router runs in, set by that node: calls whose owner
         # is at ``address`` go to ``invoke(call, timeout)`` in-process (docs/architecture.md).
         self.local: tuple[str, Callable[..., Awaitable[bytes]]] | None = None
+        # The same node's fetch with streamed bodies (``NodeServicer.invoke_local_fetch``).
+        self.local_fetch: Callable[..., Awaitable[tuple[bytes, Any]]] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         if self._started:
@@ -150,6 +154,27 @@ class Router:
 
     # -- the call path ------------------------------------------------------------------------
     async def invoke(self, call: Call) -> bytes:
+        return await self._route(call, self._send)
+
+    async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """A FETCH whose request and response bodies may stream (``NodeConnection.invoke_fetch``,
+        or the node's own ``invoke_local_fetch`` in process; docs/http.md). Redirects are
+        followed as for :meth:`invoke`: a node refuses a call before its object reads any of the
+        body."""
+        call.stream_response = True
+
+        def send(address: str, call: Call) -> Awaitable[tuple[bytes, AsyncIterator[bytes] | None]]:
+            local = self.local_fetch
+            if local is not None and self.local is not None and self.local[0] == address:
+                self.stats.local += 1
+                return local(call, body, self.call_timeout)
+            return self.pool.get(address).invoke_fetch(call, body, timeout=self.call_timeout)
+
+        return await self._route(call, send)
+
+    async def _route(self, call: Call, send: Callable[[str, Call], Awaitable[T]]) -> T:
+        """``send(address, call)`` to the object's owner, following redirects and failovers."""
         oid = call.object_id.hex()
         if not call.caller_region:
             call.caller_region = self.region
@@ -168,8 +193,8 @@ class Router:
             call.hops = hops
             try:
                 if self.latency is None:
-                    return await self._send(address, call)
-                return await self._delayed(node_id, address, call)
+                    return await send(address, call)
+                return await self._delayed(node_id, address, call, send)
             except RedirectError as r:
                 self.stats.redirects += 1
                 hops += 1
@@ -255,7 +280,8 @@ class Router:
                     f"(waited {self.failover_wait:g} s for a failover); retry")
             await asyncio.sleep(RETRY_PAUSE)
 
-    async def _delayed(self, node_id: str, address: str, call: Call) -> bytes:
+    async def _delayed(self, node_id: str, address: str, call: Call,
+                       send: Callable[[str, Call], Awaitable[T]]) -> T:
         """One hop with the simulated one-way delay each way (see duro.client.latency)."""
         assert self.latency is not None
         info = self.nodes.nodes.get(node_id)
@@ -263,7 +289,7 @@ class Router:
         if delay:
             await asyncio.sleep(delay)
         try:
-            return await self._send(address, call)
+            return await send(address, call)
         finally:
             if delay:
                 await asyncio.sleep(delay)

@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from duro import _codec
+from duro._body import COLLECTED_BODY_LIMIT
 from duro._http import HeadersInit, Request, Response
 from duro._ids import ObjectId, namespace_key
 from duro._methods import is_public_name
@@ -58,9 +59,16 @@ class Call:
     #: the name the id was derived from (``id_from_name``), when the caller knows it: the
     #: object's ``ctx.id.name``; None for a unique id or an unknown name
     name: str | None = None
+    # FETCH: the caller takes a streamed response body (pulled with Node.Body, or in process),
+    # else the node collects such a body into its answer.
+    stream_response: bool = False
 
 
 class Invoker(Protocol):
+    """Delivers calls. An invoker that streams HTTP bodies also has ``invoke_fetch(call, body)``
+    (``body``: the request's chunks or None) answering ``(encoded response, body chunks or
+    None)``; ``Stub.fetch`` uses it when present, else bodies travel whole."""
+
     async def invoke(self, call: Call) -> bytes:
         """Deliver ``call`` to its object; return the encoded result or raise a DuroError."""
 
@@ -84,7 +92,8 @@ class Stub:
     def name(self) -> str | None:
         return self.id.name
 
-    def _submit(self, kind: CallKind, method: str, payload: bytes) -> asyncio.Task:
+    def _submit(self, kind: CallKind, method: str, payload: bytes, send: Any = None
+                ) -> asyncio.Task:
         if self._broken is not None:
             err = self._broken
 
@@ -102,10 +111,12 @@ class Stub:
             location_hint=self.id.location_hint,
             name=self.id.name,
         )
-        return asyncio.ensure_future(self._run(call))
+        return asyncio.ensure_future(self._run(call, send))
 
-    async def _run(self, call: Call) -> bytes:
+    async def _run(self, call: Call, send: Any = None) -> Any:
         try:
+            if send is not None:
+                return await send(call)
             return await self._ns.invoker.invoke(call)
         except DuroError as err:
             # Only failures of the runtime (retryable or overloaded) break the stub; the
@@ -138,8 +149,22 @@ class Stub:
         req = input if isinstance(input, Request) else Request(
             input, method=method, headers=headers, body=body
         )
-        task = self._submit(CallKind.FETCH, "", req.to_wire())
-        return _decoded(task, Response.from_wire)
+        invoke_fetch = getattr(self._ns.invoker, "invoke_fetch", None)
+        if invoke_fetch is None:  # an invoker that carries bodies whole (between objects)
+            return _decoded(self._submit_fetch(req, None), Response.from_wire)
+        stream = req.__aiter__() if req.streamed else None
+        task = self._submit_fetch(req, lambda call: invoke_fetch(call, stream))
+        return _decoded(task, lambda answer: Response.from_wire(*answer))
+
+    def _submit_fetch(self, req: Request, send: Any) -> asyncio.Task:
+        if send is None and req.streamed:
+            async def collected(call: Call) -> bytes:  # read the stream first, then send whole
+                call.payload = Request(req.url, method=req.method, headers=req.headers,
+                                       body=await req.read(COLLECTED_BODY_LIMIT)).to_wire()
+                return await self._ns.invoker.invoke(call)
+
+            send = collected
+        return self._submit(CallKind.FETCH, "", req.to_wire(), send)
 
     def __getattr__(self, name: str) -> Any:
         if not is_public_method(name):

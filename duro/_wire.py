@@ -100,6 +100,7 @@ def call_to_pb(call: Call, seq: int) -> node_pb2.Call:
         location_hint=call.location_hint or "",
         epoch=call.epoch,
         hops=call.hops,
+        stream_response=call.stream_response,
     )
     if call.name is not None:
         pb.name = call.name  # optional: absent (None) and "" (a valid name) stay apart
@@ -135,6 +136,7 @@ def call_from_pb(pb: node_pb2.Call, *, validate_payload: bool = True) -> Call:
         epoch=pb.epoch,
         hops=pb.hops,
         name=pb.name if pb.HasField("name") else None,
+        stream_response=pb.stream_response,
     )
 
 

@@ -20,7 +20,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, AsyncIterator
 
 from duro import _codec
 from duro._app import App, load_app
@@ -28,6 +28,7 @@ from duro._ids import ObjectId
 from duro._namespace import Call, CallKind, Env, Namespace, Stub
 from duro.errors import InvalidArgumentError
 from duro.node.config import RuntimeConfig
+from duro.node.runtime.bodies import fetch_in_process
 from duro.node.runtime.host import ObjectHost
 from duro.node.storage import layout
 from duro.node.storage.engine import StorageEngine
@@ -45,6 +46,14 @@ class _CurrentHost:
 
     async def invoke(self, call: Call) -> bytes:
         return await self._tb._host().invoke(call)
+
+    async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """A fetch with streamed bodies, in process: the request's chunks reach the object as
+        the edge's would, and a streamed response comes back as the node's ``Node.Body`` would
+        carry it (chunk by chunk, each after the output gate)."""
+        host = self._tb._host()
+        return await fetch_in_process(host.invoke, host.bodies, call, body)
 
 
 class Testbed:

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import contextvars
 import math
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from duro._namespace import Call
 from duro.client.router import Router
 from duro.edge.limits import ClientBuckets
 from duro.errors import DuroError
+
+T = TypeVar("T")
 
 __all__ = ["EdgeInvoker", "NewObjectsLimitError", "current_client"]
 
@@ -63,19 +66,27 @@ class EdgeInvoker:
         self._creating: dict[bytes, int] = {}
 
     async def invoke(self, call: Call) -> bytes:
+        return await self._admitted(call, self.router.invoke)
+
+    async def invoke_fetch(self, call: Call, body: AsyncIterator[bytes] | None
+                           ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """``Router.invoke_fetch`` (streamed bodies) behind the same limit."""
+        return await self._admitted(call, lambda c: self.router.invoke_fetch(c, body))
+
+    async def _admitted(self, call: Call, run: Callable[[Call], Awaitable[T]]) -> T:
         buckets = self.buckets
         client = current_client.get() if buckets is not None else None
         oid = call.object_id
         if (buckets is None or client is None or oid in self._creating
                 or self.router.directory.lookup(oid.hex()) is not None):
-            return await self.router.invoke(call)
+            return await run(call)
         if not buckets.take(client):
             await self._refuse_if_new(call, client, buckets)
-            return await self.router.invoke(call)
+            return await run(call)
         creating = self._creating
         creating[oid] = creating.get(oid, 0) + 1
         try:
-            return await self.router.invoke(call)
+            return await run(call)
         finally:
             if creating[oid] > 1:
                 creating[oid] -= 1

@@ -75,6 +75,11 @@ class EdgeConfig:
     )
     call_timeout: float = field(default=30.0, metadata={"help": "seconds per call to an object"})
     max_body_bytes: int = field(default=16 * MiB, metadata={"help": "largest HTTP request body"})
+    stream_threshold: int = field(
+        default=1 * MiB,
+        metadata={"help": "request bodies up to this many bytes travel whole inside the call; "
+                          "larger ones stream to the object (async for chunk in request)"},
+    )
     max_message_bytes: int = field(
         default=32 * MiB, metadata={"help": "largest WebSocket message (close 1009 beyond)"}
     )
@@ -174,8 +179,11 @@ class EdgeConfig:
                              "0 seconds")
         if self.new_objects_per_second < 0:
             raise ValueError("new_objects_per_second must be 0 (no limit) or more")
-        if self.max_body_bytes_in_flight < self.max_body_bytes:
-            raise ValueError("max_body_bytes_in_flight must be at least max_body_bytes")
+        if self.stream_threshold < 0:
+            raise ValueError("stream_threshold must be 0 (stream every body) or more")
+        if self.max_body_bytes_in_flight < min(self.max_body_bytes, self.stream_threshold + 1):
+            raise ValueError("max_body_bytes_in_flight must be at least the body an edge "
+                             "buffers: min(max_body_bytes, stream_threshold + 1)")
         self.tls  # half the TLS settings: an error now, not at the first connection
         if bool(self.console_admin_tls_cert) != bool(self.console_admin_tls_key):
             raise ValueError("console_admin_tls_cert and console_admin_tls_key go together")

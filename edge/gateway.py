@@ -46,6 +46,7 @@ from grpc import aio
 from duro import _json as strict_json
 from duro import _tracing
 from duro._app import App, Binding
+from duro._body import COLLECTED_BODY_LIMIT
 from duro._exposure import FETCH
 from duro._http import Request
 from duro._methods import check_method, no_such_method
@@ -263,11 +264,14 @@ class GatewayServicer:
             except ValueError as exc:  # a URL urlsplit refuses
                 raise InvalidArgumentError(f"bad request: {exc}") from None
             resp = await stub.fetch(req)
+            # A unary answer: a streamed body is collected (up to COLLECTED_BODY_LIMIT). Every
+            # header line stays one HttpHeader, repeated names included (two Set-Cookie).
+            body = await resp.read(COLLECTED_BODY_LIMIT)
             return gateway_pb2.FetchResponse(
                 status=resp.status,
                 headers=[gateway_pb2.HttpHeader(name=k, value=v)
                          for k, v in resp.headers.items()],
-                body=resp.body,
+                body=body,
             )
 
         return await self._answer(  # type: ignore[return-value]

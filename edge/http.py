@@ -26,11 +26,12 @@ One request, in order:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
@@ -44,7 +45,8 @@ from duro._transport import SOCKET_HEADER
 from duro.edge.admission import NewObjectsLimitError, current_client
 from duro.edge.config import EdgeConfig
 from duro.edge.limits import ByteBudget
-from duro.edge.listener import BodyError, EdgeServer, read_body
+from duro.edge.bodies import BodyError, ClientBody
+from duro.edge.listener import EdgeServer
 from duro.edge.metrics import EdgeMetrics
 from duro.edge.sockets import EdgeSocket, SocketManager
 from duro.errors import DuroError, InvalidArgumentError, to_wire
@@ -133,7 +135,7 @@ class EdgeHttp:
 
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any,
                          task: Any) -> web.BaseRequest:
-            # (the body is read by read_body, which enforces max_body_bytes itself)
+            # (the body is read by ClientBody, which enforces max_body_bytes itself)
             return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop,
                                    client_max_size=cfg.max_body_bytes)
 
@@ -212,48 +214,57 @@ class EdgeHttp:
             if static is not None:
                 return static
         rh = request.headers
-        # What duro.Headers keeps of them (one entry per name, later wins, first position), built
-        # in one pass: the default route encodes these pairs as they are, with no Request object.
-        items = {k.lower(): (k, v) for k, v in rh.items()}
-        items.pop("duro-socket", None)  # a client's own is dropped: it cannot be forged
+        # Every header line, repeated names included, in order (duro.Headers is multi-valued):
+        # the default route encodes these pairs as they are, with no Request object. A client's
+        # own Duro-Socket is dropped: it cannot be forged.
+        items = [(k, v) for k, v in rh.items() if k.lower() != "duro-socket"]
         sock = None
         if rh.get("Upgrade", "").lower() == "websocket":
             sock = self.sockets.new_socket()
-            items["duro-socket"] = (SOCKET_HEADER, self.sockets.upgrade_mark(sock))
-        charged = 0
+            items.append((SOCKET_HEADER, self.sockets.upgrade_mark(sock)))
+        client_body: ClientBody | None = None
         try:
             body: bytes | bytearray = b""
+            stream: AsyncIterator[bytes] | None = None  # a body larger than stream_threshold
             if request.body_exists:
+                cfg = self.config
+                client_body = ClientBody(request, max_bytes=cfg.max_body_bytes,
+                                         budget=self.bodies, timeout=cfg.body_timeout,
+                                         min_rate=cfg.body_min_rate)
                 try:
-                    body, charged = await read_body(
-                        request, max_bytes=self.config.max_body_bytes, budget=self.bodies,
-                        timeout=self.config.body_timeout, min_rate=self.config.body_min_rate)
+                    body = await client_body.buffer(cfg.stream_threshold)
                 except BodyError as exc:
-                    self.metrics.refused.labels(reason=exc.code).inc()
-                    resp = error_response(exc.code, exc.message, exc.status,
-                                          retryable=exc.status == 503,
-                                          overloaded=exc.status == 503)
-                    if exc.status != 503:
-                        resp.force_close()  # the rest of the body is not read
-                    return resp
+                    return self._body_refused(exc)
+                if not client_body.complete:
+                    stream, body = client_body.stream(bytes(body)), b""
             url = f"{request.scheme}://{request.host}{request.raw_path}"
             started = time.perf_counter()
+            resp_stream: AsyncIterator[bytes] | None = None
             try:
                 if self.app.worker_fetch is not None:
-                    req = Request(url, method=request.method, headers=list(items.values()),
-                                  body=bytes(body))
+                    req = Request(url, method=request.method, headers=items,
+                                  body=stream if stream is not None else bytes(body))
                     body = b""
                     resp = await self._worker(req)
-                    status, headers, resp_body = resp.status, resp.headers.items(), resp.body
+                    status, headers = resp.status, resp.headers.items()
+                    if resp.streamed:
+                        resp_body, resp_stream = b"", resp.__aiter__()
+                    else:
+                        resp_body = resp.body
                 else:
                     # One msgpack encode of exactly what Request.to_wire() would produce.
                     payload = _codec.encode(
-                        [url, request.method.upper(), list(items.values()), body])
+                        [url, request.method.upper(), items, body])
                     body = b""  # only its encoded copy travels on
-                    answer = await self._default_route(url, payload)
-                    status, headers, resp_body = _codec.decode(answer)
-                out = None if status == 101 else _to_aiohttp(status, headers, resp_body)
+                    answer, resp_stream = await self._default_route(url, payload, stream)
+                    status, headers, resp_body, *_ = _codec.decode(answer)
+                out = None if status == 101 else _to_aiohttp(
+                    status, headers, resp_body, streamed=resp_stream is not None)
             except DuroError as exc:
+                if resp_stream is not None:  # e.g. a head aiohttp cannot send: drop its body
+                    await _close(resp_stream)
+                if client_body is not None and client_body.error is not None:
+                    return self._body_refused(client_body.error)  # the client's fault first
                 code, message, retryable, overloaded, remote_type = to_wire(exc)
                 resp = error_response(code, message, error_status(exc), retryable=retryable,
                                       overloaded=overloaded, remote_type=remote_type)
@@ -263,6 +274,8 @@ class EdgeHttp:
             finally:
                 self._upstream.observe(time.perf_counter() - started)
             if status == 101:
+                if resp_stream is not None:
+                    await _close(resp_stream)
                 if sock is not None:
                     served = sock
                     sock = None  # handle() serves it
@@ -270,13 +283,24 @@ class EdgeHttp:
                 return error_response("invalid_argument",
                                       "the object answered 101 to a request that is not a "
                                       "WebSocket upgrade", 502)
+            if resp_stream is not None:
+                assert out is not None
+                return await _stream_out(request, out, resp_stream, self.server)
             return out
         finally:
-            if charged:
-                self.bodies.give(charged)
+            if client_body is not None:
+                client_body.release()
             if sock is not None:  # not upgraded: forget the socket id
                 sock.closed = True
                 self.sockets.sockets.pop(sock.sid, None)
+
+    def _body_refused(self, exc: BodyError) -> web.Response:
+        self.metrics.refused.labels(reason=exc.code).inc()
+        resp = error_response(exc.code, exc.message, exc.status, retryable=exc.status == 503,
+                              overloaded=exc.status == 503)
+        if exc.status != 503:
+            resp.force_close()  # the rest of the body is not read
+        return resp
 
     async def _worker(self, req: Request) -> Response:
         assert self.app.worker_fetch is not None
@@ -287,8 +311,10 @@ class EdgeHttp:
             )
         return resp
 
-    async def _default_route(self, url: str, payload: bytes) -> bytes:
-        """``/<binding>/<name>/<rest>``: the object's encoded answer to the encoded request."""
+    async def _default_route(self, url: str, payload: bytes, stream: AsyncIterator[bytes] | None
+                             ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """``/<binding>/<name>/<rest>``: the object's encoded answer to the encoded request (and
+        its streamed body); ``stream`` is the request's body when it streams."""
         try:
             path = urlsplit(url).path or "/"  # as Request.path (urlsplit caches repeated URLs)
         except ValueError as exc:  # e.g. a Host header "[" (an unclosed IPv6 literal)
@@ -311,7 +337,7 @@ class EdgeHttp:
         # What stub.fetch(req) does, without its two tasks per call (this is the hot path).
         call = Call(binding=ns.binding, object_id=oid.raw, kind=CallKind.FETCH,
                     payload=payload, caller_region=ns.caller_region, name=oid.name)
-        return await ns.invoker.invoke(call)
+        return await ns.invoker.invoke_fetch(call, stream)
 
     def health(self) -> dict[str, Any]:
         """What the admin listener's ``/health`` answers."""
@@ -341,8 +367,10 @@ class _NotFound(DuroError):
     code = "not_found"
 
 
-def _to_aiohttp(status: int, headers: list, body: bytes) -> web.Response:
-    """An aiohttp response from a duro response's parts (``Response.to_wire``'s order)."""
+def _to_aiohttp(status: int, headers: list, body: bytes, *, streamed: bool = False
+                ) -> web.StreamResponse:
+    """An aiohttp response from a duro response's parts (``Response.to_wire``'s order); for a
+    streamed body, a StreamResponse that :func:`_stream_out` writes."""
     if type(status) is not int or not 100 <= status <= 599:
         raise InvalidArgumentError(f"status must be an int in 100..599, got {status!r}")
     if type(body) is not bytes:
@@ -352,10 +380,49 @@ def _to_aiohttp(status: int, headers: list, body: bytes) -> web.Response:
     for name, value in headers:
         low = name.lower()
         if low not in _SKIP_RESPONSE_HEADERS:
-            hdrs[name] = value
+            hdrs.add(name, value)  # repeated names stay repeated (two Set-Cookie lines)
         if low == "content-type":
             typed = True
+    if streamed:  # (Workers give a streamed body no Content-Type of their own either)
+        return web.StreamResponse(status=status, headers=hdrs)
     if body and not typed:
         # As Workers do for `new Response(string)`: duro's Response does not keep the body's type.
         hdrs["Content-Type"] = "text/plain;charset=UTF-8"
     return web.Response(status=status, body=body, headers=hdrs)
+
+
+async def _stream_out(request: web.BaseRequest, out: web.StreamResponse,
+                      chunks: AsyncIterator[bytes], server: EdgeServer | None
+                      ) -> web.StreamResponse:
+    """Send a streamed body chunk by chunk as the object produces it (chunked encoding); the
+    client's pace pushes back through ``write`` to the node. A body that fails midway cuts the
+    connection (no final chunk), so the client sees it incomplete rather than short. A client
+    that goes away cancels this (``EdgeServer.streaming``), which ends the node's stream and
+    closes the object's generator."""
+    if server is not None:
+        server.streaming(request.protocol, asyncio.current_task())
+    try:
+        await out.prepare(request)
+        async for chunk in chunks:
+            await out.write(chunk)
+        await out.write_eof()
+    except Exception as exc:  # the head is sent: the only signal left is a cut connection
+        if isinstance(exc, DuroError):
+            log.info("streamed response to %s %s failed midway: %s", request.method,
+                     request.path, exc)
+        elif not isinstance(exc, ConnectionError):
+            log.exception("streamed response to %s %s failed midway", request.method,
+                          request.path)
+        if request.transport is not None:
+            request.transport.close()
+    finally:
+        if server is not None:
+            server.streaming(request.protocol, None)
+        await _close(chunks)
+    return out
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -10,10 +10,7 @@ a deadline for each request head, and a deadline for each request body.
   is closed. A kept-alive connection that sends nothing is closed after ``idle_timeout``
   (aiohttp's keep-alive timer). A WebSocket, once upgraded, has no deadline (idle sockets are
   the point of hibernation; TCP keepalive finds dead ones).
-* **Request bodies** (``read_body``): ``body_timeout`` seconds plus one second per
-  ``body_min_rate`` bytes received (Apache's ``mod_reqtimeout`` rule), else ``408``; at most
-  ``max_body_bytes`` (``413``), charged against the edge's budget of body bytes in flight
-  (``503`` when it is spent).
+* **Request bodies**: see ``duro.edge.bodies``.
 """
 
 from __future__ import annotations
@@ -26,9 +23,7 @@ from typing import Any, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from duro.edge.limits import ByteBudget
-
-__all__ = ["EdgeServer", "read_body", "BodyError"]
+__all__ = ["EdgeServer"]
 
 log = logging.getLogger("duro.edge.http")
 
@@ -135,6 +130,9 @@ class EdgeServer(web.Server):
         self.open = 0
         self.refusing = 0
         self._heads: dict[Any, asyncio.TimerHandle] = {}  # connections owing a request head
+        # Connections sending a streamed response -> its task, cancelled when the client goes
+        # (aiohttp does not cancel handlers; a stream waiting for its next chunk would not know).
+        self._streaming: dict[Any, asyncio.Task[Any]] = {}
 
     def __call__(self) -> Any:
         if self.open >= self.max_connections:
@@ -149,9 +147,19 @@ class EdgeServer(web.Server):
     def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
         self.open -= 1
+        streaming = self._streaming.pop(handler, None)
+        if streaming is not None:
+            streaming.cancel()
         timer = self._heads.pop(handler, None)
         if timer is not None:
             timer.cancel()
+
+    def streaming(self, handler: Any, task: asyncio.Task[Any] | None) -> None:
+        """Cancel ``task`` if ``handler``'s client goes away (None: no longer)."""
+        if task is None:
+            self._streaming.pop(handler, None)
+        else:
+            self._streaming[handler] = task
 
     def head_started(self, handler: Any) -> None:
         """A request head is on its way: it must be complete within ``header_timeout``."""
@@ -176,63 +184,3 @@ class EdgeServer(web.Server):
         if self._heads.pop(handler, None) is not None:
             self.on_refused("header_timeout")
             handler.force_close()
-
-
-class BodyError(Exception):
-    """A body the edge will not read: ``status`` (408, 413, 503), ``code`` and a message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-async def read_body(request: web.BaseRequest, *, max_bytes: int, budget: ByteBudget,
-                    timeout: float, min_rate: int) -> tuple[bytearray, int]:
-    """The request's body, and the bytes it took from ``budget`` (give them back when the
-    request is done, whatever happens). Raises :class:`BodyError`."""
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise BodyError(413, "too_large",
-                        f"the request body is {length} bytes; this edge takes at most "
-                        f"{max_bytes}")
-    charged = length or 0
-    if charged and not budget.take(charged):
-        raise BodyError(503, "overloaded", "this edge holds its maximum of request body bytes "
-                                           "in flight; retry")
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    body = bytearray()
-    content = request.content
-    try:
-        while True:
-            left = start + timeout + len(body) / min_rate - loop.time()
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(left):
-                    chunk = await content.readany()
-            except TimeoutError:
-                raise BodyError(408, "timeout",
-                                f"the request body did not arrive in time ({len(body)} bytes "
-                                f"in {loop.time() - start:.0f} s)") from None
-            except web.RequestPayloadError as exc:  # bad chunking, a body cut short
-                raise BodyError(400, "invalid_argument",
-                                f"the request body is malformed: {exc}") from None
-            if not chunk:
-                break
-            n = len(chunk)
-            if len(body) + n > max_bytes:
-                raise BodyError(413, "too_large",
-                                f"the request body is over {max_bytes} bytes, this edge's limit")
-            if len(body) + n > charged:  # no (or a wrong) Content-Length: charge as it comes
-                more = len(body) + n - charged
-                if not budget.take(more):
-                    raise BodyError(503, "overloaded",
-                                    "this edge holds its maximum of request body bytes in "
-                                    "flight; retry")
-                charged += more
-            body += chunk
-    except BaseException:
-        budget.give(charged)
-        raise
-    return body, charged

@@ -130,6 +130,7 @@ class NodeProcess:
             await self.cluster.start(self.address, self.host, metrics_port=self.metrics_port or 0)
             # Calls this process makes to objects it serves skip the wire (client/router.py).
             self.cluster.router.local = (self.address, self.server.servicer.invoke_local)
+            self.cluster.router.local_fetch = self.server.servicer.invoke_local_fetch
             if cfg.edge:
                 self.edge = self._colocated_edge()
                 await self.edge.start()

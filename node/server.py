@@ -147,10 +147,23 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             call = call_from_pb(request)
         except DuroError as exc:
             return result_error(request.seq, exc)
-        refused = self._refuse_bytes(len(request.payload))
+        return await self.run(call, request.seq, trace=request)
+
+    async def Body(  # noqa: N802
+        self, request_iterator: Any, context: aio.ServicerContext
+    ) -> None:
+        """One streamed HTTP body (duro.node.body_server)."""
+        from duro.node.body_server import serve_body
+
+        await serve_body(self, context)
+
+    async def run(self, call: Call, seq: int, trace: Any = None) -> node_pb2.Result:
+        """Run one call to its end and answer its Result (``Invoke``, ``Node.Body``); ``trace``
+        as for ``_spawn``."""
+        refused = self._refuse_bytes(len(call.payload))
         if refused is not None:
-            return result_error(request.seq, refused)
-        task = self._spawn(call, len(request.payload), trace=request)
+            return result_error(seq, refused)
+        task = self._spawn(call, len(call.payload), trace=trace)
         try:
             # Shielded: a caller that goes away does not cut the call short (see module doc).
             await asyncio.shield(task)
@@ -159,7 +172,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                 raise
         except BaseException:
             pass
-        return _result_of(request.seq, task)
+        return _result_of(seq, task)
 
     async def Health(  # noqa: N802
         self, request: node_pb2.HealthRequest, context: aio.ServicerContext
@@ -254,6 +267,18 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if result.HasField("error"):
             raise error_from_pb(result.error)
         return result.value
+
+    async def invoke_local_fetch(self, call: Call, body: AsyncIterator[bytes] | None,
+                                 timeout: float | None = None
+                                 ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """:meth:`invoke_local` for a FETCH with streamed bodies (docs/http.md): the request's
+        chunks reach the object in process, and a streamed response's body is handed over as
+        ``Node.Body`` would carry it. ``timeout`` does not apply to a streamed request."""
+        from duro.node.runtime.bodies import fetch_in_process
+
+        return await fetch_in_process(
+            lambda c: self.invoke_local(c, timeout if body is None else None),
+            self.host.bodies, call, body)
 
     def _refuse_bytes(self, size: int) -> OverloadedError | None:
         """The error for a call of ``size`` payload bytes past the node-wide bound, or None."""

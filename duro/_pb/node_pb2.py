@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x64uro/v1/node.proto\x12\x07\x64uro.v1\"\xcd\x02\n\x04\x43\x61ll\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x11\n\tobject_id\x18\x03 \x01(\x0c\x12\x1f\n\x04kind\x18\x04 \x01(\x0e\x32\x11.duro.v1.CallKind\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x15\n\rcaller_region\x18\x07 \x01(\t\x12\x15\n\rlocation_hint\x18\x08 \x01(\t\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x0c\n\x04hops\x18\n \x01(\r\x12\x11\n\x04name\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x36\n\rtrace_context\x18\x0c \x03(\x0b\x32\x1f.duro.v1.Call.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_name\";\n\x08Redirect\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\x87\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x12\n\noverloaded\x18\x04 \x01(\x08\x12\x13\n\x0bremote_type\x18\x05 \x01(\t\x12#\n\x08redirect\x18\x06 \x01(\x0b\x32\x11.duro.v1.Redirect\"R\n\x06Result\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x05value\x18\x02 \x01(\x0cH\x00\x12\x1f\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.duro.v1.ErrorH\x00\x42\t\n\x07outcome\")\n\tCallBatch\x12\x1c\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\r.duro.v1.Call\"/\n\x0bResultBatch\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.duro.v1.Result\"\x0f\n\rHealthRequest\"I\n\x0eHealthResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_objects\x18\x03 \x01(\r\"\xdc\x02\n\x0bSocketFrame\x12\x11\n\tsocket_id\x18\x01 \x01(\x04\x12\x1d\n\x02op\x18\x02 \x01(\x0e\x32\x11.duro.v1.SocketOp\x12\x0f\n\x07\x62inding\x18\x03 \x01(\t\x12\x11\n\tobject_id\x18\x04 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04text\x18\x06 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x07 \x01(\r\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x11\n\twas_clean\x18\t \x01(\x08\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x12\n\nattachment\x18\x0b \x01(\x0c\x12\x16\n\x0ehas_attachment\x18\x0c \x01(\x08\x12\x14\n\x0c\x61uto_request\x18\r \x01(\t\x12\x15\n\rauto_response\x18\x0e \x01(\t\x12\r\n\x05\x63ount\x18\x0f \x01(\r\x12\x0b\n\x03seq\x18\x10 \x01(\x04\x12\r\n\x05owner\x18\x11 \x01(\t\x12\x18\n\x10\x61uto_response_at\x18\x12 \x01(\x04\"3\n\x0bSocketBatch\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.duro.v1.SocketFrame*G\n\x08\x43\x61llKind\x12\x11\n\rCALL_KIND_RPC\x10\x00\x12\x13\n\x0f\x43\x41LL_KIND_FETCH\x10\x01\x12\x13\n\x0f\x43\x41LL_KIND_ALARM\x10\x02*\x88\x02\n\x08SocketOp\x12\x19\n\x15SOCKET_OP_UNSPECIFIED\x10\x00\x12\x15\n\x11SOCKET_OP_MESSAGE\x10\x01\x12\x13\n\x0fSOCKET_OP_CLOSE\x10\x02\x12\x13\n\x0fSOCKET_OP_ERROR\x10\x03\x12\x16\n\x12SOCKET_OP_REGISTER\x10\x04\x12\x14\n\x10SOCKET_OP_ACCEPT\x10\x05\x12\x14\n\x10SOCKET_OP_ATTACH\x10\x06\x12\x1b\n\x17SOCKET_OP_AUTO_RESPONSE\x10\x07\x12\x11\n\rSOCKET_OP_ACK\x10\x08\x12\x15\n\x11SOCKET_OP_UNKNOWN\x10\t\x12\x15\n\x11SOCKET_OP_BARRIER\x10\n2\xa3\x01\n\x04Node\x12\x36\n\x06Stream\x12\x12.duro.v1.CallBatch\x1a\x14.duro.v1.ResultBatch(\x01\x30\x01\x12(\n\x06Invoke\x12\r.duro.v1.Call\x1a\x0f.duro.v1.Result\x12\x39\n\x06Health\x12\x16.duro.v1.HealthRequest\x1a\x17.duro.v1.HealthResponse2H\n\x0bNodeSockets\x12\x39\n\x07Sockets\x12\x14.duro.v1.SocketBatch\x1a\x14.duro.v1.SocketBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x64uro/v1/node.proto\x12\x07\x64uro.v1\"\xe6\x02\n\x04\x43\x61ll\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x11\n\tobject_id\x18\x03 \x01(\x0c\x12\x1f\n\x04kind\x18\x04 \x01(\x0e\x32\x11.duro.v1.CallKind\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x15\n\rcaller_region\x18\x07 \x01(\t\x12\x15\n\rlocation_hint\x18\x08 \x01(\t\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x0c\n\x04hops\x18\n \x01(\r\x12\x11\n\x04name\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x36\n\rtrace_context\x18\x0c \x03(\x0b\x32\x1f.duro.v1.Call.TraceContextEntry\x12\x17\n\x0fstream_response\x18\r \x01(\x08\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_name\";\n\x08Redirect\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\x87\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x12\n\noverloaded\x18\x04 \x01(\x08\x12\x13\n\x0bremote_type\x18\x05 \x01(\t\x12#\n\x08redirect\x18\x06 \x01(\x0b\x32\x11.duro.v1.Redirect\"R\n\x06Result\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x05value\x18\x02 \x01(\x0cH\x00\x12\x1f\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.duro.v1.ErrorH\x00\x42\t\n\x07outcome\")\n\tCallBatch\x12\x1c\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\r.duro.v1.Call\"/\n\x0bResultBatch\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.duro.v1.Result\"\xa2\x01\n\tBodyFrame\x12\x1b\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\r.duro.v1.Call\x12\r\n\x05token\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x1f\n\x06result\x18\x06 \x01(\x0b\x32\x0f.duro.v1.Result\x12\x1d\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x0e.duro.v1.Error\"\x0f\n\rHealthRequest\"I\n\x0eHealthResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_objects\x18\x03 \x01(\r\"\xdc\x02\n\x0bSocketFrame\x12\x11\n\tsocket_id\x18\x01 \x01(\x04\x12\x1d\n\x02op\x18\x02 \x01(\x0e\x32\x11.duro.v1.SocketOp\x12\x0f\n\x07\x62inding\x18\x03 \x01(\t\x12\x11\n\tobject_id\x18\x04 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04text\x18\x06 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x07 \x01(\r\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x11\n\twas_clean\x18\t \x01(\x08\x12\x0c\n\x04tags\x18\n \x03(\t\x12\x12\n\nattachment\x18\x0b \x01(\x0c\x12\x16\n\x0ehas_attachment\x18\x0c \x01(\x08\x12\x14\n\x0c\x61uto_request\x18\r \x01(\t\x12\x15\n\rauto_response\x18\x0e \x01(\t\x12\r\n\x05\x63ount\x18\x0f \x01(\r\x12\x0b\n\x03seq\x18\x10 \x01(\x04\x12\r\n\x05owner\x18\x11 \x01(\t\x12\x18\n\x10\x61uto_response_at\x18\x12 \x01(\x04\"3\n\x0bSocketBatch\x12$\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x14.duro.v1.SocketFrame*G\n\x08\x43\x61llKind\x12\x11\n\rCALL_KIND_RPC\x10\x00\x12\x13\n\x0f\x43\x41LL_KIND_FETCH\x10\x01\x12\x13\n\x0f\x43\x41LL_KIND_ALARM\x10\x02*\x88\x02\n\x08SocketOp\x12\x19\n\x15SOCKET_OP_UNSPECIFIED\x10\x00\x12\x15\n\x11SOCKET_OP_MESSAGE\x10\x01\x12\x13\n\x0fSOCKET_OP_CLOSE\x10\x02\x12\x13\n\x0fSOCKET_OP_ERROR\x10\x03\x12\x16\n\x12SOCKET_OP_REGISTER\x10\x04\x12\x14\n\x10SOCKET_OP_ACCEPT\x10\x05\x12\x14\n\x10SOCKET_OP_ATTACH\x10\x06\x12\x1b\n\x17SOCKET_OP_AUTO_RESPONSE\x10\x07\x12\x11\n\rSOCKET_OP_ACK\x10\x08\x12\x15\n\x11SOCKET_OP_UNKNOWN\x10\t\x12\x15\n\x11SOCKET_OP_BARRIER\x10\n2\xd7\x01\n\x04Node\x12\x36\n\x06Stream\x12\x12.duro.v1.CallBatch\x1a\x14.duro.v1.ResultBatch(\x01\x30\x01\x12(\n\x06Invoke\x12\r.duro.v1.Call\x1a\x0f.duro.v1.Result\x12\x32\n\x04\x42ody\x12\x12.duro.v1.BodyFrame\x1a\x12.duro.v1.BodyFrame(\x01\x30\x01\x12\x39\n\x06Health\x12\x16.duro.v1.HealthRequest\x1a\x17.duro.v1.HealthResponse2H\n\x0bNodeSockets\x12\x39\n\x07Sockets\x12\x14.duro.v1.SocketBatch\x1a\x14.duro.v1.SocketBatch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +34,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALL_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_CALL_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_CALLKIND']._serialized_start=1238
-  _globals['_CALLKIND']._serialized_end=1309
-  _globals['_SOCKETOP']._serialized_start=1312
-  _globals['_SOCKETOP']._serialized_end=1576
+  _globals['_CALLKIND']._serialized_start=1428
+  _globals['_CALLKIND']._serialized_end=1499
+  _globals['_SOCKETOP']._serialized_start=1502
+  _globals['_SOCKETOP']._serialized_end=1766
   _globals['_CALL']._serialized_start=32
-  _globals['_CALL']._serialized_end=365
-  _globals['_CALL_TRACECONTEXTENTRY']._serialized_start=305
-  _globals['_CALL_TRACECONTEXTENTRY']._serialized_end=356
-  _globals['_REDIRECT']._serialized_start=367
-  _globals['_REDIRECT']._serialized_end=426
-  _globals['_ERROR']._serialized_start=429
-  _globals['_ERROR']._serialized_end=564
-  _globals['_RESULT']._serialized_start=566
-  _globals['_RESULT']._serialized_end=648
-  _globals['_CALLBATCH']._serialized_start=650
-  _globals['_CALLBATCH']._serialized_end=691
-  _globals['_RESULTBATCH']._serialized_start=693
-  _globals['_RESULTBATCH']._serialized_end=740
-  _globals['_HEALTHREQUEST']._serialized_start=742
-  _globals['_HEALTHREQUEST']._serialized_end=757
-  _globals['_HEALTHRESPONSE']._serialized_start=759
-  _globals['_HEALTHRESPONSE']._serialized_end=832
-  _globals['_SOCKETFRAME']._serialized_start=835
-  _globals['_SOCKETFRAME']._serialized_end=1183
-  _globals['_SOCKETBATCH']._serialized_start=1185
-  _globals['_SOCKETBATCH']._serialized_end=1236
-  _globals['_NODE']._serialized_start=1579
-  _globals['_NODE']._serialized_end=1742
-  _globals['_NODESOCKETS']._serialized_start=1744
-  _globals['_NODESOCKETS']._serialized_end=1816
+  _globals['_CALL']._serialized_end=390
+  _globals['_CALL_TRACECONTEXTENTRY']._serialized_start=330
+  _globals['_CALL_TRACECONTEXTENTRY']._serialized_end=381
+  _globals['_REDIRECT']._serialized_start=392
+  _globals['_REDIRECT']._serialized_end=451
+  _globals['_ERROR']._serialized_start=454
+  _globals['_ERROR']._serialized_end=589
+  _globals['_RESULT']._serialized_start=591
+  _globals['_RESULT']._serialized_end=673
+  _globals['_CALLBATCH']._serialized_start=675
+  _globals['_CALLBATCH']._serialized_end=716
+  _globals['_RESULTBATCH']._serialized_start=718
+  _globals['_RESULTBATCH']._serialized_end=765
+  _globals['_BODYFRAME']._serialized_start=768
+  _globals['_BODYFRAME']._serialized_end=930
+  _globals['_HEALTHREQUEST']._serialized_start=932
+  _globals['_HEALTHREQUEST']._serialized_end=947
+  _globals['_HEALTHRESPONSE']._serialized_start=949
+  _globals['_HEALTHRESPONSE']._serialized_end=1022
+  _globals['_SOCKETFRAME']._serialized_start=1025
+  _globals['_SOCKETFRAME']._serialized_end=1373
+  _globals['_SOCKETBATCH']._serialized_start=1375
+  _globals['_SOCKETBATCH']._serialized_end=1426
+  _globals['_NODE']._serialized_start=1769
+  _globals['_NODE']._serialized_end=1984
+  _globals['_NODESOCKETS']._serialized_start=1986
+  _globals['_NODESOCKETS']._serialized_end=2058
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ SOCKET_OP_UNKNOWN: SocketOp
 SOCKET_OP_BARRIER: SocketOp
 
 class Call(_message.Message):
-    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "name", "trace_context")
+    __slots__ = ("seq", "binding", "object_id", "kind", "method", "payload", "caller_region", "location_hint", "epoch", "hops", "name", "trace_context", "stream_response")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class Call(_message.Message):
     HOPS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     binding: str
     object_id: bytes
@@ -75,7 +76,8 @@ class Call(_message.Message):
     hops: int
     name: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., name: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    stream_response: bool
+    def __init__(self, seq: _Optional[int] = ..., binding: _Optional[str] = ..., object_id: _Optional[bytes] = ..., kind: _Optional[_Union[CallKind, str]] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., caller_region: _Optional[str] = ..., location_hint: _Optional[str] = ..., epoch: _Optional[int] = ..., hops: _Optional[int] = ..., name: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., stream_response: _Optional[bool] = ...) -> None: ...
 
 class Redirect(_message.Message):
     __slots__ = ("node_id", "address", "epoch")
@@ -124,6 +126,24 @@ class ResultBatch(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[Result]
     def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ...) -> None: ...
+
+class BodyFrame(_message.Message):
+    __slots__ = ("call", "token", "data", "end", "credit", "result", "error")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    token: int
+    data: bytes
+    end: bool
+    credit: int
+    result: Result
+    error: Error
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ..., token: _Optional[int] = ..., data: _Optional[bytes] = ..., end: _Optional[bool] = ..., credit: _Optional[int] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

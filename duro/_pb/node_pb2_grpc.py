@@ -45,6 +45,11 @@ class NodeStub:
                 request_serializer=duro_dot_v1_dot_node__pb2.Call.SerializeToString,
                 response_deserializer=duro_dot_v1_dot_node__pb2.Result.FromString,
                 _registered_method=True)
+        self.Body = channel.stream_stream(
+                '/duro.v1.Node/Body',
+                request_serializer=duro_dot_v1_dot_node__pb2.BodyFrame.SerializeToString,
+                response_deserializer=duro_dot_v1_dot_node__pb2.BodyFrame.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/duro.v1.Node/Health',
                 request_serializer=duro_dot_v1_dot_node__pb2.HealthRequest.SerializeToString,
@@ -69,6 +74,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Body(self, request_iterator, context):
+        """One streamed HTTP body (see BodyFrame); small bodies travel inside Stream's calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -87,6 +99,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=duro_dot_v1_dot_node__pb2.Call.FromString,
                     response_serializer=duro_dot_v1_dot_node__pb2.Result.SerializeToString,
+            ),
+            'Body': grpc.stream_stream_rpc_method_handler(
+                    servicer.Body,
+                    request_deserializer=duro_dot_v1_dot_node__pb2.BodyFrame.FromString,
+                    response_serializer=duro_dot_v1_dot_node__pb2.BodyFrame.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -148,6 +165,33 @@ class Node:
             '/duro.v1.Node/Invoke',
             duro_dot_v1_dot_node__pb2.Call.SerializeToString,
             duro_dot_v1_dot_node__pb2.Result.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Body(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/duro.v1.Node/Body',
+            duro_dot_v1_dot_node__pb2.BodyFrame.SerializeToString,
+            duro_dot_v1_dot_node__pb2.BodyFrame.FromString,
             options,
             channel_credentials,
             insecure,

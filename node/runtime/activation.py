@@ -28,6 +28,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from duro import _codec
+from duro._body import COLLECTED_BODY_LIMIT
 from duro._http import Request, Response
 from duro._methods import bind
 from duro._namespace import Call, CallKind
@@ -165,7 +166,8 @@ class Activation(InputGate, AlarmPolicy):
             elif kind == CallKind.RPC:
                 out = _codec.encode(await self._rpc(call))
             elif kind == CallKind.FETCH:
-                out = (await self._fetch(call)).to_wire()
+                resp = await self._fetch(call)
+                out = resp.to_wire() if not resp.streamed else await self._streamed(resp, call)
             elif kind == CallKind.ALARM:
                 out = _codec.encode(await self.run_alarm(force=bool(call.meta.get("force"))))
             else:
@@ -217,6 +219,8 @@ class Activation(InputGate, AlarmPolicy):
             request = Request.from_wire(call.payload)
         except Exception:
             raise InvalidArgumentError("FETCH payload is not an encoded request") from None
+        if call.meta and "body" in call.meta:  # streamed from the caller (node/body_server.py)
+            request._set_body(call.meta["body"])
         hub = self.host.sockets
         if hub is not None:
             hub.bind_request(self, request)  # an upgrade from an edge gets web_socket_pair()
@@ -239,6 +243,14 @@ class Activation(InputGate, AlarmPolicy):
                 "ctx.accept_web_socket(ws) first", remote_type="TypeError",
             )
         return resp
+
+    async def _streamed(self, resp: Response, call: Call) -> bytes:
+        """The head of a streamed response, its body held for the caller (node/runtime/bodies.py);
+        or, for a caller that cannot pull a body, the whole response collected."""
+        if call.stream_response:
+            return resp.to_wire(self.host.bodies.hold(self, resp.__aiter__()))
+        await resp.read(COLLECTED_BODY_LIMIT)
+        return resp.to_wire()
 
     async def _ws_event(self, kind: str, ws: Any, args: tuple) -> None:
         handler = getattr(self.instance, "web_socket_" + kind, None)

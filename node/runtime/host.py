@@ -27,6 +27,7 @@ from duro.errors import InvalidArgumentError, InvalidIdError, UnavailableError
 from duro.node.config import RuntimeConfig
 from duro.node.deleted_classes import ClassRemoval
 from duro.node.runtime.activation import Activation, State, current_activation
+from duro.node.runtime.bodies import ResponseBodies
 from duro.node.runtime.alarms import AlarmScheduler
 from duro.node.runtime.call_stats import CallStats
 from duro.node.runtime.grant import Grant
@@ -128,6 +129,8 @@ class ObjectHost:
         # WebSocket registry (duro.node.runtime.websockets.SocketHub), set by a node that serves
         # sockets through edges; None in the Testbed (objects then see no accept_web_socket).
         self.sockets: Any = None
+        # Streamed response bodies waiting for their caller (node/runtime/bodies.py).
+        self.bodies = ResponseBodies()
         self._closing = False
         self._sweeper: asyncio.Task | None = None
         # Migration: objects whose admission is held (-> future resolved on release/abort), and
@@ -167,6 +170,7 @@ class ObjectHost:
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
         await self.alarms.stop()
+        self.bodies.close()
         deadline = time.monotonic() + grace
         while any(not a.is_idle() for a in self._acts.values()) and time.monotonic() < deadline:
             self.committer.flush()

@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from tests.cluster.conftest import metric
 from tests.edge.conftest import EXAMPLES, start_cluster, stop_cluster
+from tests.helpers.proc import rss_mib
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module"),
               pytest.mark.timeout(120)]
@@ -289,11 +290,3 @@ async def test_creating_objects_faster_than_the_limit_gets_429_and_creates_nothi
         async with http.get(cluster.edge_admin_url(0) + "/metrics") as r:
             text = await r.text()
     assert 'duro_edge_refused_total{reason="new_objects"}' in text
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
