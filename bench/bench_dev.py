@@ -138,8 +138,19 @@ class DuroDev:
 def warm(url: str, objects: int) -> None:
     """Call every object once (activated, placed, its directory entry cached at the edge)."""
     if objects <= 2000:
+        # The edge limits new objects per client (50/s, bursts of 200: docs/security.md), and
+        # every request here comes from 127.0.0.1: wait as its 429 says.
+        import urllib.error
+
         for k in range(objects):
-            urllib.request.urlopen(f"{url}/counter/o{k}/get", timeout=60).read()
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/counter/o{k}/get", timeout=60).read()
+                    break
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 429:
+                        raise
+                    time.sleep(float(exc.headers.get("Retry-After") or 1))
         return
     # More: wrk walks the names in order (one thread, a counter shared by its connections).
     fd, name = tempfile.mkstemp(suffix=".lua")
