@@ -47,3 +47,16 @@ def test_every_source_package_is_declared() -> None:
     undeclared = sorted(found - packages)
     assert not undeclared, (f"packages missing from [tool.setuptools] packages in "
                             f"pyproject.toml (an installed duro would lack them): {undeclared}")
+
+
+def test_the_image_build_copies_every_source_folder() -> None:
+    """deploy/Dockerfile COPYs each top-level source folder, and .dockerignore lets it into the
+    build context (a folder added to pyproject but not there fails only when the image is built,
+    as topology/ once did)."""
+    _, package_dir = _declared()
+    folders = sorted({rel.split("/")[0] for rel in package_dir.values() if rel})
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    for folder in folders:
+        assert f"COPY {folder}/ /src/{folder}/" in dockerfile, f"deploy/Dockerfile lacks {folder}/"
+        assert f"!{folder}/" in ignore, f".dockerignore keeps {folder}/ out of the build context"
