@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     command_line,
     cpu_seconds,
     lat_summary,
+    rss_bytes,
     wait_quiet,
 )
 
@@ -56,13 +57,6 @@ from duro.dev import LocalCluster  # noqa: E402
 
 WORKERD_DIR = Path(__file__).resolve().parent / "workerd"
 
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class _HttpConn(asyncio.Protocol):

@@ -29,21 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Table, command_line, start_node  # noqa: E402
+from common import Table, command_line, rss_bytes, start_node  # noqa: E402
 
 from duro import _codec  # noqa: E402
 from duro._namespace import Call, CallKind  # noqa: E402
 from duro.client.connection import NodeConnection  # noqa: E402
 
 CHUNK = 500
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def drive(address: str, pid: int, metrics, n: int, cycles: int,  # noqa: ANN001

@@ -32,6 +32,7 @@ __all__ = [
     "Table",
     "command_line",
     "cpu_seconds",
+    "rss_bytes",
     "ForeignCpu",
     "wait_quiet",
 ]
@@ -101,6 +102,15 @@ def start_node(data_dir: Path, *, sync: bool = True, extra: Sequence[str] = (),
     fields = dict(f.split("=", 1) for f in line.split()[1:])
     return NodeHandle(proc, fields["address"], int(fields.get("metrics_port", 0) or 0), data_dir,
                       stderr_path)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a live process (``/proc/<pid>/status`` VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
