@@ -174,11 +174,12 @@ async def _drain(stream: asyncio.StreamReader, lines: list[str]) -> None:
 @pytest.mark.timeout(120)
 async def test_duro_dev_killed_leaves_no_orphans(tmp_path: Path) -> None:
     """Even SIGKILL of ``duro dev`` (no chance to clean up) takes its cluster down with it: every
-    child has a parent-death signal."""
+    child has a parent-death signal. Run with ``--separate-edges``, so that the edge processes
+    that flag starts (instead of edges inside the nodes) are among the children checked."""
     data = tmp_path / "dev"
     dev = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "duro.cli", "dev", "--data-dir", str(data),
-        "--base-port", str(free_port()), "--http-port", "0",
+        "--base-port", str(free_port()), "--http-port", "0", "--separate-edges",
         cwd=ROOT, env=_env(), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
@@ -191,6 +192,11 @@ async def test_duro_dev_killed_leaves_no_orphans(tmp_path: Path) -> None:
         if raw.startswith(b"DURO-DEV-READY"):
             break
     assert processes_mentioning(str(data)), "the cluster's processes are running"
+    banner = "".join(lines)
+    edges = [cmd for _, cmd in processes_mentioning(str(data)) if " duro.cli edge " in cmd]
+    assert len(edges) == 3 and "edge       edge-us-east" in banner, (edges, banner)
+    nodes = [cmd for _, cmd in processes_mentioning(str(data)) if " duro.cli node " in cmd]
+    assert nodes and not any("--edge" in cmd.split() for cmd in nodes), nodes
     dev.kill()
     await dev.wait()
     deadline = time.monotonic() + 30
